@@ -1,0 +1,221 @@
+"""The step registry: dotted names for step functions, and what their signatures allow.
+
+Steps in the project's `steps/` package register themselves with `@step("name")` when the
+package is imported; the engine imports every package listed under the `engine.steps` entry
+point group (see pyproject.toml), so it never imports the domain by name. A pipeline may also
+name any function as `package.module:function`; those are imported on first use, but only
+from module prefixes the deployment allows (`ENGINE_ALLOW_IMPORTS`, comma-separated; empty
+means anything importable), because naming a function in YAML is running code.
+
+The signature is read once, here, and feeds everything else: `engine check` validates YAML
+parameters against it, `engine steps` prints it, and the executor binds inputs by it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import typing
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from engine.errors import RegistryError
+
+_CONTEXT_TYPE_NAMES = frozenset({"RunContext"})
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One keyword parameter of a step, as a pipeline author sees it."""
+
+    name: str
+    annotation: Any
+    required: bool
+    default: Any = None
+
+    def describe(self) -> str:
+        ann = _type_name(self.annotation)
+        return f"{self.name}: {ann}" + ("" if self.required else f" = {self.default!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """A registered step: the function and what the engine needs to know to run it."""
+
+    name: str
+    fn: Callable[..., Any]
+    params: dict[str, Param]
+    wants_context: str | None
+    is_async: bool
+    blocking: bool
+    side_effects: bool
+    streams: bool
+    accepts_any: bool
+    doc: str = field(default="")
+
+    @property
+    def summary(self) -> str:
+        """The first docstring line: what `engine steps` prints for this step."""
+        return self.doc.strip().splitlines()[0] if self.doc.strip() else "(no description)"
+
+
+_registry: dict[str, StepInfo] = {}
+_loaded_entry_points = False
+
+
+def step(
+    name: str, *, blocking: bool | None = None, side_effects: bool = False
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a function as the step `name`.
+
+    Use on plain functions in a step package::
+
+        @step("text.upper")
+        def upper(text: str) -> str:
+            '''Upper-case a text.'''
+            return text.upper()
+
+    A sync function runs in a worker thread unless `blocking=False` says it never blocks
+    (pure, fast conversions), in which case it runs inline on the event loop: a thread hop
+    costs more than such a step. `side_effects=True` marks a step whose repetition is not
+    harmless; the engine then refuses to retry it unless the YAML says `idempotent: true`.
+    The function itself is returned unchanged, so it stays testable without the engine.
+    """
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        info = describe(name, fn, blocking=blocking, side_effects=side_effects)
+        existing = _registry.get(name)
+        if existing is not None and existing.fn is not fn:
+            where = f"{existing.fn.__module__}.{existing.fn.__qualname__}"
+            raise RegistryError(f"step '{name}' is already registered by {where}")
+        _registry[name] = info
+        return fn
+
+    return register
+
+
+def describe(
+    name: str, fn: Callable[..., Any], *, blocking: bool | None = None, side_effects: bool = False
+) -> StepInfo:
+    """Read a function's signature into a `StepInfo` (also used for `module:function` steps)."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations: fall back to the raw ones
+        hints = {}
+    sig = inspect.signature(fn)
+    params: dict[str, Param] = {}
+    wants_context: str | None = None
+    accepts_any = False
+    for p in sig.parameters.values():
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            accepts_any = True
+            continue
+        if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY):
+            raise RegistryError(
+                f"step '{name}': parameter '{p.name}' must be passable by keyword; "
+                "steps are called with keyword inputs only"
+            )
+        ann = hints.get(p.name, p.annotation)
+        if _is_context(ann) or (ann is inspect.Parameter.empty and p.name == "ctx"):
+            wants_context = p.name
+            continue
+        required = p.default is inspect.Parameter.empty
+        params[p.name] = Param(p.name, ann, required, None if required else p.default)
+    is_async = inspect.iscoroutinefunction(fn)
+    is_gen = inspect.isasyncgenfunction(fn)
+    ret = hints.get("return", sig.return_annotation)
+    streams = is_gen or _is_async_iterator(ret)
+    return StepInfo(
+        name=name,
+        fn=fn,
+        params=params,
+        wants_context=wants_context,
+        is_async=is_async,
+        blocking=(not is_async and not is_gen) if blocking is None else blocking,
+        side_effects=side_effects,
+        streams=streams,
+        accepts_any=accepts_any,
+        doc=inspect.getdoc(fn) or "",
+    )
+
+
+def _is_context(ann: Any) -> bool:
+    return getattr(ann, "__name__", None) in _CONTEXT_TYPE_NAMES or (
+        isinstance(ann, str) and ann in _CONTEXT_TYPE_NAMES
+    )
+
+
+def _is_async_iterator(ann: Any) -> bool:
+    origin = typing.get_origin(ann) or ann
+    return isinstance(origin, type) and issubclass(origin, AsyncIterator)
+
+
+def _type_name(ann: Any) -> str:
+    if ann is inspect.Parameter.empty:
+        return "any"
+    if isinstance(ann, type) and not typing.get_args(ann):
+        return ann.__name__
+    return str(ann).replace("typing.", "").replace("collections.abc.", "")
+
+
+def load_step_packages() -> None:
+    """Import every package registered under the `engine.steps` entry point group, once."""
+    global _loaded_entry_points
+    if _loaded_entry_points:
+        return
+    _loaded_entry_points = True
+    for ep in entry_points(group="engine.steps"):
+        try:
+            ep.load()
+        except Exception as exc:  # a broken package must say which one it is
+            raise RegistryError(f"step package '{ep.value}' failed to import: {exc}") from exc
+
+
+def allowed_import(reference: str) -> bool:
+    """Whether `module:function` references to this module are allowed by the deployment."""
+    allow = [p.strip() for p in os.environ.get("ENGINE_ALLOW_IMPORTS", "").split(",") if p.strip()]
+    if not allow:
+        return True
+    module = reference.partition(":")[0]
+    return any(module == p or module.startswith(p + ".") for p in allow)
+
+
+def resolve(name: str) -> StepInfo:
+    """Find a step by registered name or `package.module:function` reference."""
+    load_step_packages()
+    info = _registry.get(name)
+    if info is not None:
+        return info
+    if ":" not in name:
+        raise RegistryError(f"unknown step '{name}'")
+    if not allowed_import(name):
+        raise RegistryError(
+            f"'{name}' is outside the modules ENGINE_ALLOW_IMPORTS permits "
+            f"({os.environ.get('ENGINE_ALLOW_IMPORTS')})"
+        )
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise RegistryError(f"cannot import module '{module_name}': {exc}") from exc
+    fn = getattr(module, attr, None)
+    if fn is None or not callable(fn):
+        raise RegistryError(f"module '{module_name}' has no function '{attr}'")
+    info = describe(name, fn)
+    _registry[name] = info
+    return info
+
+
+def catalogue() -> list[StepInfo]:
+    """Every registered step, sorted by name (what `engine steps` prints)."""
+    load_step_packages()
+    return sorted((i for i in _registry.values() if ":" not in i.name), key=lambda i: i.name)
+
+
+def names() -> list[str]:
+    """Registered step names, sorted; used in 'did you mean' hints."""
+    load_step_packages()
+    return sorted(n for n in _registry if ":" not in n)

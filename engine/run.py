@@ -1,0 +1,110 @@
+"""The run context: what one execution of a pipeline knows about itself.
+
+A step asks for it by declaring a parameter annotated `RunContext` (or named `ctx`). Through
+it a step reads the request id and the deadline, logs with the run's context already bound,
+gets shared resources (a pooled HTTP client, say), draws ids and timestamps that replay can
+reproduce, and runs sub-pipelines, which is how loops happen without a cycle in any graph.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import structlog
+
+if TYPE_CHECKING:
+    from engine.executor import Engine
+
+T = TypeVar("T")
+
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+class Resources:
+    """Objects shared by every run of one engine (e.g. a pooled HTTP client), closed with it.
+
+    A step calls ``await ctx.resource("name", factory)``; the first caller creates the object,
+    later ones share it. On shutdown every object with an ``aclose`` or ``close`` is closed in
+    reverse order of creation.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[str, Any] = {}
+        self._lock = anyio.Lock()
+
+    async def get(self, name: str, factory: Callable[[], Any | Awaitable[Any]]) -> Any:
+        item = self._items.get(name)
+        if item is not None:
+            return item
+        async with self._lock:
+            if name not in self._items:
+                made = factory()
+                if isinstance(made, Awaitable):
+                    made = await made
+                self._items[name] = made
+            return self._items[name]
+
+    async def aclose(self) -> None:
+        items, self._items = list(self._items.values()), {}
+        for item in reversed(items):
+            closer = getattr(item, "aclose", None)
+            if closer is not None:
+                await closer()
+            elif callable(getattr(item, "close", None)):
+                item.close()
+
+
+class IdSource:
+    """Random ids and clock readings for a run. Replay swaps in one that repeats a capture."""
+
+    def new_id(self, prefix: str = "", length: int = 24) -> str:
+        return prefix + "".join(secrets.choice(_BASE62) for _ in range(length))
+
+    def now(self) -> float:
+        return time.time()
+
+
+@dataclass(slots=True, eq=False)
+class RunContext:
+    """One run of one pipeline. Created by the engine; steps only read it and call its methods."""
+
+    request_id: str
+    pipeline: str
+    engine: Engine
+    input: Any = None
+    deadline: float | None = None
+    ids: IdSource = field(default_factory=IdSource)
+    parent: RunContext | None = None
+    log: Any = field(default=None)
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.log is None:
+            self.log = structlog.get_logger("engine.step")
+
+    def remaining(self) -> float | None:
+        """Seconds left before the run's deadline, or None when the run has none."""
+        if self.deadline is None:
+            return None
+        return self.deadline - anyio.current_time()
+
+    def new_id(self, prefix: str = "", length: int = 24) -> str:
+        """A random id such as `msg_...`; replay reproduces the captured ones."""
+        return self.ids.new_id(prefix, length)
+
+    def now(self) -> float:
+        """Wall-clock seconds; replay reproduces the captured ones."""
+        return self.ids.now()
+
+    async def resource(self, name: str, factory: Callable[[], Any | Awaitable[Any]]) -> Any:
+        """A shared object (created once per engine by `factory`), e.g. a pooled HTTP client."""
+        return await self.engine.resources.get(name, factory)
+
+    async def run_pipeline(self, name: str, input: Any) -> Any:
+        """Run another loaded pipeline as part of this run (same request id and deadline)."""
+        return await self.engine.run(name, input, parent=self)
