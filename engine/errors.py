@@ -8,7 +8,8 @@
         ├── StepTimeout      a step, a stream's first item or a stream gap took too long
         ├── DeadlineExceeded the run's deadline passed
         ├── LimitTimeout     a named concurrency limit stayed full for its whole queue timeout
-        └── RunCancelled     the run was cancelled (the client went away)
+        ├── RunCancelled     the run was cancelled (the client went away)
+        └── HttpError        the HTTP layer refused a request before any pipeline ran
 
 `StepError` is also the base class that step authors raise. The retry loop asks the error,
 never guesses: `kind` names what happened (matched against `retry.on` in YAML), `retryable`
@@ -126,3 +127,16 @@ class RunCancelled(StepError):
 
     kind = "cancelled"
     retryable = False
+
+
+class HttpError(StepError):
+    """The HTTP layer refused the request: no route (404), wrong method (405), body too large
+    (413), unsupported content type (415), body too slow (408). The served protocol's error
+    step renders it like any other error."""
+
+    kind = "http"
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
