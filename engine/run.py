@@ -82,6 +82,8 @@ class RunContext:
     parent: RunContext | None = None
     log: Any = field(default=None)
     attributes: dict[str, Any] = field(default_factory=dict)
+    trace: list[tuple[str, str, int, float, float]] = field(default_factory=list)
+    streams: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.log is None:
@@ -108,3 +110,11 @@ class RunContext:
     async def run_pipeline(self, name: str, input: Any) -> Any:
         """Run another loaded pipeline as part of this run (same request id and deadline)."""
         return await self.engine.run(name, input, parent=self)
+
+    async def aclose(self) -> None:
+        """Close every stream this run opened that its consumer did not finish (idempotent)."""
+        from engine.streams import aclose_quietly
+
+        pending, self.streams[:] = list(self.streams), []
+        for stream in reversed(pending):
+            await aclose_quietly(stream)

@@ -1,0 +1,305 @@
+"""Semantic checks of loaded pipelines, and the checked plan the executor runs.
+
+A pipeline that passes here cannot fail to start for a reason the file could have told us:
+every step exists, every reference points at a step, the graph has no cycle, every parameter
+the function needs is given, none it lacks is, literal parameters have the right type, every
+step contributes to the output, and a step that may be skipped declares what its dependents
+get instead. All problems are collected and returned together.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+from pydantic import TypeAdapter, ValidationError
+
+from engine import registry
+from engine.errors import RegistryError, SpecError
+from engine.loader import LoadedPipeline, Ref
+from engine.registry import StepInfo
+from engine.spec import LimitSpec, RetrySpec
+from engine.types import PipelineName
+
+_ROUTE = re.compile(r"^(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS)\s+(/\S*)$")
+
+
+@dataclass(slots=True, eq=False)
+class Node:
+    """One checked step, ready to run: its function, fixed parameters and wired inputs."""
+
+    name: str
+    info: StepInfo
+    static: dict[str, Any]
+    refs: list[tuple[str, Ref]]
+    nested: list[tuple[str, Any]]
+    deps: tuple[str, ...]
+    cond: Ref | None
+    else_value: Any
+    retry: RetrySpec | None
+    timeout: float | None
+    idle_timeout: float | None
+    limit: str | None
+    record: bool
+    dependents: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True, eq=False)
+class Plan:
+    """A checked pipeline: nodes in dependency order, what it outputs, how it renders errors."""
+
+    name: str
+    file: str
+    description: str
+    nodes: dict[str, Node]
+    order: list[str]
+    roots: list[str]
+    output: Any
+    errors: StepInfo | None
+    routes: list[tuple[str, str]]
+    deadline: float | None
+    limits: dict[str, LimitSpec]
+    graph: nx.DiGraph
+
+
+def iter_refs(value: Any) -> Iterator[Ref]:
+    """Every reference inside a value (references may sit anywhere in lists and mappings)."""
+    if isinstance(value, Ref):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from iter_refs(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from iter_refs(v)
+
+
+_adapters: dict[Any, TypeAdapter[Any] | None] = {}
+
+
+def _adapter(annotation: Any) -> TypeAdapter[Any] | None:
+    if annotation is inspect.Parameter.empty or annotation is Any or isinstance(annotation, str):
+        return None
+    try:
+        return _adapters[annotation]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable annotation
+        return None
+    try:
+        adapter: TypeAdapter[Any] | None = TypeAdapter(annotation)
+    except Exception:  # not something pydantic can validate (a Protocol, say): unchecked
+        adapter = None
+    _adapters[annotation] = adapter
+    return adapter
+
+
+def check(loaded: list[LoadedPipeline]) -> tuple[list[Plan], list[SpecError]]:
+    """Check a set of pipelines together (sub-pipeline names and routes span files)."""
+    errors: list[SpecError] = []
+    names = {lp.spec.name: lp for lp in loaded}
+    seen_names: dict[str, LoadedPipeline] = {}
+    for lp in loaded:
+        other = seen_names.get(lp.spec.name)
+        if other is not None:
+            errors.append(SpecError(f"pipeline name '{lp.spec.name}' is also used by {other.file}", lp.where("name"), "give each pipeline its own name"))
+        seen_names[lp.spec.name] = lp
+
+    limits: dict[str, tuple[LimitSpec, LoadedPipeline]] = {}
+    for lp in loaded:
+        for lname, lspec in lp.spec.limits.items():
+            prior = limits.get(lname)
+            if prior is not None and prior[0] != lspec:
+                errors.append(SpecError(f"limit '{lname}' is declared differently in {prior[1].file}", lp.where("limits", lname), "declare a shared limit the same way everywhere"))
+            limits.setdefault(lname, (lspec, lp))
+
+    routes: dict[tuple[str, str], LoadedPipeline] = {}
+    plans = []
+    for lp in loaded:
+        plan = _check_one(lp, set(names), {n: s for n, (s, _) in limits.items()}, errors)
+        for route, i in zip(plan.routes, range(len(plan.routes))):
+            prior_lp = routes.get(route)
+            if prior_lp is not None:
+                errors.append(SpecError(f"route '{route[0]} {route[1]}' is also served by {prior_lp.file}", lp.where("route", i) if isinstance(lp.spec.route, list) else lp.where("route"), "each route belongs to one pipeline"))
+            routes[route] = lp
+        plans.append(plan)
+    return plans, errors
+
+
+def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, LimitSpec], errors: list[SpecError]) -> Plan:
+    spec = lp.spec
+    step_names = list(spec.steps)
+    nodes: dict[str, Node] = {}
+    graph = nx.DiGraph()
+    graph.add_nodes_from(step_names)
+
+    def ref_ok(ref: Ref, user: str) -> bool:
+        if ref.step is None or ref.step in spec.steps:
+            return True
+        close = difflib.get_close_matches(ref.step, step_names, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"steps are: {', '.join(step_names)}"
+        errors.append(SpecError(f"{user} uses '{ref.text}', but step '{ref.step}' does not exist", ref.location, hint))
+        return False
+
+    for name, sspec in spec.steps.items():
+        where_step = f"step '{name}'"
+        try:
+            info = registry.resolve(sspec.uses)
+        except RegistryError as exc:
+            close = difflib.get_close_matches(sspec.uses, registry.names(), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "`engine steps` lists the registered steps; user code is package.module:function"
+            errors.append(SpecError(f"{where_step}: {exc}", lp.where("steps", name, "uses"), hint))
+            continue
+
+        static: dict[str, Any] = {}
+        refs: list[tuple[str, Ref]] = []
+        nested: list[tuple[str, Any]] = []
+        deps: dict[str, None] = {}
+        for pname, value in sspec.with_.items():
+            loc = lp.where("steps", name, "with", pname, "<key>")
+            param = info.params.get(pname)
+            if param is None and not info.accepts_any:
+                if pname == info.wants_context:
+                    errors.append(SpecError(f"{where_step}: '{pname}' is the run context, given by the engine", loc, "remove it from `with`"))
+                    continue
+                allowed = ", ".join(info.params) or "(none)"
+                close = difflib.get_close_matches(pname, list(info.params), n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"{sspec.uses} takes: {allowed}"
+                errors.append(SpecError(f"{where_step}: {sspec.uses} has no parameter '{pname}'", loc, hint))
+                continue
+            found = list(iter_refs(value))
+            if isinstance(value, Ref):
+                if ref_ok(value, where_step):
+                    refs.append((pname, value))
+            elif found:
+                if all([ref_ok(r, where_step) for r in found]):
+                    nested.append((pname, value))
+            else:
+                static[pname] = _check_literal(value, param, lp, name, pname, pipeline_names, errors)
+            for r in found:
+                if r.step is not None:
+                    deps[r.step] = None
+        for pname, param in info.params.items():
+            if param.required and pname not in sspec.with_:
+                errors.append(SpecError(f"{where_step}: {sspec.uses} needs parameter '{pname}'", lp.where("steps", name, "with") or lp.where("steps", name), f"add `{pname}:` under `with:` ({param.describe()})"))
+
+        cond = None
+        if sspec.if_ is not None:
+            if isinstance(sspec.if_, Ref):
+                cond = sspec.if_ if ref_ok(sspec.if_, where_step) else None
+                if cond is not None and cond.step is not None:
+                    deps[cond.step] = None
+            else:
+                errors.append(SpecError(f"{where_step}: `if` must be a reference", lp.where("steps", name, "if"), "write e.g. if: ${{ steps.parse.stream }} or ${{ !input.dry_run }}"))
+        for r in iter_refs(sspec.else_):
+            if ref_ok(r, f"{where_step}'s else") and r.step is not None:
+                deps[r.step] = None
+        if sspec.retry is not None and sspec.retry.attempts > 1 and info.side_effects and not sspec.retry.idempotent:
+            errors.append(SpecError(f"{where_step}: {sspec.uses} has side effects, so retrying it may repeat them", lp.where("steps", name, "retry"), "add `idempotent: true` under `retry:` if repeating is safe, or remove `retry`"))
+        if sspec.limit is not None and sspec.limit not in limits:
+            errors.append(SpecError(f"{where_step}: unknown limit '{sspec.limit}'", lp.where("steps", name, "limit"), f"declare it under `limits:` (declared: {', '.join(limits) or 'none'})"))
+        if name in deps:
+            errors.append(SpecError(f"{where_step} uses its own output", lp.where("steps", name), "a step cannot depend on itself; loops are sub-pipelines run from a step"))
+            deps.pop(name)
+        deps_t = tuple(d for d in deps if d in spec.steps)
+        graph.add_edges_from((d, name) for d in deps_t)
+        nodes[name] = Node(name, info, static, refs, nested, deps_t, cond, sspec.else_, sspec.retry, sspec.timeout, sspec.idle_timeout, sspec.limit, sspec.record)
+
+    output_deps: set[str] = set()
+    for r in iter_refs(spec.output):
+        if ref_ok(r, "the output") and r.step is not None:
+            output_deps.add(r.step)
+    if not list(iter_refs(spec.output)):
+        errors.append(SpecError("the output uses no step", lp.where("output"), "write output: ${{ steps.LAST }}"))
+
+    cycles = list(nx.simple_cycles(graph))
+    for cycle in cycles[:5]:
+        path = " -> ".join(cycle + [cycle[0]])
+        errors.append(SpecError(f"steps form a cycle: {path}", lp.where("steps", cycle[0]), "break the cycle; repetition belongs in a sub-pipeline run from a step"))
+
+    # Every step must contribute to the output (or be a side effect someone asked for).
+    needed = set(output_deps)
+    for d in output_deps:
+        if d in graph:
+            needed |= nx.ancestors(graph, d)
+    for name, node in nodes.items():
+        if name not in needed and not node.info.side_effects:
+            errors.append(SpecError(f"step '{name}' does not contribute to the output", lp.where("steps", name, "<key>") or lp.where("steps", name), "use its result in a later step or the output, or remove it"))
+
+    # A skipped step yields its `else`; dependents need that declared.
+    for name, node in nodes.items():
+        for dep in node.deps:
+            sdep = spec.steps.get(dep)
+            if sdep is not None and sdep.if_ is not None and "else" not in sdep.model_fields_set:
+                errors.append(SpecError(f"step '{name}' uses '{dep}', which is skipped when its `if` is false, but '{dep}' declares no `else`", lp.where("steps", dep, "if"), f"add `else:` to '{dep}' with the value dependents get instead (null is allowed)"))
+    for dep in output_deps:
+        sdep = spec.steps.get(dep)
+        if sdep is not None and sdep.if_ is not None and "else" not in sdep.model_fields_set:
+            errors.append(SpecError(f"the output uses '{dep}', which may be skipped, but it declares no `else`", lp.where("steps", dep, "if"), f"add `else:` to '{dep}'"))
+
+    errors_info = None
+    if spec.errors is not None:
+        try:
+            errors_info = registry.resolve(spec.errors)
+            if "error" not in errors_info.params:
+                errors.append(SpecError(f"error renderer {spec.errors} has no 'error' parameter", lp.where("errors"), "its signature must be (error, ctx) -> output"))
+        except RegistryError as exc:
+            errors.append(SpecError(f"errors: {exc}", lp.where("errors"), "name a registered step that renders an error"))
+
+    parsed_routes = []
+    for i, route in enumerate(spec.routes):
+        m = _ROUTE.match(route.strip())
+        if not m:
+            loc = lp.where("route", i) if isinstance(spec.route, list) else lp.where("route")
+            errors.append(SpecError(f"route '{route}' is not 'METHOD /path'", loc, "write e.g. route: POST /v1/messages"))
+        else:
+            parsed_routes.append((m.group(1), m.group(2)))
+
+    order = list(nx.topological_sort(graph)) if not cycles else step_names
+    for name in order:
+        node = nodes.get(name)
+        if node is None:
+            continue
+        for d in node.deps:
+            if d in nodes:
+                nodes[d].dependents.append(name)
+    roots = [n for n in order if n in nodes and not nodes[n].deps]
+    return Plan(
+        name=spec.name,
+        file=lp.file,
+        description=spec.description,
+        nodes=nodes,
+        order=[n for n in order if n in nodes],
+        roots=roots,
+        output=spec.output,
+        errors=errors_info,
+        routes=parsed_routes,
+        deadline=spec.deadline,
+        limits=dict(spec.limits),
+        graph=graph,
+    )
+
+
+def _check_literal(value: Any, param: Any, lp: LoadedPipeline, step_name: str, pname: str, pipeline_names: set[str], errors: list[SpecError]) -> Any:
+    if param is None:
+        return value
+    loc = lp.where("steps", step_name, "with", pname)
+    if param.annotation is PipelineName:
+        if value not in pipeline_names:
+            errors.append(SpecError(f"step '{step_name}': '{pname}' names pipeline '{value}', which is not loaded", loc, f"pipelines are: {', '.join(sorted(pipeline_names))}"))
+        return value
+    adapter = _adapter(param.annotation)
+    if adapter is None:
+        return value
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        expected = registry._type_name(param.annotation)
+        errors.append(SpecError(f"step '{step_name}': '{pname}' must be {expected}, got {value!r}", loc, first["msg"]))
+        return value

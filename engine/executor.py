@@ -1,0 +1,341 @@
+"""Running a checked pipeline: each step starts as soon as its inputs are ready.
+
+Scheduling is dataflow. A task runs a step; when it finishes, each dependent whose inputs are
+now all ready is started, the first one in the same task and the others in new tasks of the
+run's task group. A linear chain therefore runs in one task with no scheduling overhead, and
+independent branches overlap. The first failure cancels the siblings and is raised as itself
+(not wrapped in an exception group), after streams the run produced are closed.
+
+Each attempt of a step runs with the log scope bound (request id, pipeline, step, attempt),
+under its timeout (bounded by the run's deadline), inside its named limit, and is retried per
+its YAML policy. Sync steps marked blocking run in a worker thread, which anyio gives a copy
+of the context, so their log lines carry the scope too.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import structlog
+
+from engine import logs, retry, streams
+from engine.check import Node, Plan, check
+from engine.errors import DeadlineExceeded, EngineError, SpecError, SpecErrors, StepError, StepTimeout
+from engine.limits import Limits
+from engine.loader import LoadedPipeline, Ref, load_file
+from engine.run import IdSource, Resources, RunContext
+
+_log = structlog.get_logger("engine")
+
+
+def pipeline_files(paths: Iterable[str | Path]) -> list[Path]:
+    """The YAML files named by `paths` (directories contribute their *.yaml / *.yml files)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(x for x in p.iterdir() if x.suffix in {".yaml", ".yml"} and not x.name.startswith("."))
+        else:
+            out.append(p)
+    return out
+
+
+def load_plans(paths: Iterable[str | Path], env: dict[str, str] | None = None) -> list[Plan]:
+    """Load and check pipeline files together; raises `SpecErrors` listing every problem."""
+    errors: list[SpecError] = []
+    loaded: list[LoadedPipeline] = []
+    for f in pipeline_files(paths):
+        try:
+            loaded.append(load_file(f, env=env))
+        except SpecErrors as exc:
+            errors += exc.errors
+    plans, check_errors = check(loaded)
+    errors += check_errors
+    if errors:
+        raise SpecErrors(errors)
+    return plans
+
+
+def resolve_ref(ref: Ref, results: dict[str, Any], input: Any) -> Any:
+    value = input if ref.step is None else results[ref.step]
+    for key in ref.path:
+        if value is None:
+            break
+        value = value.get(key) if isinstance(value, dict) else getattr(value, key, None)
+    return (not value) if ref.negate else value
+
+
+def materialize(value: Any, results: dict[str, Any], input: Any) -> Any:
+    """A YAML value with every reference in it replaced by what it points at."""
+    if isinstance(value, Ref):
+        return resolve_ref(value, results, input)
+    if isinstance(value, dict):
+        return {k: materialize(v, results, input) for k, v in value.items()}
+    if isinstance(value, list):
+        return [materialize(v, results, input) for v in value]
+    return value
+
+
+class Engine:
+    """Loaded pipelines plus what their runs share: resources, limits, the id source.
+
+    Create with `Engine.load(["pipelines/"])`, run with `await engine.run("name", input)`, and
+    `await engine.aclose()` at shutdown.
+    """
+
+    def __init__(self, plans: list[Plan], ids: IdSource | None = None) -> None:
+        self.plans = {p.name: p for p in plans}
+        limits = {}
+        for p in plans:
+            limits.update(p.limits)
+        self.limits = Limits(limits)
+        self.resources = Resources()
+        self.ids = ids or IdSource()
+        self.step_log_level = os.environ.get("ENGINE_STEP_LOG_LEVEL", "debug").lower()
+
+    @classmethod
+    def load(cls, paths: Iterable[str | Path], env: dict[str, str] | None = None) -> Engine:
+        return cls(load_plans(paths, env=env))
+
+    async def aclose(self) -> None:
+        await self.resources.aclose()
+
+    def context(self, name: str, input: Any = None, *, request_id: str | None = None, parent: RunContext | None = None) -> RunContext:
+        """A fresh context for a run of pipeline `name` (the HTTP layer creates it early)."""
+        plan = self.plans[name]
+        ids = parent.ids if parent is not None else self.ids
+        deadline = None if plan.deadline is None else anyio.current_time() + plan.deadline
+        if parent is not None and parent.deadline is not None:
+            deadline = parent.deadline if deadline is None else min(deadline, parent.deadline)
+        return RunContext(
+            request_id=request_id or (parent.request_id if parent else ids.new_id("req_")),
+            pipeline=name,
+            engine=self,
+            input=input,
+            deadline=deadline,
+            ids=ids,
+            parent=parent,
+            streams=parent.streams if parent is not None else [],
+        )
+
+    async def run(self, name: str, input: Any = None, *, parent: RunContext | None = None, ctx: RunContext | None = None, request_id: str | None = None) -> Any:
+        """Run pipeline `name` on `input` and return its output (or its rendered error).
+
+        Streams in the output are live: whoever consumes them must close the run afterwards
+        with `await ctx.aclose()` (the HTTP layer does); pass your own `ctx` to keep hold of it.
+        """
+        plan = self.plans.get(name)
+        if plan is None:
+            raise EngineError(f"no pipeline named '{name}'; loaded: {', '.join(sorted(self.plans))}")
+        if ctx is None:
+            ctx = self.context(name, input, request_id=request_id, parent=parent)
+        ctx.input = input
+        try:
+            results = await _Run(self, plan, ctx).execute()
+            return materialize(plan.output, results, input)
+        except Exception as exc:
+            if plan.errors is None:
+                raise
+            return await self.render_error(plan, exc, ctx)
+
+    async def render_error(self, plan: Plan, error: BaseException, ctx: RunContext) -> Any:
+        """Turn an error into the pipeline's output with its `errors:` step."""
+        info = plan.errors
+        if info is None:
+            raise error
+        kwargs: dict[str, Any] = {"error": error}
+        if info.wants_context:
+            kwargs[info.wants_context] = ctx
+        out = info.fn(**kwargs)
+        if hasattr(out, "__await__"):
+            out = await out
+        return out
+
+
+class _Run:
+    """The state of one run: results so far, the failure if any, the task group."""
+
+    __slots__ = ("engine", "plan", "ctx", "results", "pending", "failure", "tg", "scope_base")
+
+    def __init__(self, engine: Engine, plan: Plan, ctx: RunContext) -> None:
+        self.engine = engine
+        self.plan = plan
+        self.ctx = ctx
+        self.results: dict[str, Any] = {}
+        self.pending = {name: len(node.deps) for name, node in plan.nodes.items()}
+        self.failure: BaseException | None = None
+        self.tg: Any = None
+        self.scope_base = (("request_id", ctx.request_id), ("pipeline", plan.name))
+
+    async def execute(self) -> dict[str, Any]:
+        roots = self.plan.roots
+        try:
+            if len(roots) == 1 and len(self.plan.nodes) == len(self.plan.order) and _is_chain(self.plan):
+                # A straight line needs no task group at all.
+                for name in self.plan.order:
+                    await self.step(self.plan.nodes[name])
+            else:
+                async with anyio.create_task_group() as tg:
+                    self.tg = tg
+                    for extra in roots[1:]:
+                        tg.start_soon(self.drive, self.plan.nodes[extra])
+                    await self.drive(self.plan.nodes[roots[0]])
+                if self.failure is not None:
+                    raise self.failure
+        except BaseException:
+            await self.ctx.aclose()
+            raise
+        return self.results
+
+    async def drive(self, node: Node | None) -> None:
+        """Run `node`, then whichever dependents it made ready (the first one in this task)."""
+        try:
+            while node is not None:
+                await self.step(node)
+                ready = []
+                for dep_name in node.dependents:
+                    self.pending[dep_name] -= 1
+                    if self.pending[dep_name] == 0:
+                        ready.append(self.plan.nodes[dep_name])
+                node = ready[0] if ready else None
+                for extra in ready[1:]:
+                    self.tg.start_soon(self.drive, extra)
+        except Exception as exc:
+            if self.failure is None:
+                self.failure = exc
+            self.tg.cancel_scope.cancel()
+
+    async def step(self, node: Node) -> None:
+        results, ctx, input = self.results, self.ctx, self.ctx.input
+        if node.cond is not None and not resolve_ref(node.cond, results, input):
+            results[node.name] = materialize(node.else_value, results, input)
+            ctx.trace.append((node.name, "skipped", 0, 0.0, 0.0))
+            return
+        kwargs = dict(node.static)
+        for pname, ref in node.refs:
+            kwargs[pname] = resolve_ref(ref, results, input)
+        for pname, value in node.nested:
+            kwargs[pname] = materialize(value, results, input)
+        if node.info.wants_context:
+            kwargs[node.info.wants_context] = ctx
+        policy = node.retry
+        attempt = 0
+        start = time.perf_counter()
+        while True:
+            attempt += 1
+            token = logs._scope.set(self.scope_base + (("step", node.name), ("attempt", attempt)))
+            try:
+                value = await self.attempt(node, kwargs, attempt, start)
+            except Exception as exc:
+                delay = retry.next_delay(exc, policy, attempt, ctx.remaining()) if policy is not None else None
+                if delay is None:
+                    if isinstance(exc, StepError):
+                        exc.step = exc.step or node.name
+                        exc.attempts = attempt
+                    self.finished(node, "error", attempt, start, exc)
+                    raise
+                _log.info("step.retry", reason=_reason(exc), delay_s=round(delay, 3), next_attempt=attempt + 1)
+                await anyio.sleep(delay)
+                continue
+            finally:
+                logs._scope.reset(token)
+            results[node.name] = value
+            if not streams.is_stream(value):
+                self.finished(node, "ok", attempt, start)
+            return
+
+    async def attempt(self, node: Node, kwargs: dict[str, Any], attempt: int, start: float) -> Any:
+        remaining = self.ctx.remaining()
+        timeout = node.timeout
+        by_deadline = False
+        if remaining is not None:
+            if remaining <= 0:
+                raise DeadlineExceeded(f"the run's deadline passed before step '{node.name}'")
+            if timeout is None or remaining < timeout:
+                timeout, by_deadline = remaining, True
+        release = None
+        try:
+            if timeout is None:
+                if node.limit is not None:
+                    release = await self.engine.limits.acquire(node.limit)
+                value = await self.call(node, kwargs)
+                if streams.is_stream(value):
+                    value = await self.primed(node, value, release, attempt, start)
+                    release = None
+                return value
+            with anyio.move_on_after(timeout) as scope:
+                if node.limit is not None:
+                    release = await self.engine.limits.acquire(node.limit)
+                value = await self.call(node, kwargs)
+                if streams.is_stream(value):
+                    value = await self.primed(node, value, release, attempt, start)
+                    release = None
+                return value
+            if by_deadline:
+                raise DeadlineExceeded(f"the run's deadline passed during step '{node.name}'")
+            raise StepTimeout(f"step '{node.name}' took longer than {timeout:g} s")
+        finally:
+            if release is not None:
+                release()
+
+    async def call(self, node: Node, kwargs: dict[str, Any]) -> Any:
+        info = node.info
+        if info.is_async:
+            return await info.fn(**kwargs)
+        if info.blocking:
+            return await anyio.to_thread.run_sync(functools.partial(info.fn, **kwargs))
+        return info.fn(**kwargs)
+
+    async def primed(self, node: Node, it: Any, release: Any, attempt: int, start: float) -> Any:
+        try:
+            has_first, first = await streams.prime(it)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+        if not has_first:
+            if release is not None:
+                release()
+            self.finished(node, "ok", attempt, start)
+            return streams.empty()
+
+        def on_end(outcome: str, items: int) -> None:
+            if release is not None:
+                release()
+            self.finished(node, outcome, attempt, start, items=items)
+
+        stream = streams.follow(first, it, step=node.name, idle_timeout=node.idle_timeout, on_end=on_end)
+        self.ctx.streams.append(stream)
+        return stream
+
+    def finished(self, node: Node, outcome: str, attempts: int, start: float, error: BaseException | None = None, items: int | None = None) -> None:
+        end = time.perf_counter()
+        self.ctx.trace.append((node.name, outcome, attempts, start, end))
+        level = "warning" if outcome in {"error", "timeout"} else self.engine.step_log_level
+        fields: dict[str, Any] = {"duration_ms": round((end - start) * 1000, 3), "outcome": outcome, "attempts": attempts}
+        if items is not None:
+            fields["items"] = items
+        if error is not None:
+            fields["error"] = _reason(error)
+        token = logs._scope.set(self.scope_base + (("step", node.name), ("attempt", attempts)))
+        try:
+            getattr(_log, level)("step.end", **fields)
+        finally:
+            logs._scope.reset(token)
+
+
+def _is_chain(plan: Plan) -> bool:
+    return all(len(plan.nodes[n].dependents) <= 1 for n in plan.order) and all(len(plan.nodes[n].deps) <= 1 for n in plan.order)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, StepError):
+        status = getattr(exc, "status", None)
+        return f"{exc.kind}{'=' + str(status) if status else ''}: {logs.scrub(exc.message)[:200]}"
+    return type(exc).__name__

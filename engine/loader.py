@@ -1,0 +1,248 @@
+"""Reading pipeline files: YAML with positions, `${ENV:-default}` interpolation, references.
+
+Only plain YAML is read (PyYAML's safe composer; any `!!python/...` or other custom tag is an
+error, never constructed). Every scalar keeps its position so that every later error can
+name `file:line:col`. Loading collects every error in the file and raises them together.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from engine.errors import Location, SpecError, SpecErrors
+from engine.spec import PIPELINE_FIELDS, STEP_FIELDS, PipelineSpec
+
+_STANDARD_TAGS = {
+    "tag:yaml.org,2002:str",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:null",
+    "tag:yaml.org,2002:map",
+    "tag:yaml.org,2002:seq",
+    "tag:yaml.org,2002:timestamp",
+}
+_ENV = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+_RESOLVER = yaml.resolver.Resolver()
+_REF = re.compile(r"^\$\{\{\s*(!?)\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}$")
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """A reference to the run input or another step's output, e.g. `${{ steps.call.body }}`."""
+
+    step: str | None  # None: the run input
+    path: tuple[str, ...]
+    negate: bool
+    text: str
+    location: Location | None = field(default=None, compare=False)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(slots=True)
+class LoadedPipeline:
+    """A parsed, schema-valid pipeline file, with the position of every value in it."""
+
+    spec: PipelineSpec
+    file: str
+    positions: dict[Path_, Location]
+
+    def where(self, *path: str | int) -> Location | None:
+        """The position of `path`, or of its nearest enclosing value that has one."""
+        p: Path_ = tuple(path)
+        while p:
+            if p in self.positions:
+                return self.positions[p]
+            p = p[:-1]
+        return self.positions.get((), Location(self.file, 1, 1))
+
+
+def load_file(path: str | Path, env: dict[str, str] | None = None) -> LoadedPipeline:
+    """Load one pipeline file; raises `SpecErrors` with every problem found in it."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecErrors([SpecError(f"cannot read pipeline file: {exc}", Location(str(p), 1, 1))]) from exc
+    return load_text(text, str(p), env=env, default_name=p.stem)
+
+
+def load_text(
+    text: str, file: str = "<string>", env: dict[str, str] | None = None, default_name: str | None = None
+) -> LoadedPipeline:
+    """Load a pipeline from YAML text (`file` is only used in messages)."""
+    reader = _Reader(file, os.environ if env is None else env)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        loc = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file, 1, 1)
+        raise SpecErrors([SpecError(f"invalid YAML: {exc.problem or exc}", loc)]) from None
+    if node is None:
+        raise SpecErrors([SpecError("the file is empty", Location(file, 1, 1), "a pipeline needs `steps:` and `output:`")])
+    data = reader.value(node, ())
+    errors = reader.errors
+    if not isinstance(data, dict):
+        errors.append(SpecError("a pipeline file must be a mapping", reader.positions.get(()), "start with `name:`, `steps:` and `output:`"))
+        raise SpecErrors(errors)
+    if "name" not in data and default_name is not None:
+        data["name"] = default_name
+    loaded = LoadedPipeline(spec=None, file=file, positions=reader.positions)  # type: ignore[arg-type]
+    try:
+        loaded.spec = PipelineSpec.model_validate(data)
+    except ValidationError as exc:
+        errors.extend(_explain(e, loaded) for e in exc.errors())
+    if errors:
+        raise SpecErrors(errors)
+    return loaded
+
+
+class _Reader:
+    """Turns composed YAML nodes into Python values, recording positions and errors."""
+
+    def __init__(self, file: str, env: Any) -> None:
+        self.file = file
+        self.env = env
+        self.positions: dict[Path_, Location] = {}
+        self.errors: list[SpecError] = []
+
+    def loc(self, node: yaml.Node) -> Location:
+        return Location(self.file, node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def value(self, node: yaml.Node, path: Path_) -> Any:
+        self.positions[path] = self.loc(node)
+        if node.tag not in _STANDARD_TAGS:
+            self.errors.append(
+                SpecError(
+                    f"unknown tag '{node.tag}'",
+                    self.loc(node),
+                    "pipeline files are plain YAML: remove the tag (tags that build Python objects are never run)",
+                )
+            )
+            return None
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    self.errors.append(SpecError("YAML merge keys (<<) are not supported", self.loc(key_node), "write the keys out"))
+                    continue
+                key = self.value(key_node, path + ("<key>",))
+                if not isinstance(key, (str, int, float, bool)) or key is None:
+                    self.errors.append(SpecError("mapping keys must be plain words", self.loc(key_node)))
+                    continue
+                key = str(key)
+                if key in out:
+                    self.errors.append(SpecError(f"duplicate key '{key}'", self.loc(key_node), "each key may appear once; remove one of them"))
+                    continue
+                self.positions[path + (key, "<key>")] = self.loc(key_node)
+                out[key] = self.value(value_node, path + (key,))
+            self.positions.pop(path + ("<key>",), None)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.value(item, path + (i,)) for i, item in enumerate(node.value)]
+        return self.scalar(node, path)
+
+    def scalar(self, node: yaml.ScalarNode, path: Path_) -> Any:
+        raw = node.value
+        if "$" in raw:
+            interpolated = self.interpolate(raw, node)
+            if interpolated != raw:
+                if node.style is None and _ENV.fullmatch(raw):
+                    # A plain scalar that was one variable: give it YAML's type (64 -> int).
+                    tag = _RESOLVER.resolve(yaml.ScalarNode, interpolated, (True, False))
+                    node = yaml.ScalarNode(tag, interpolated, node.start_mark, node.end_mark, node.style)
+                else:
+                    node = yaml.ScalarNode("tag:yaml.org,2002:str", interpolated, node.start_mark, node.end_mark, node.style)
+                raw = interpolated
+        if node.tag == "tag:yaml.org,2002:str" and "${{" in raw:
+            return self.reference(raw, node)
+        return _CONSTRUCTOR.construct_object(node)  # plain scalars only: no tags beyond YAML's own
+
+    def interpolate(self, raw: str, node: yaml.Node) -> str:
+        def sub(m: re.Match[str]) -> str:
+            escaped, name, default = m.group(1), m.group(2), m.group(3)
+            if escaped:
+                return m.group(0)[1:]
+            value = self.env.get(name)
+            if value is None or (value == "" and ":-" in m.group(0)):
+                if default is None:
+                    self.errors.append(
+                        SpecError(
+                            f"environment variable '{name}' is not set",
+                            self.loc(node),
+                            f"set it, or give a default: ${{{name}:-value}}",
+                        )
+                    )
+                    return ""
+                return default
+            return value
+
+        return _ENV.sub(sub, raw)
+
+    def reference(self, raw: str, node: yaml.Node) -> Any:
+        m = _REF.match(raw.strip())
+        loc = self.loc(node)
+        if not m:
+            self.errors.append(
+                SpecError(
+                    f"'{raw}' is not a reference",
+                    loc,
+                    "a reference is a whole value: ${{ input }}, ${{ input.key }} or ${{ steps.NAME.key }}",
+                )
+            )
+            return None
+        negate, dotted = m.group(1) == "!", m.group(2).split(".")
+        if dotted[0] == "input":
+            return Ref(None, tuple(dotted[1:]), negate, raw.strip(), loc)
+        if dotted[0] == "steps" and len(dotted) >= 2 and dotted[1]:
+            return Ref(dotted[1], tuple(dotted[2:]), negate, raw.strip(), loc)
+        self.errors.append(
+            SpecError(
+                f"unknown reference '{m.group(2)}'",
+                loc,
+                "references start with 'input' or 'steps.NAME', e.g. ${{ steps.clean.body }}",
+            )
+        )
+        return None
+
+
+def _explain(err: Any, loaded: LoadedPipeline) -> SpecError:
+    """Turn one pydantic error into a located message a pipeline author can act on."""
+    loc_path = tuple(x for x in err["loc"] if not (isinstance(x, str) and x in {"str", "list[str]", "function-before[parse_duration(), float]"}))
+    typ, msg = err["type"], err["msg"]
+    in_step = len(loc_path) >= 2 and loc_path[0] == "steps"
+    where_text = f"step '{loc_path[1]}'" if in_step else "the pipeline"
+    if typ == "extra_forbidden":
+        field_name = str(loc_path[-1])
+        allowed = STEP_FIELDS if in_step and len(loc_path) == 3 else PIPELINE_FIELDS if len(loc_path) == 1 else None
+        close = difflib.get_close_matches(field_name, allowed or [], n=1)
+        hint = f"did you mean '{close[0]}'?" if close else (f"allowed: {', '.join(allowed)}" if allowed else "remove it")
+        return SpecError(f"unknown field '{field_name}' in {where_text}", loaded.where(*loc_path[:-1], field_name, "<key>") or loaded.where(*loc_path), hint)
+    if typ == "missing":
+        field_name = str(loc_path[-1])
+        hints = {
+            "uses": "add `uses: <step name>` (see `engine steps`)",
+            "output": "add `output: ${{ steps.LAST }}` naming what the pipeline returns",
+            "steps": "add `steps:` with at least one step",
+            "max": "add `max: N` (how many holders at once)",
+        }
+        return SpecError(f"{where_text} has no '{field_name}'", loaded.where(*loc_path[:-1]), hints.get(field_name, f"add `{field_name}:`"))
+    inner = loc_path[2:] if in_step else loc_path
+    dotted = ".".join(str(x) for x in inner) or "value"
+    value = err.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, (dict, list)) else ""
+    text = msg.removeprefix("Input ").removeprefix("Value error, ")
+    return SpecError(f"{where_text}: '{dotted}' {text}{shown}", loaded.where(*loc_path))

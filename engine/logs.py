@@ -1,0 +1,122 @@
+"""Logging: structlog, with the run's context on every line and secrets scrubbed out.
+
+The executor sets one context variable per step attempt holding (request id, pipeline, step,
+attempt); `add_run_context` copies it into every event, so a step's own `log.info(...)` carries
+them with no plumbing, in sync steps running in worker threads too (anyio copies the context
+into the thread). One immutable value per scope keeps setting it to a single `ContextVar.set`,
+which matters at 10 steps a request. `redact` runs last before rendering, so nothing that
+looks like a key reaches a log line whichever processor added it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from contextvars import ContextVar
+from typing import Any
+
+import structlog
+
+_scope: ContextVar[tuple[tuple[str, Any], ...] | None] = ContextVar("engine_log_scope", default=None)
+
+SECRET_KEYS = re.compile(r"(authorization|api[-_]?key|token|secret|password|cookie|credential)", re.I)
+SECRET_VALUES = re.compile(
+    r"(sk-[A-Za-z0-9_\-]{6,}|(?<=Bearer )[A-Za-z0-9._\-~+/]{6,}=*|"
+    r"eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]*)"
+)
+_extra_secrets: set[str] = set()
+
+
+def bind_scope(**fields: Any) -> Any:
+    """Replace the log scope for the current context; returns a token for `reset_scope`."""
+    return _scope.set(tuple(fields.items()))
+
+
+def reset_scope(token: Any) -> None:
+    _scope.reset(token)
+
+
+def current_scope() -> dict[str, Any]:
+    s = _scope.get()
+    return dict(s) if s else {}
+
+
+def add_run_context(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Processor: add request id, pipeline, step and attempt of the current step attempt."""
+    s = _scope.get()
+    if s:
+        for k, v in s:
+            event.setdefault(k, v)
+    return event
+
+
+def register_secret(value: str | None) -> None:
+    """Scrub this exact value from every log line (configured keys, say)."""
+    if value and len(value) >= 6:
+        _extra_secrets.add(value)
+
+
+def scrub(text: str) -> str:
+    """Replace anything secret-looking in `text` with a marker."""
+    for s in _extra_secrets:
+        if s in text:
+            text = text.replace(s, "[REDACTED]")
+    return SECRET_VALUES.sub("[REDACTED]", text)
+
+
+def _redact_value(key: str, value: Any) -> Any:
+    if isinstance(key, str) and SECRET_KEYS.search(key) and value not in (None, "", 0):
+        return "[REDACTED]"
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _redact_value(k, v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact_value("", v) for v in value]
+    return value
+
+
+def redact(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Processor: mask secret-named fields and secret-looking values, tracebacks included."""
+    return {k: _redact_value(k, v) for k, v in event.items()}
+
+
+def configure(fmt: str | None = None, level: str | None = None, stream: Any = None) -> None:
+    """Set up structlog: `fmt` is "json" or "console" (default: console on a terminal, else JSON).
+
+    Tracebacks are rendered without local variables: structlog's default shows them, and a
+    frame local can hold an API key.
+    """
+    fmt = (fmt or os.environ.get("ENGINE_LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")).lower()
+    level_name = (level or os.environ.get("ENGINE_LOG_LEVEL") or "info").upper()
+    lvl = logging.getLevelNamesMapping().get(level_name, logging.INFO)
+    for name in ("OPENROUTER_API_KEY", "ENGINE_API_KEYS"):
+        for part in (os.environ.get(name) or "").split(","):
+            register_secret(part.strip())
+    renderer: Any
+    if fmt == "json":
+        exc = structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        exc = None
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty() and "NO_COLOR" not in os.environ,
+            exception_formatter=structlog.dev.plain_traceback,
+        )
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        add_run_context,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if exc is not None:
+        processors.append(exc)
+    processors += [redact, renderer]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=True,
+    )

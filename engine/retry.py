@@ -1,0 +1,47 @@
+"""When to try a failed step again, and how long to wait first.
+
+The error decides whether it is worth retrying (`StepError.retryable`, `kind`); the YAML
+policy decides how often and how long. Waits are exponential with full jitter (a uniform
+draw between 0 and the capped exponential), so a crowd of clients does not retry in step.
+A `retry_after` the failing party asked for is honoured when it fits both the policy's
+`max_retry_after` and the run's remaining deadline; otherwise the error is returned at once,
+because waiting past the deadline cannot succeed.
+"""
+
+from __future__ import annotations
+
+import random
+
+from engine.errors import StepError
+from engine.spec import RetrySpec
+
+_rng = random.Random()
+
+
+def backoff(policy: RetrySpec, attempt: int) -> float:
+    """The wait before attempt `attempt + 1`: full jitter over the capped exponential."""
+    ceiling = min(policy.max_backoff, policy.backoff * (2 ** (attempt - 1)))
+    return _rng.uniform(0, ceiling)
+
+
+def matches(error: BaseException, policy: RetrySpec) -> bool:
+    """Whether the policy retries this kind of error."""
+    if not isinstance(error, StepError):
+        return "error" in policy.on
+    return (error.retryable and "retryable" in policy.on) or error.kind in policy.on
+
+
+def next_delay(error: BaseException, policy: RetrySpec, attempt: int, remaining: float | None) -> float | None:
+    """Seconds to wait before retrying, or None when the error must be returned now."""
+    if attempt >= policy.attempts or not matches(error, policy):
+        return None
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None and retry_after > 0:
+        if retry_after > policy.max_retry_after:
+            return None
+        delay = float(retry_after)
+    else:
+        delay = backoff(policy, attempt)
+    if remaining is not None and delay >= remaining:
+        return None
+    return delay

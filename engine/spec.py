@@ -1,0 +1,116 @@
+"""The shape of a pipeline file, as pydantic models: what a pipeline author may write.
+
+A pipeline file looks like this (GitHub-Actions-like words: `uses`, `with`, `if`)::
+
+    name: greet
+    route: POST /greet            # optional: served over HTTP by `engine serve`
+    deadline: 30s                 # optional: the whole run, retries included
+    limits:                       # optional: named concurrency limits, shared across runs
+      upstream: {max: 64, queue_timeout: 5s}
+    steps:
+      shout:
+        uses: text.upper          # a registered step, or package.module:function
+        with:
+          text: ${{ input.name }} # a reference: this step now depends on the run input
+      polite:
+        uses: text.prefix
+        if: ${{ input.polite }}   # skipped when false...
+        else: ${{ steps.shout }}  # ...and dependents get this value instead
+        with: {text: ${{ steps.shout }}, prefix: "Dear "}
+        retry: {attempts: 3, backoff: 200ms, max_backoff: 2s, on: [retryable]}
+        timeout: 5s
+    output: ${{ steps.polite }}
+    errors: text.render_error     # optional: turns a failed run into an output
+
+References are whole values `${{ input }}`, `${{ input.a.b }}` or `${{ steps.NAME.a.b }}`;
+edges of the graph come from them. `${VAR}` and `${VAR:-default}` read the environment when
+the file loads. Everything here is checked before anything runs (see `check.py`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> Any:
+    """Accept seconds as a number or a string with a unit: `250ms`, `5s`, `2m`, `1h`."""
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if not m:
+            raise ValueError(f"'{value}' is not a duration; write seconds (5) or 250ms, 5s, 2m, 1h")
+        return float(m.group(1)) * _UNITS[m.group(2)]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class RetrySpec(_Strict):
+    """How a step is retried. Bounded by default; waits use exponential backoff with full jitter."""
+
+    attempts: int = Field(3, ge=1, le=20, description="total tries, the first included")
+    backoff: Duration = Field(0.5, gt=0, le=60, description="base wait before the 2nd try")
+    max_backoff: Duration = Field(8.0, gt=0, le=600, description="cap on one wait")
+    max_retry_after: Duration = Field(
+        60.0, ge=0, le=3600, description="a longer Retry-After is not waited for: the error is returned"
+    )
+    on: list[str] = Field(
+        default_factory=lambda: ["retryable"],
+        description="error kinds that retry; 'retryable' means any error that says it is",
+    )
+    idempotent: bool = Field(False, description="allow retrying a step that has side effects")
+
+
+class LimitSpec(_Strict):
+    """A named concurrency limit: at most `max` holders at once across all runs."""
+
+    max: int = Field(ge=1, le=1_000_000)
+    queue_timeout: Duration | None = Field(None, gt=0, description="give up waiting after this")
+
+
+class StepSpec(_Strict):
+    """One step of a pipeline."""
+
+    uses: str = Field(description="a registered step name, or package.module:function")
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    if_: Any = Field(None, alias="if")
+    else_: Any = Field(None, alias="else")
+    retry: RetrySpec | None = None
+    timeout: Duration | None = Field(None, gt=0, le=86400)
+    idle_timeout: Duration | None = Field(None, gt=0, le=86400)
+    limit: str | None = None
+    record: bool = False
+    description: str = ""
+
+
+class PipelineSpec(_Strict):
+    """A whole pipeline file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    description: str = ""
+    route: str | list[str] | None = None
+    deadline: Duration | None = Field(None, gt=0, le=86400)
+    limits: dict[str, LimitSpec] = Field(default_factory=dict)
+    steps: dict[str, StepSpec] = Field(min_length=1)
+    output: Any
+    errors: str | None = None
+
+    @property
+    def routes(self) -> list[str]:
+        if self.route is None:
+            return []
+        return [self.route] if isinstance(self.route, str) else list(self.route)
+
+
+STEP_FIELDS = sorted({f.alias or n for n, f in StepSpec.model_fields.items()})
+PIPELINE_FIELDS = sorted(PipelineSpec.model_fields)

@@ -1,0 +1,100 @@
+"""Streams between steps: priming, idle timeouts, and closing what nobody will read.
+
+A step that returns an async iterator is *primed*: the engine pulls its first item inside the
+step's attempt, so failures before the first item (connect errors, an error status, a stalled
+upstream) are ordinary step failures that retry and time out like any other. After the first
+item the stream belongs to its consumer: nothing is retried, an `idle_timeout` bounds the gap
+between items, and closing the stream (the consumer went away) closes everything under it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+
+from engine.errors import StepTimeout
+
+
+def is_stream(value: Any) -> bool:
+    return hasattr(value, "__anext__")
+
+
+async def aclose_quietly(it: Any) -> None:
+    """Close an async iterator even while the caller is being cancelled."""
+    closer = getattr(it, "aclose", None)
+    if closer is None:
+        return
+    with anyio.CancelScope(shield=True):
+        try:
+            await closer()
+        except Exception:
+            pass
+
+
+async def _empty() -> AsyncIterator[Any]:
+    return
+    yield  # pragma: no cover
+
+
+async def prime(it: AsyncIterator[Any]) -> tuple[bool, Any]:
+    """Pull the first item: (True, item), or (False, None) for an empty stream."""
+    try:
+        return True, await it.__anext__()
+    except StopAsyncIteration:
+        return False, None
+    except BaseException:
+        await aclose_quietly(it)
+        raise
+
+
+async def follow(
+    first: Any,
+    it: AsyncIterator[Any],
+    *,
+    step: str,
+    idle_timeout: float | None,
+    on_end: Callable[[str, int], None],
+) -> AsyncIterator[Any]:
+    """Yield `first`, then the rest of `it`, enforcing `idle_timeout` between items.
+
+    `on_end(outcome, items)` runs exactly once: "ok", "error", "timeout" or "closed" (the
+    consumer stopped early).
+    """
+    outcome, count = "closed", 0
+    try:
+        count = 1
+        yield first
+        if idle_timeout is None:
+            async for item in it:
+                count += 1
+                yield item
+        else:
+            while True:
+                with anyio.move_on_after(idle_timeout) as scope:
+                    try:
+                        item = await it.__anext__()
+                    except StopAsyncIteration:
+                        break
+                if scope.cancelled_caught:
+                    outcome = "timeout"
+                    raise StepTimeout(f"step '{step}' sent nothing for {idle_timeout:g} s", retryable=False)
+                count += 1
+                yield item
+        outcome = "ok"
+    except GeneratorExit:
+        outcome = "closed"
+        raise
+    except BaseException:
+        if outcome != "timeout":
+            outcome = "error"
+        raise
+    finally:
+        await aclose_quietly(it)
+        on_end(outcome, count)
+
+
+def empty() -> AsyncIterator[Any]:
+    """An async iterator with no items (what a primed empty stream becomes)."""
+    return _empty()
