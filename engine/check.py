@@ -235,11 +235,11 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
     for name, node in nodes.items():
         for dep in node.deps:
             sdep = spec.steps.get(dep)
-            if sdep is not None and sdep.if_ is not None and "else" not in sdep.model_fields_set:
+            if sdep is not None and sdep.if_ is not None and "else_" not in sdep.model_fields_set:
                 errors.append(SpecError(f"step '{name}' uses '{dep}', which is skipped when its `if` is false, but '{dep}' declares no `else`", lp.where("steps", dep, "if"), f"add `else:` to '{dep}' with the value dependents get instead (null is allowed)"))
     for dep in output_deps:
         sdep = spec.steps.get(dep)
-        if sdep is not None and sdep.if_ is not None and "else" not in sdep.model_fields_set:
+        if sdep is not None and sdep.if_ is not None and "else_" not in sdep.model_fields_set:
             errors.append(SpecError(f"the output uses '{dep}', which may be skipped, but it declares no `else`", lp.where("steps", dep, "if"), f"add `else:` to '{dep}'"))
 
     errors_info = None

@@ -139,17 +139,16 @@ class _Reader:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     self.errors.append(SpecError("YAML merge keys (<<) are not supported", self.loc(key_node), "write the keys out"))
                     continue
-                key = self.value(key_node, path + ("<key>",))
-                if not isinstance(key, (str, int, float, bool)) or key is None:
+                if not isinstance(key_node, yaml.ScalarNode):
                     self.errors.append(SpecError("mapping keys must be plain words", self.loc(key_node)))
                     continue
-                key = str(key)
+                # Keys are names, never YAML 1.1 booleans: `on:` stays "on", as in GitHub Actions.
+                key = key_node.value
                 if key in out:
                     self.errors.append(SpecError(f"duplicate key '{key}'", self.loc(key_node), "each key may appear once; remove one of them"))
                     continue
                 self.positions[path + (key, "<key>")] = self.loc(key_node)
                 out[key] = self.value(value_node, path + (key,))
-            self.positions.pop(path + ("<key>",), None)
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.value(item, path + (i,)) for i, item in enumerate(node.value)]

@@ -219,3 +219,17 @@ def names() -> list[str]:
     """Registered step names, sorted; used in 'did you mean' hints."""
     load_step_packages()
     return sorted(n for n in _registry if ":" not in n)
+
+
+_serving_notes: list[Callable[[], str]] = []
+
+
+def serving_note(fn: Callable[[], str]) -> Callable[[], str]:
+    """Register a function whose line `engine serve` prints at start-up (e.g. the upstream in use)."""
+    _serving_notes.append(fn)
+    return fn
+
+
+def serving_notes() -> list[str]:
+    load_step_packages()
+    return [fn() for fn in _serving_notes]

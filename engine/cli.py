@@ -1,0 +1,235 @@
+"""The `engine` command: serve, check, graph, run and steps.
+
+Argparse, because none of the project's libraries is a CLI framework and the standard
+library's is enough. Every subcommand's help ends with examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from engine import graph as graphs
+from engine import logs, registry
+from engine.errors import EngineError, SpecErrors
+from engine.executor import Engine, load_plans, pipeline_files
+from engine.streams import is_stream
+from engine.types import Reply
+
+
+def default_pipelines() -> str:
+    """`$ENGINE_PIPELINES`, else ./pipelines, else the pipelines shipped beside the package."""
+    env = os.environ.get("ENGINE_PIPELINES")
+    if env:
+        return env
+    if Path("pipelines").is_dir():
+        return "pipelines"
+    return str(Path(__file__).resolve().parent.parent / "pipelines")
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="engine",
+        description="A declarative pipeline engine. Pipelines are YAML files wiring registered steps into a graph.",
+        epilog=_examples("engine serve", "engine check pipelines/", "engine graph messages --format mermaid", "engine steps"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str, examples: list[str]) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, epilog=_examples(*examples), formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = add("serve", "serve every pipeline that has a route, plus GET /health", ["engine serve", "engine serve --port 9000 --pipelines ./my-pipelines", "ENGINE_LOG_FORMAT=json engine serve --workers 4"])
+    p.add_argument("--pipelines", default=None, metavar="DIR", help="pipeline directory (default: $ENGINE_PIPELINES or ./pipelines)")
+    p.add_argument("--host", default=os.environ.get("ENGINE_HOST", "127.0.0.1"), help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("ENGINE_PORT", "8082")), help="port (default 8082)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--log-format", choices=["console", "json"], default=None, help="log output (default: console on a terminal, else json)")
+    p.add_argument("--log-level", default=None, help="debug, info, warning, error (default info)")
+
+    p = add("check", "validate pipeline files; exit 1 with file:line:col errors", ["engine check", "engine check pipelines/messages.yaml", "engine check pipelines/ my-pipelines/"])
+    p.add_argument("paths", nargs="*", metavar="PATH", help="files or directories (default: the pipeline directory)")
+
+    p = add("graph", "draw a pipeline", ["engine graph messages", "engine graph pipelines/messages.yaml --format mermaid", "engine graph messages --format svg -o messages.svg"])
+    p.add_argument("pipeline", help="a pipeline name or file")
+    p.add_argument("--format", default="text", choices=["text", "mermaid", "dot", "svg", "png"])
+    p.add_argument("-o", "--output", default=None, metavar="FILE", help="write to FILE instead of stdout")
+    p.add_argument("--pipelines", default=None, metavar="DIR")
+
+    p = add("run", "run a pipeline once on an input file and print its output", ["engine run demo --input request.json", "engine run pipelines/demo.yaml --input input.yaml"])
+    p.add_argument("pipeline", help="a pipeline name or file")
+    p.add_argument("--input", required=True, metavar="FILE", help="JSON or YAML file with the run input ('-' for stdin)")
+    p.add_argument("--pipelines", default=None, metavar="DIR")
+
+    add("steps", "list every registered step with its parameters", ["engine steps", "engine steps | grep anthropic"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Like `python -m` and uvicorn: user steps named package.module:function import from here.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    handler = {"serve": cmd_serve, "check": cmd_check, "graph": cmd_graph, "run": cmd_run, "steps": cmd_steps}[args.command]
+    try:
+        return handler(args)
+    except SpecErrors as exc:
+        for err in exc.errors:
+            print(err, file=sys.stderr)
+        print(f"{len(exc.errors)} error{'s' if len(exc.errors) != 1 else ''}", file=sys.stderr)
+        return 1
+    except EngineError as exc:
+        print(f"engine: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _select(target: str, pipelines: str | None) -> tuple[list[Any], str]:
+    """Load the pipeline set that contains `target` (a name or a file) and return its name."""
+    path = Path(target)
+    if path.suffix in {".yaml", ".yml"} and path.is_file():
+        directory = str(path.parent)
+        plans = load_plans([directory])
+        for plan in plans:
+            if Path(plan.file).resolve() == path.resolve():
+                return plans, plan.name
+    plans = load_plans([pipelines or default_pipelines()])
+    names = [p.name for p in plans]
+    if target not in names:
+        raise EngineError(f"no pipeline named '{target}'; pipelines are: {', '.join(sorted(names))}")
+    return plans, target
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    paths = args.paths or [default_pipelines()]
+    files = pipeline_files(paths)
+    if not files:
+        print(f"no pipeline files in {', '.join(paths)}", file=sys.stderr)
+        return 1
+    plans = load_plans(paths)
+    for plan in plans:
+        print(f"{plan.file}: OK ({len(plan.nodes)} steps{', ' + ', '.join(f'{m} {p}' for m, p in plan.routes) if plan.routes else ''})")
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    plans, name = _select(args.pipeline, args.pipelines)
+    plan = next(p for p in plans if p.name == name)
+    if args.format in {"svg", "png"}:
+        try:
+            data = graphs.render_image(plan, args.format)
+        except graphs.GraphvizMissing as exc:
+            print(f"engine: {exc}", file=sys.stderr)
+            return 1
+        if args.output:
+            Path(args.output).write_bytes(data)
+        else:
+            sys.stdout.buffer.write(data)
+        return 0
+    text = {"text": graphs.to_text, "mermaid": graphs.to_mermaid, "dot": graphs.to_dot}[args.format](plan)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _read_input(path: str) -> Any:
+    import yaml
+
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return yaml.safe_load(text)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    logs.configure(os.environ.get("ENGINE_LOG_FORMAT", "console"), os.environ.get("ENGINE_LOG_LEVEL", "warning"))
+    plans, name = _select(args.pipeline, args.pipelines)
+    data = _read_input(args.input)
+    engine = Engine(plans)
+
+    async def go() -> int:
+        ctx = engine.context(name, data)
+        try:
+            out = await engine.run(name, data, ctx=ctx)
+            status = 0
+            if isinstance(out, Reply):
+                status = 0 if out.status < 400 else 1
+                out = out.stream if out.stream is not None else out.body
+            if is_stream(out):
+                async for item in out:
+                    _print_item(item)
+            else:
+                _print_item(out)
+            return status
+        finally:
+            await ctx.aclose()
+            await engine.aclose()
+
+    return anyio.run(go)
+
+
+def _print_item(item: Any) -> None:
+    if isinstance(item, bytes):
+        sys.stdout.write(item.decode("utf-8", errors="replace"))
+    elif isinstance(item, str):
+        sys.stdout.write(item if item.endswith("\n") else item + "\n")
+    else:
+        sys.stdout.write(json.dumps(item, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def cmd_steps(args: argparse.Namespace) -> int:
+    for info in registry.catalogue():
+        params = ", ".join(p.describe() for p in info.params.values())
+        flags = [f for f, on in (("stream", info.streams), ("side effects", info.side_effects)) if on]
+        print(f"{info.name}({params})" + (f"  [{', '.join(flags)}]" if flags else ""))
+        print(f"    {info.summary}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    pipelines = args.pipelines or default_pipelines()
+    os.environ["ENGINE_PIPELINES"] = pipelines
+    if args.log_format:
+        os.environ["ENGINE_LOG_FORMAT"] = args.log_format
+    if args.log_level:
+        os.environ["ENGINE_LOG_LEVEL"] = args.log_level
+    logs.configure()
+    plans = load_plans([pipelines])  # fail here, before binding, with every error listed
+    routes = [f"{m} {p} -> {plan.name}" for plan in plans for m, p in plan.routes]
+    print(f"engine serving http://{args.host}:{args.port} ({len(plans)} pipelines from {pipelines})", file=sys.stderr)
+    for line in routes:
+        print(f"  {line}", file=sys.stderr)
+    for line in registry.serving_notes():
+        print(f"  {line}", file=sys.stderr)
+    uvicorn.run(
+        "engine.http:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers if args.workers > 1 else None,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

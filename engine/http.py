@@ -1,0 +1,248 @@
+"""Serving pipelines over HTTP: one starlette route per pipeline `route:`, plus `GET /health`.
+
+The HTTP layer knows no protocol. It hands a routed pipeline an `engine.types.Request` and
+writes back what the pipeline returns: a `Reply` (status, headers, JSON body or a stream of
+bytes), or a bare value sent as JSON. Requests it refuses itself (no route, wrong method, body
+too large) become `HttpError`s rendered by the pipelines' own error step, so every error is
+in the served protocol's format.
+
+The commit point is the first byte of a response body. A stream is primed before that (see
+`streams.py`), so the run has already succeeded or failed by the time headers go out. After
+it, the stream is written item by item; a `heartbeat` is written whenever the stream has been
+silent for its interval; a client disconnect cancels the stream at once (uvicorn's `send`
+after a disconnect returns silently, so waiting for `send` to fail would read the upstream to
+its end).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import orjson
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request as StarletteRequest
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from engine.check import Plan
+from engine.errors import HttpError
+from engine.executor import Engine
+from engine.run import RunContext
+from engine.streams import aclose_quietly
+from engine.types import Reply, Request
+
+_access = structlog.get_logger("engine.access")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+DEFAULT_BODY_LIMIT = 32 * 1024 * 1024
+
+
+def create_app(engine: Engine, *, body_limit: int = DEFAULT_BODY_LIMIT, body_timeout: float = 60.0) -> Starlette:
+    """A starlette app serving every pipeline of `engine` that has a route."""
+    fallback = _fallback_plan(engine)
+
+    def endpoint_for(plan: Plan) -> Callable[[StarletteRequest], Any]:
+        async def endpoint(request: StarletteRequest) -> Response:
+            return await _serve(engine, plan, request, body_limit, body_timeout)
+
+        return endpoint
+
+    routes = [Route("/health", _health(engine), methods=["GET"])]
+    for plan in engine.plans.values():
+        for method, path in plan.routes:
+            routes.append(Route(path, endpoint_for(plan), methods=[method], name=f"{plan.name}:{method}:{path}"))
+
+    async def refused(request: StarletteRequest, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 500)
+        message = {404: f"Not found: {request.method} {request.url.path}", 405: "Method Not Allowed"}.get(status, "Request refused")
+        return await _render(engine, fallback, HttpError(status, message), engine.context(fallback.name) if fallback else None)
+
+    async def lifespan(app: Starlette) -> Any:
+        yield
+        await engine.aclose()
+
+    return Starlette(routes=routes, exception_handlers={HTTPException: refused}, lifespan=lifespan)
+
+
+def _fallback_plan(engine: Engine) -> Plan | None:
+    """The pipeline whose error step answers requests no pipeline owns: the most common one."""
+    with_errors = [p for p in engine.plans.values() if p.errors is not None and p.routes]
+    if not with_errors:
+        return None
+    common = Counter(p.errors.name for p in with_errors).most_common(1)[0][0]  # type: ignore[union-attr]
+    return sorted((p for p in with_errors if p.errors.name == common), key=lambda p: p.name)[0]  # type: ignore[union-attr]
+
+
+def _health(engine: Engine) -> Callable[[StarletteRequest], Any]:
+    async def health(request: StarletteRequest) -> Response:
+        body = {"status": "ok", "pipelines": sorted(engine.plans)}
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    return health
+
+
+async def _read_body(request: StarletteRequest, limit: int, timeout: float) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise HttpError(413, f"Request body is larger than {limit} bytes")
+        except ValueError:
+            raise HttpError(400, "Invalid Content-Length header") from None
+    chunks: list[bytes] = []
+    size = 0
+    with anyio.move_on_after(timeout) as scope:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HttpError(413, f"Request body is larger than {limit} bytes")
+            chunks.append(chunk)
+    if scope.cancelled_caught:
+        raise HttpError(408, f"Request body did not arrive within {timeout:g} s")
+    return b"".join(chunks)
+
+
+async def _serve(engine: Engine, plan: Plan, request: StarletteRequest, body_limit: int, body_timeout: float) -> Response:
+    start = time.perf_counter()
+    rid = request.headers.get("x-request-id")
+    ctx = engine.context(plan.name, request_id=rid if rid and _REQUEST_ID.match(rid) else None)
+    try:
+        body = await _read_body(request, body_limit, body_timeout) if request.method not in {"GET", "HEAD"} else b""
+        req = Request(
+            method=request.method,
+            path=request.url.path,
+            headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]},
+            query=dict(request.query_params),
+            body=body,
+            path_params=dict(request.path_params),
+            client=request.client.host if request.client else "",
+        )
+        out = await engine.run(plan.name, req, ctx=ctx)
+    except HttpError as exc:
+        response = await _render(engine, plan, exc, ctx)
+        _log_access(ctx, response.status_code, "refused", start)
+        return response
+    except Exception as exc:
+        response = await _render(engine, None, exc, ctx)
+        _log_access(ctx, response.status_code, "error", start)
+        return response
+    return _to_response(out, ctx, start)
+
+
+async def _render(engine: Engine, plan: Plan | None, error: Exception, ctx: RunContext | None) -> Response:
+    if plan is not None and plan.errors is not None and ctx is not None:
+        try:
+            out = await engine.render_error(plan, error, ctx)
+            return _to_response(out, ctx, None)
+        except Exception:
+            structlog.get_logger("engine").exception("error renderer failed")
+    status = error.status if isinstance(error, HttpError) else 500
+    message = error.message if isinstance(error, HttpError) else "Internal server error"
+    return Response(orjson.dumps({"error": message}), status_code=status, media_type="application/json")
+
+
+def _to_response(out: Any, ctx: RunContext, start: float | None) -> Response:
+    if isinstance(out, Reply):
+        if out.stream is not None:
+            return StreamReply(out, ctx, start)
+        body = out.body
+        content = body if isinstance(body, bytes) else body.encode() if isinstance(body, str) else orjson.dumps(body)
+        response = Response(content, status_code=out.status, headers=out.headers, media_type=out.media_type)
+    else:
+        response = Response(orjson.dumps(out), media_type="application/json", headers={"request-id": ctx.request_id})
+    if start is not None:
+        _log_access(ctx, response.status_code, "ok" if response.status_code < 400 else "error", start)
+    return response
+
+
+def _log_access(ctx: RunContext, status: int, outcome: str, start: float, **extra: Any) -> None:
+    _access.info(
+        "request",
+        request_id=ctx.request_id,
+        pipeline=ctx.pipeline,
+        status=status,
+        outcome=outcome,
+        duration_ms=round((time.perf_counter() - start) * 1000, 2),
+        **ctx.attributes,
+        **extra,
+    )
+
+
+class StreamReply(Response):
+    """Writes a `Reply.stream` with heartbeats, and stops the moment the client goes away."""
+
+    def __init__(self, reply: Reply, ctx: RunContext, start: float | None) -> None:
+        self.reply = reply
+        self.ctx = ctx
+        self.start = start if start is not None else time.perf_counter()
+        self.status_code = reply.status
+        self.media_type = reply.media_type
+        self.background = None
+        self.init_headers(reply.headers)
+        self.last_write = 0.0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        reply, outcome = self.reply, "ok"
+        lock = anyio.Lock()
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def watch_disconnect() -> None:
+                    nonlocal outcome
+                    while True:
+                        message = await receive()
+                        if message["type"] == "http.disconnect":
+                            outcome = "client_disconnected"
+                            tg.cancel_scope.cancel()
+                            return
+
+                async def heartbeat() -> None:
+                    interval = reply.heartbeat_interval
+                    while True:
+                        await anyio.sleep(max(0.0, self.last_write + interval - time.monotonic()))
+                        if time.monotonic() - self.last_write >= interval:
+                            async with lock:
+                                await send({"type": "http.response.body", "body": reply.heartbeat, "more_body": True})
+                                self.last_write = time.monotonic()
+
+                tg.start_soon(watch_disconnect)
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                self.last_write = time.monotonic()
+                if reply.heartbeat:
+                    tg.start_soon(heartbeat)
+                try:
+                    async for item in reply.stream:  # type: ignore[union-attr]
+                        data = item if isinstance(item, bytes) else item.encode()
+                        async with lock:
+                            await send({"type": "http.response.body", "body": data, "more_body": True})
+                            self.last_write = time.monotonic()
+                except Exception:
+                    outcome = "error"
+                    structlog.get_logger("engine").exception("stream failed after the response started")
+                async with lock:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await aclose_quietly(reply.stream)
+                await self.ctx.aclose()
+            _log_access(self.ctx, self.status_code, outcome, self.start, stream=True)
+
+
+def app_from_env() -> Starlette:
+    """The app `engine serve` runs in each worker: pipelines from `$ENGINE_PIPELINES`."""
+    import os
+
+    from engine import logs
+
+    logs.configure()
+    engine = Engine.load([os.environ.get("ENGINE_PIPELINES", "pipelines")])
+    limit = int(os.environ.get("ENGINE_BODY_LIMIT", str(DEFAULT_BODY_LIMIT)))
+    return create_app(engine, body_limit=limit)

@@ -1,0 +1,126 @@
+"""Small steps the engine tests wire into pipelines of every shape."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import structlog
+
+from engine.errors import StepError
+from engine.registry import step
+from engine.run import RunContext
+from engine.types import PipelineName
+
+log = structlog.get_logger("toy")
+calls: list[tuple[str, Any]] = []
+events: list[tuple[str, str, float]] = []
+
+
+@step("toy.const", blocking=False)
+def const(value: Any) -> Any:
+    """Return `value` unchanged."""
+    calls.append(("const", value))
+    return value
+
+
+@step("toy.add", blocking=False)
+def add(a: int, b: int = 0) -> int:
+    """Add two numbers."""
+    calls.append(("add", (a, b)))
+    return a + b
+
+
+@step("toy.concat")
+def concat(parts: list[str], sep: str = "") -> str:
+    """Join texts (a blocking sync step: runs in a worker thread)."""
+    log.info("concat", n=len(parts), thread=threading.current_thread().name)
+    return sep.join(parts)
+
+
+@step("toy.sleep")
+async def sleep(value: Any, seconds: float, label: str = "") -> Any:
+    """Wait, then return `value`; records when it started and ended."""
+    events.append((label, "start", anyio.current_time()))
+    await anyio.sleep(seconds)
+    events.append((label, "end", anyio.current_time()))
+    return value
+
+
+class Flaky(StepError):
+    kind = "flaky"
+    retryable = True
+
+
+_flaky_counts: dict[str, int] = {}
+
+
+@step("toy.flaky")
+async def flaky(key: str, failures: int, value: Any = "ok", retry_after: float | None = None) -> Any:
+    """Fail `failures` times per key with a retryable error, then return `value`."""
+    n = _flaky_counts.get(key, 0)
+    _flaky_counts[key] = n + 1
+    if n < failures:
+        raise Flaky(f"flaky failure {n + 1}", retry_after=retry_after)
+    return value
+
+
+@step("toy.fail")
+async def fail(message: str = "boom", retryable: bool = False, kind: str = "error") -> Any:
+    """Always fail."""
+    raise StepError(message, kind=kind, retryable=retryable)
+
+
+@step("toy.count")
+async def count(n: int, delay: float = 0.0) -> AsyncIterator[int]:
+    """Stream the numbers 0..n-1 (optionally slowly); records when it is closed."""
+    try:
+        for i in range(n):
+            if delay:
+                await anyio.sleep(delay)
+            yield i
+        events.append(("count", "done", anyio.current_time()))
+    finally:
+        events.append(("count", "closed", anyio.current_time()))
+
+
+@step("toy.double_stream")
+async def double_stream(items: AsyncIterator[int]) -> AsyncIterator[int]:
+    """Stream each item doubled, lazily."""
+    async for x in items:
+        yield x * 2
+
+
+@step("toy.collect")
+async def collect(items: AsyncIterator[Any], limit: int = 1000) -> list[Any]:
+    """Collect up to `limit` stream items into a list (then stop consuming)."""
+    out = []
+    async for x in items:
+        out.append(x)
+        if len(out) >= limit:
+            break
+    return out
+
+
+@step("toy.loop")
+async def loop(value: int, until: int, body: PipelineName, ctx: RunContext) -> int:
+    """Run the sub-pipeline `body` on `value` until it reaches `until` (a loop without a cycle)."""
+    rounds = 0
+    while value < until and rounds < 100:
+        value = await ctx.run_pipeline(body, {"value": value})
+        rounds += 1
+    return value
+
+
+@step("toy.render_error", blocking=False)
+def render_error(error: BaseException, ctx: RunContext) -> dict[str, Any]:
+    """Turn a failure into an output."""
+    return {"error": str(error), "kind": getattr(error, "kind", None), "request_id": ctx.request_id}
+
+
+@step("toy.who", blocking=False)
+def who(ctx: RunContext) -> str:
+    """Return the request id (shows the context reaches steps)."""
+    return ctx.request_id
