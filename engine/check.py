@@ -218,17 +218,22 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
         errors.append(SpecError("the output uses no step", lp.where("output"), "write output: ${{ steps.LAST }}"))
 
     cycles = list(nx.simple_cycles(graph))
+    position = {n: i for i, n in enumerate(step_names)}
     for cycle in cycles[:5]:
+        start = min(range(len(cycle)), key=lambda i: position[cycle[i]])
+        cycle = cycle[start:] + cycle[:start]
         path = " -> ".join(cycle + [cycle[0]])
         errors.append(SpecError(f"steps form a cycle: {path}", lp.where("steps", cycle[0]), "break the cycle; repetition belongs in a sub-pipeline run from a step"))
 
     # Every step must contribute to the output (or be a side effect someone asked for).
+    # After a broken reference this would only repeat the same mistake, so it waits.
+    ref_errors = any("does not exist" in e.message for e in errors if e.location and e.location.file == lp.file)
     needed = set(output_deps)
     for d in output_deps:
         if d in graph:
             needed |= nx.ancestors(graph, d)
     for name, node in nodes.items():
-        if name not in needed and not node.info.side_effects:
+        if name not in needed and not node.info.side_effects and not ref_errors:
             errors.append(SpecError(f"step '{name}' does not contribute to the output", lp.where("steps", name, "<key>") or lp.where("steps", name), "use its result in a later step or the output, or remove it"))
 
     # A skipped step yields its `else`; dependents need that declared.
@@ -301,5 +306,6 @@ def _check_literal(value: Any, param: Any, lp: LoadedPipeline, step_name: str, p
     except ValidationError as exc:
         first = exc.errors()[0]
         expected = registry._type_name(param.annotation)
-        errors.append(SpecError(f"step '{step_name}': '{pname}' must be {expected}, got {value!r}", loc, first["msg"]))
+        shown = lp.shown(("steps", step_name, "with", pname), value)
+        errors.append(SpecError(f"step '{step_name}': '{pname}' must be {expected}, got {shown}", loc, first["msg"][0].lower() + first["msg"][1:]))
         return value

@@ -59,6 +59,13 @@ class LoadedPipeline:
     spec: PipelineSpec
     file: str
     positions: dict[Path_, Location]
+    sources: dict[Path_, str] = field(default_factory=dict)
+
+    def shown(self, path: Path_, value: Any) -> str:
+        """How to quote a value in a message: as written when it came from the environment,
+        so an interpolated secret is never echoed."""
+        raw = self.sources.get(tuple(path))
+        return repr(raw) if raw is not None else repr(value)
 
     def where(self, *path: str | int) -> Location | None:
         """The position of `path`, or of its nearest enclosing value that has one."""
@@ -90,7 +97,11 @@ def load_text(
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file, 1, 1)
-        raise SpecErrors([SpecError(f"invalid YAML: {exc.problem or exc}", loc)]) from None
+        hint = ""
+        if exc.context and exc.context_mark is not None and exc.problem_mark is not None and exc.context_mark.line != exc.problem_mark.line:
+            opened = re.sub(r"^while parsing (an? )?", "", exc.context)
+            hint = f"the {opened} opened at {exc.context_mark.line + 1}:{exc.context_mark.column + 1} may be missing its closing bracket"
+        raise SpecErrors([SpecError(f"invalid YAML: {exc.problem or exc}", loc, hint)]) from None
     if node is None:
         raise SpecErrors([SpecError("the file is empty", Location(file, 1, 1), "a pipeline needs `steps:` and `output:`")])
     data = reader.value(node, ())
@@ -100,7 +111,7 @@ def load_text(
         raise SpecErrors(errors)
     if "name" not in data and default_name is not None:
         data["name"] = default_name
-    loaded = LoadedPipeline(spec=None, file=file, positions=reader.positions)  # type: ignore[arg-type]
+    loaded = LoadedPipeline(spec=None, file=file, positions=reader.positions, sources=reader.sources)  # type: ignore[arg-type]
     try:
         loaded.spec = PipelineSpec.model_validate(data)
     except ValidationError as exc:
@@ -117,6 +128,7 @@ class _Reader:
         self.file = file
         self.env = env
         self.positions: dict[Path_, Location] = {}
+        self.sources: dict[Path_, str] = {}
         self.errors: list[SpecError] = []
 
     def loc(self, node: yaml.Node) -> Location:
@@ -127,7 +139,7 @@ class _Reader:
         if node.tag not in _STANDARD_TAGS:
             self.errors.append(
                 SpecError(
-                    f"unknown tag '{node.tag}'",
+                    f"unknown tag '{node.tag.replace('tag:yaml.org,2002:', '!!')}'",
                     self.loc(node),
                     "pipeline files are plain YAML: remove the tag (tags that build Python objects are never run)",
                 )
@@ -159,6 +171,7 @@ class _Reader:
         if "$" in raw:
             interpolated = self.interpolate(raw, node)
             if interpolated != raw:
+                self.sources[path] = raw
                 if node.style is None and _ENV.fullmatch(raw):
                     # A plain scalar that was one variable: give it YAML's type (64 -> int).
                     tag = _RESOLVER.resolve(yaml.ScalarNode, interpolated, (True, False))
@@ -242,6 +255,6 @@ def _explain(err: Any, loaded: LoadedPipeline) -> SpecError:
     inner = loc_path[2:] if in_step else loc_path
     dotted = ".".join(str(x) for x in inner) or "value"
     value = err.get("input")
-    shown = f" (got {value!r})" if not isinstance(value, (dict, list)) else ""
+    shown = f" (got {loaded.shown(loc_path, value)})" if not isinstance(value, (dict, list)) else ""
     text = msg.removeprefix("Input ").removeprefix("Value error, ")
     return SpecError(f"{where_text}: '{dotted}' {text}{shown}", loaded.where(*loc_path))

@@ -83,9 +83,10 @@ def redact(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
     return {k: _redact_value(k, v) for k, v in event.items()}
 
 
-def configure(fmt: str | None = None, level: str | None = None, stream: Any = None) -> None:
+def configure(fmt: str | None = None, level: str | None = None, stream: Any = None, cache: bool = True) -> None:
     """Set up structlog: `fmt` is "json" or "console" (default: console on a terminal, else JSON).
 
+    `cache=False` keeps loggers re-reading the configuration (tests reconfigure often).
     Tracebacks are rendered without local variables: structlog's default shows them, and a
     frame local can hold an API key.
     """
@@ -118,5 +119,5 @@ def configure(fmt: str | None = None, level: str | None = None, stream: Any = No
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
