@@ -48,6 +48,12 @@ class Node:
     record: bool
     dependents: list[str] = field(default_factory=list)
 
+    @property
+    def info_inline(self) -> bool:
+        """True for a step that never awaits: a sync, non-blocking step without a limit."""
+        info = self.info
+        return not (info.is_async or info.blocking or info.streams) and self.limit is None and self.retry is None
+
 
 @dataclass(slots=True, eq=False)
 class Plan:

@@ -15,6 +15,7 @@ of the context, so their log lines carry the scope too.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import time
 from collections.abc import Iterable
@@ -98,6 +99,15 @@ class Engine:
         self.resources = Resources()
         self.ids = ids or IdSource()
         self.step_log_level = os.environ.get("ENGINE_STEP_LOG_LEVEL", "debug").lower()
+        self._step_log_checked: bool | None = None
+
+    def step_log_enabled(self) -> bool:
+        """Whether step-end lines at `step_log_level` would be written (asked once: hot path)."""
+        if self._step_log_checked is None:
+            level = logging.getLevelNamesMapping().get(self.step_log_level.upper(), logging.DEBUG)
+            checker = getattr(_log.bind(), "is_enabled_for", None)
+            self._step_log_checked = bool(checker(level)) if checker is not None else True
+        return self._step_log_checked
 
     @classmethod
     def load(cls, paths: Iterable[str | Path], env: dict[str, str] | None = None) -> Engine:
@@ -193,19 +203,28 @@ class _Run:
             raise
         return self.results
 
-    async def drive(self, node: Node | None) -> None:
-        """Run `node`, then whichever dependents it made ready (the first one in this task)."""
+    async def drive(self, node: Node) -> None:
+        """Run `node`, then the dependents it made ready.
+
+        This task keeps every ready step that never awaits (inline sync steps: running them
+        costs less than a task) and one step that may; each further step that may await gets
+        a task of its own, so it overlaps with the others.
+        """
         try:
-            while node is not None:
+            queue = [node]
+            while queue:
+                node = queue.pop()
                 await self.step(node)
-                ready = []
+                waiting = any(not n.info_inline for n in queue)
                 for dep_name in node.dependents:
                     self.pending[dep_name] -= 1
                     if self.pending[dep_name] == 0:
-                        ready.append(self.plan.nodes[dep_name])
-                node = ready[0] if ready else None
-                for extra in ready[1:]:
-                    self.tg.start_soon(self.drive, extra)
+                        ready = self.plan.nodes[dep_name]
+                        if ready.info_inline or not waiting:
+                            queue.append(ready)
+                            waiting = waiting or not ready.info_inline
+                        else:
+                            self.tg.start_soon(self.drive, ready)
         except Exception as exc:
             if self.failure is None:
                 self.failure = exc
@@ -317,7 +336,10 @@ class _Run:
     def finished(self, node: Node, outcome: str, attempts: int, start: float, error: BaseException | None = None, items: int | None = None) -> None:
         end = time.perf_counter()
         self.ctx.trace.append((node.name, outcome, attempts, start, end))
-        level = "warning" if outcome in {"error", "timeout"} else self.engine.step_log_level
+        failed = outcome in {"error", "timeout"}
+        if not failed and not self.engine.step_log_enabled():
+            return
+        level = "warning" if failed else self.engine.step_log_level
         fields: dict[str, Any] = {"duration_ms": round((end - start) * 1000, 3), "outcome": outcome, "attempts": attempts}
         if items is not None:
             fields["items"] = items

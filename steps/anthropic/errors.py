@@ -1,0 +1,283 @@
+"""Anthropic error objects, and the renderer that turns any failure into one.
+
+Every non-2xx answer the gateway gives is `{"type":"error","error":{"type":T,"message":M},
+"request_id":R}` with a `request-id` header (PROTOCOL §1.6, RELIABILITY invariant I1). Clients
+decide what to do from the status, `error.type`, `x-should-retry` and `retry-after`, and Claude
+Code's recovery keys on Anthropic's wording, so the mapping below is a contract, not cosmetics
+(RELIABILITY §1 "Upstream → client", PROTOCOL §7.8).
+
+Two things never reach a client: text of an exception we did not raise on purpose (it may hold
+paths, hosts or secrets), and anything that looks like an API key inside an upstream message.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from engine.errors import (
+    DeadlineExceeded,
+    HttpError,
+    LimitTimeout,
+    RunCancelled,
+    StepError,
+    StepTimeout,
+)
+from engine.registry import step
+from engine.run import RunContext
+from engine.types import Reply
+from steps.openrouter.errors import UpstreamError
+
+MAX_RETRY_AFTER = 60
+"""The Anthropic SDK honours `retry-after` only up to 60 s; Claude Code gives up above it."""
+
+INTERNAL_MESSAGE = "Internal server error"
+
+
+class AnthropicError(StepError):
+    """An error already in Anthropic terms: raise it from a step and it is rendered as is.
+
+    `status` is the HTTP status, `error_type` Anthropic's `error.type`, `message` the text the
+    client sees (it must be safe to show), `headers` extra response headers (e.g. `retry-after`).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        error_type: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        *,
+        retryable: bool | None = None,
+    ) -> None:
+        if retryable is None:
+            retryable = status >= 500 or status == 429
+        super().__init__(message, kind=error_type, retryable=retryable)
+        self.status = status
+        self.error_type = error_type
+        self.headers = headers or {}
+
+    def __repr__(self) -> str:
+        return f"AnthropicError({self.status}, {self.error_type!r}, {self.message!r})"
+
+
+def invalid_request(message: str, status: int = 400) -> AnthropicError:
+    """The 4xx every validation step raises: bad client input, never retried."""
+    return AnthropicError(status, "invalid_request_error", message)
+
+
+# --- secret scrubbing -------------------------------------------------------------------------
+
+_SECRET_RE = re.compile(
+    r"(?i)(?:"
+    r"\bsk-[A-Za-z0-9][A-Za-z0-9_\-]{7,}"  # sk-..., sk-or-v1-..., sk-ant-..., sk-proj-...
+    r"|\bbearer\s+[A-Za-z0-9._~+/=\-]{8,}"  # Authorization header values
+    r"|\b(?:api[_-]?key|x-api-key|access[_-]?token|authorization)\b[\"']?\s*[:=]\s*[\"']?(?:bearer\s+)?[^\s\"',;}]{6,}"
+    r")"
+)
+
+
+def scrub(text: str) -> str:
+    """Replace anything that looks like an API key or bearer token with `[redacted]`."""
+    if not text:
+        return text
+    return _SECRET_RE.sub("[redacted]", text)
+
+
+# --- context-length rewriting ---------------------------------------------------------------
+
+_CTX_LIMIT_RE = re.compile(r"maximum context length is\s+(\d+)\s+tokens", re.I)
+_CTX_ASKED_RE = re.compile(
+    r"(?:you requested about|you requested|your messages resulted in|resulted in)\s+(\d+)\s+tokens", re.I
+)
+# OpenRouter: "(658 of text input, 732 of tool input, 262000 in the output)"
+# OpenAI:     "(4000 in the messages, 5000 in the completion)"
+_CTX_OUTPUT_RE = re.compile(r"(\d+)\s+in the (?:output|completion)", re.I)
+
+
+def rewrite_context_length(message: str) -> str | None:
+    """Anthropic's context-length wording for an upstream one, or None when it is not one.
+
+    Claude Code auto-compacts on `prompt is too long: N tokens > M maximum` and lowers
+    `max_tokens` on `input length and `max_tokens` exceed context limit: …` (PROTOCOL §7.8), so
+    when the upstream says how much of the request was output budget and the input alone fits,
+    the second wording is used; otherwise the first, with N as the upstream counted it.
+    """
+    limit_m = _CTX_LIMIT_RE.search(message)
+    asked_m = _CTX_ASKED_RE.search(message)
+    if limit_m is None or asked_m is None:
+        return None
+    limit = int(limit_m.group(1))
+    asked = int(asked_m.group(1))
+    out_m = _CTX_OUTPUT_RE.search(message)
+    if out_m is not None:
+        output = int(out_m.group(1))
+        input_tokens = asked - output
+        if 0 <= input_tokens <= limit and output > 0:
+            return (
+                f"input length and `max_tokens` exceed context limit: {input_tokens} + {output} > {limit}, "
+                "decrease input length or `max_tokens` and try again"
+            )
+        if input_tokens > 0:
+            asked = input_tokens
+    return f"prompt is too long: {asked} tokens > {limit} maximum"
+
+
+# --- the mapping ----------------------------------------------------------------------------
+
+_UPSTREAM_4XX = {
+    400: (400, "invalid_request_error"),
+    401: (401, "authentication_error"),
+    402: (402, "billing_error"),
+    403: (403, "permission_error"),
+    404: (404, "not_found_error"),
+    409: (409, "conflict_error"),
+    413: (413, "request_too_large"),
+    422: (400, "invalid_request_error"),
+}
+
+_HTTP_4XX = {
+    404: "not_found_error",
+    413: "request_too_large",
+}
+
+
+def _retry_after(seconds: float | None) -> str | None:
+    if seconds is None or seconds != seconds or seconds < 0:  # None or NaN or negative
+        return None
+    return str(min(MAX_RETRY_AFTER, max(0, math.ceil(seconds))))
+
+
+def _mapped(status: int, error_type: str, message: str, retry: bool, retry_after: float | None = None):
+    headers = {"x-should-retry": "true" if retry else "false"}
+    ra = _retry_after(retry_after) if retry else None
+    if ra is not None:
+        headers["retry-after"] = ra
+    return status, error_type, message, headers
+
+
+def _upstream(error: UpstreamError, mid_stream: bool):
+    status = error.status
+    kind = error.kind
+    if kind == "cut":
+        msg = "upstream connection closed mid-stream" if mid_stream else "upstream connection closed"
+        return _mapped(502, "api_error", msg, True)
+    if kind == "protocol":
+        msg = "upstream sent an invalid chunk" if mid_stream else "upstream sent an invalid response"
+        return _mapped(502, "api_error", msg, True)
+    if kind == "timeout" or status in (408, 504):
+        return _mapped(504, "timeout_error", "upstream request timed out", True, error.retry_after)
+    if kind == "connect" or status is None:
+        return _mapped(502, "api_error", "upstream unreachable", True, error.retry_after)
+    if status == 429:
+        # A 429 the upstream marks as not retryable (a spend cap) must not be retried.
+        return _mapped(
+            429,
+            "rate_limit_error",
+            scrub(error.message) or "Rate limited",
+            error.retryable,
+            error.retry_after,
+        )
+    mapped = _UPSTREAM_4XX.get(status)
+    if mapped is not None or 400 <= status < 500:
+        out_status, out_type = mapped or (status, "invalid_request_error")
+        message = scrub(error.message or "")
+        if out_type == "invalid_request_error":
+            message = rewrite_context_length(message) or message
+        return _mapped(out_status, out_type, message or out_type, False)
+    if status in (503, 529):
+        return _mapped(529, "overloaded_error", "Overloaded", True, error.retry_after)
+    if status == 500:
+        return _mapped(500, "api_error", INTERNAL_MESSAGE, True, error.retry_after)
+    # 502 and any other upstream status: the upstream failed us.
+    return _mapped(502, "api_error", "upstream error", True, error.retry_after)
+
+
+def _unwrap(error: BaseException) -> BaseException:
+    """The error worth reporting: first leaf of an exception group; the cause of a bare wrapper."""
+    seen = 0
+    while seen < 8:
+        seen += 1
+        if isinstance(error, BaseExceptionGroup) and error.exceptions:
+            error = next(
+                (e for e in error.exceptions if isinstance(e, Exception)), error.exceptions[0]
+            )
+            continue
+        if type(error) is StepError and isinstance(error.__cause__, BaseException):
+            error = error.__cause__
+            continue
+        break
+    return error
+
+
+def classify(error: BaseException, *, mid_stream: bool = False) -> tuple[int, str, str, dict[str, str]]:
+    """(status, error.type, message, headers) for any exception; the single mapping table."""
+    error = _unwrap(error)
+    if isinstance(error, AnthropicError):
+        retry = error.status >= 500 or (error.status == 429 and error.retryable)
+        headers = {"x-should-retry": "true" if retry else "false"}
+        headers.update(error.headers)
+        return error.status, error.error_type, error.message, headers
+    if isinstance(error, UpstreamError):
+        return _upstream(error, mid_stream)
+    if isinstance(error, HttpError):
+        status = error.status
+        if status >= 500:
+            status, etype, msg, headers = _mapped(status, "api_error", INTERNAL_MESSAGE, True)
+        else:
+            etype = _HTTP_4XX.get(status, "invalid_request_error")
+            msg = "Method Not Allowed" if status == 405 else (error.message or etype)
+            status, etype, msg, headers = _mapped(status, etype, msg, False)
+        merged = dict(error.headers)
+        merged.update(headers)
+        return status, etype, msg, merged
+    if isinstance(error, LimitTimeout):
+        return _mapped(529, "overloaded_error", "Overloaded", True, error.retry_after)
+    if isinstance(error, DeadlineExceeded):
+        return _mapped(504, "timeout_error", "request deadline exceeded", True)
+    if isinstance(error, StepTimeout):
+        return _mapped(504, "timeout_error", "upstream request timed out", True)
+    if isinstance(error, RunCancelled):
+        # Nobody is listening any more; 499 is what the logs show for it.
+        return _mapped(499, "invalid_request_error", "request cancelled", False)
+    return _mapped(500, "api_error", INTERNAL_MESSAGE, False)
+
+
+_KNOWN = (AnthropicError, UpstreamError, HttpError, LimitTimeout, DeadlineExceeded, StepTimeout, RunCancelled)
+
+
+@step("anthropic.error", blocking=False)
+def error(error: BaseException, ctx: RunContext) -> Reply:
+    """Render any failure as an Anthropic error reply (status, JSON body, request-id, retry hints).
+
+    This is the error step of every Anthropic pipeline: known errors keep their meaning
+    (RELIABILITY §1 table), unknown ones become 500 api_error with a fixed message, because an
+    exception's own text may carry paths, hosts or secrets.
+    """
+    status, etype, message, headers = classify(error)
+    if not isinstance(_unwrap(error), _KNOWN):
+        # A bug or an unforeseen failure: the client gets a fixed text, the log the traceback.
+        log = getattr(ctx, "log", None)
+        if log is not None:
+            log.error("anthropic.unhandled_error", error_class=type(error).__name__, exc_info=error)
+    headers["request-id"] = ctx.request_id
+    return Reply(
+        body={"type": "error", "error": {"type": etype, "message": message}, "request_id": ctx.request_id},
+        status=status,
+        headers=headers,
+    )
+
+
+def error_event(error: BaseException, request_id: str | None = None) -> dict[str, Any]:
+    """The payload of an SSE `error` event for a failure after the 200 was sent (same mapping).
+
+    Mid-stream an upstream cut reads "upstream connection closed mid-stream" and a malformed
+    chunk "upstream sent an invalid chunk" (RELIABILITY §2). `request_id`, when given, is
+    included as the real API does.
+    """
+    _, etype, message, _ = classify(error, mid_stream=True)
+    event: dict[str, Any] = {"type": "error", "error": {"type": etype, "message": message}}
+    if request_id:
+        event["request_id"] = request_id
+    return event

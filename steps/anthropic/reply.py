@@ -1,0 +1,74 @@
+"""Wrap a pipeline's result into the HTTP reply: a JSON message, or an SSE stream of events.
+
+The stream is the hot path (one call per chunk), so the wrapper does the minimum per event:
+encode, yield. Its one other job is the commit-point rule (RELIABILITY §1/§2): once the 200
+headers are out, a failure can only be told as one `event: error`, after which the stream ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+
+from engine.registry import step
+from engine.run import RunContext
+from engine.types import Reply
+from steps.anthropic.errors import error_event
+from steps.anthropic.sse import PING, encode
+
+SSE_MEDIA_TYPE = "text/event-stream; charset=utf-8"
+HEARTBEAT_INTERVAL = 10.0
+"""Seconds of silence before a ping: Claude Code aborts a stream silent for 300 s (PROTOCOL §3.4.11)."""
+CLOSE_TIMEOUT = 5.0
+"""Longest wait for the upstream iterator to close after the client left or the stream ended."""
+
+
+async def sse_stream(events: AsyncIterator[dict[str, Any]], request_id: str, log: Any = None) -> AsyncIterator[bytes]:
+    """Encode Anthropic event dicts as SSE; on a failure, one `error` event and the end.
+
+    Cancellation and GeneratorExit are not caught: they mean the client went away, and the
+    finally block closes the inner iterator (shielded, bounded) so the upstream connection is
+    released and billing stops.
+    """
+    _encode = encode
+    it = aiter(events)
+    try:
+        async for event in it:
+            yield _encode(event)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes the protocol's error event
+        if log is not None:
+            log.warning(
+                "anthropic.stream_error",
+                error_class=type(exc).__name__,
+                kind=getattr(exc, "kind", None),
+                status=getattr(exc, "status", None),
+            )
+        yield _encode(error_event(exc, request_id))
+    finally:
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                await aclose()
+
+
+@step("anthropic.reply", blocking=False)
+def reply(message: Any, ctx: RunContext) -> Reply:
+    """Make the HTTP reply: a message dict as JSON, or an event stream as Server-Sent Events.
+
+    Streams get `cache-control: no-cache`, a ping every 10 s of silence, and on any failure
+    after the 200 one `event: error` (Anthropic's error object) and then the end of the stream.
+    Every reply carries `request-id`.
+    """
+    if isinstance(message, dict):
+        return Reply(body=message, headers={"request-id": ctx.request_id})
+    if hasattr(message, "__aiter__"):
+        return Reply(
+            stream=sse_stream(message, ctx.request_id, getattr(ctx, "log", None)),
+            media_type=SSE_MEDIA_TYPE,
+            headers={"request-id": ctx.request_id, "cache-control": "no-cache"},
+            heartbeat=PING,
+            heartbeat_interval=HEARTBEAT_INTERVAL,
+        )
+    raise TypeError(f"anthropic.reply expects a message dict or an async iterator of events, got {type(message).__name__}")

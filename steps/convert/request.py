@@ -1,0 +1,408 @@
+"""Anthropic Messages request → OpenAI/OpenRouter chat completions request (PROTOCOL.md §7.1, §7.2).
+
+One pass over the history, no deep copies: tool schemas and base64 payloads are referenced,
+not copied, so a 2 MB history or 300 tools cost a walk, not a rebuild. What has no OpenAI
+counterpart (thinking, server-tool history, beta fields) is dropped here on purpose; later
+steps restore what can be restored (reasoning round trip, schema cleaning, web search).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+import orjson
+
+from engine.registry import step
+
+ATTRIBUTION_PREFIX = "x-anthropic-billing-header:"
+MAX_STOP = 4  # OpenAI and OpenRouter accept at most 4 stop strings
+
+_TOOL_CHOICE = {"auto": "auto", "any": "required", "none": "none"}
+
+
+@step("convert.request", blocking=False)
+def convert_request(
+    body: dict,
+    model: str,
+    stream_usage: bool = True,
+    cache_control: bool = False,
+    drop_attribution: bool = True,
+) -> dict:
+    """Translate an Anthropic Messages request into an OpenAI chat completions request.
+
+    `model` is the upstream id (from openrouter.model_map). `cache_control` keeps Anthropic
+    cache breakpoints as OpenRouter part-level `cache_control` (only worth it for upstreams
+    that honour them: Anthropic, Gemini, Qwen); otherwise they are stripped so strict
+    routers don't reject them. `drop_attribution` removes Claude Code's
+    `x-anthropic-billing-header:` system line, which a non-Anthropic model would read as
+    prompt text and which changes every release (breaking prefix caches). `stream_usage`
+    asks for the final usage chunk, which vLLM/Ollama/OpenAI only send when asked.
+    Unsupported Anthropic fields (thinking, context_management, effort, betas...) are
+    dropped silently: a 400 would send Claude Code into its degrade-and-retry loop.
+    """
+    conv = _Converter(cache_control, drop_attribution)
+    conv.add_system(body.get("system"))
+    for message in body.get("messages") or ():
+        role = message.get("role")
+        if role == "user":
+            conv.add_user(message.get("content"))
+        elif role == "assistant":
+            conv.add_assistant(message.get("content"))
+        elif role == "system" or role == "developer":
+            conv.add_system(message.get("content"))
+
+    out: dict[str, Any] = {"model": model, "messages": conv.finish()}
+    if body.get("max_tokens") is not None:
+        out["max_tokens"] = body["max_tokens"]
+    for key in ("temperature", "top_p", "top_k"):
+        value = body.get(key)
+        if value is not None:
+            out[key] = value
+    stops = body.get("stop_sequences")
+    if stops:
+        out["stop"] = list(stops[:MAX_STOP])
+    if body.get("stream"):
+        out["stream"] = True
+        if stream_usage:
+            out["stream_options"] = {"include_usage": True}
+
+    tools = _convert_tools(body.get("tools"))
+    if tools:
+        out["tools"] = tools
+        choice = body.get("tool_choice")
+        if isinstance(choice, dict):
+            kind = choice.get("type")
+            if kind == "tool" and choice.get("name"):
+                out["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
+            elif kind in _TOOL_CHOICE:
+                out["tool_choice"] = _TOOL_CHOICE[kind]
+            if choice.get("disable_parallel_tool_use"):
+                out["parallel_tool_calls"] = False
+
+    user_id = (body.get("metadata") or {}).get("user_id")
+    if user_id:
+        # Claude Code's user_id is a JSON string with device and session ids: hash it so
+        # the upstream gets a stable, opaque, short (≤ 64 chars, some gateways cap it) id.
+        out["user"] = hashlib.sha256(str(user_id).encode()).hexdigest()[:32]
+
+    fmt = (body.get("output_config") or {}).get("format") or body.get("output_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict):
+        out["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "output", "schema": fmt["schema"], "strict": True},
+        }
+    if cache_control and isinstance(body.get("cache_control"), dict):
+        out["cache_control"] = body["cache_control"]
+    return out
+
+
+def _convert_tools(tools: Any) -> list[dict]:
+    """Custom tools → OpenAI functions; server tools (typed, e.g. web_search_20250305) skipped."""
+    if not tools:
+        return []
+    out = []
+    for tool in tools:
+        kind = tool.get("type")
+        if kind is not None and kind != "custom":
+            continue
+        name = tool.get("name")
+        if not name:
+            continue
+        fn: dict[str, Any] = {"name": name}
+        description = tool.get("description")
+        if description:
+            fn["description"] = description
+        # The schema object is shared with the request body, not copied: nothing here
+        # mutates it, and a copy of 300 schemas would cost more than the whole conversion.
+        fn["parameters"] = tool.get("input_schema") or {"type": "object", "properties": {}}
+        out.append({"type": "function", "function": fn})
+    return out
+
+
+class _Converter:
+    """Accumulates the OpenAI message list; system text collected separately, placed first."""
+
+    __slots__ = ("cache", "drop_attr", "system", "messages", "tool_order")
+
+    def __init__(self, cache: bool, drop_attr: bool) -> None:
+        self.cache = cache
+        self.drop_attr = drop_attr
+        self.system: list[dict] = []  # text parts, cache_control kept only when self.cache
+        self.messages: list[dict] = []
+        # Ids of the last assistant turn's tool calls → position, to order tool messages.
+        self.tool_order: dict[str, int] = {}
+
+    # -- system -------------------------------------------------------------------------
+
+    def add_system(self, content: Any) -> None:
+        """System prompt, `role: system` messages (Claude Code's environment) and
+        `mid_conv_system` blocks all merge into the one leading system message: several
+        providers reject a system message after the first turn, and dropping them would
+        lose the cwd and environment (PROTOCOL.md §7.1)."""
+        if not content:
+            return
+        if isinstance(content, str):
+            self._system_text(content, None)
+            return
+        for block in content:
+            if isinstance(block, str):
+                self._system_text(block, None)
+            elif block.get("type") == "text":
+                self._system_text(block.get("text") or "", block.get("cache_control"))
+            elif block.get("type") == "mid_conv_system":
+                self.add_system(block.get("content"))
+
+    def _system_text(self, text: str, cache: Any) -> None:
+        if not text or text.isspace():
+            return
+        if self.drop_attr and text.startswith(ATTRIBUTION_PREFIX):
+            return
+        part: dict[str, Any] = {"type": "text", "text": text}
+        if self.cache and cache:
+            part["cache_control"] = cache
+        self.system.append(part)
+
+    # -- user -----------------------------------------------------------------------------
+
+    def add_user(self, content: Any) -> None:
+        """Tool results become `tool` messages (in the order of the calls they answer, ids
+        kept exactly), then everything else becomes one user message; media found inside
+        tool results follows in that user message, since OpenAI tool messages are text."""
+        if isinstance(content, str):
+            if content and not content.isspace():
+                self.messages.append({"role": "user", "content": content})
+            return
+        if not content:
+            return
+        parts: list[dict] = []
+        tool_msgs: list[tuple[int, int, dict]] = []
+        media: list[dict] = []
+        order = self.tool_order
+        for block in content:
+            kind = block.get("type")
+            if kind == "tool_result":
+                msg = self._tool_message(block, media)
+                pos = order.get(msg["tool_call_id"], len(order))
+                tool_msgs.append((pos, len(tool_msgs), msg))
+            elif kind == "mid_conv_system":
+                self.add_system(block.get("content"))
+            else:
+                self._user_part(block, parts)
+        if tool_msgs:
+            if len(tool_msgs) > 1:
+                tool_msgs.sort(key=_first_two)
+            self.messages.extend(m for _, _, m in tool_msgs)
+        if media:
+            parts[:0] = media
+        if parts:
+            self.messages.append({"role": "user", "content": self._compact(parts)})
+
+    def _user_part(self, block: dict, parts: list[dict]) -> None:
+        kind = block.get("type")
+        if kind == "text":
+            self._text_part(block.get("text"), block.get("cache_control"), parts)
+        elif kind == "image":
+            part = _image_part(block)
+            if part is not None:
+                parts.append(part)
+        elif kind == "document":
+            part = _document_part(block)
+            if part is not None:
+                if part["type"] == "text":
+                    self._text_part(part["text"], block.get("cache_control"), parts)
+                else:
+                    parts.append(part)
+        elif kind == "search_result":
+            self._text_part(_search_result_text(block), block.get("cache_control"), parts)
+        elif kind == "tool_reference":
+            self._text_part(_tool_reference_text(block), None, parts)
+        # anything else (thinking in a user turn, tool_addition, unknown) is dropped
+
+    def _text_part(self, text: Any, cache: Any, parts: list[dict]) -> None:
+        if not text or not isinstance(text, str) or text.isspace():
+            return
+        part: dict[str, Any] = {"type": "text", "text": text}
+        if self.cache and cache:
+            part["cache_control"] = cache
+        parts.append(part)
+
+    def _compact(self, parts: list[dict]) -> Any:
+        """A single plain text part becomes a string (what every router accepts)."""
+        if len(parts) == 1:
+            only = parts[0]
+            if only["type"] == "text" and "cache_control" not in only:
+                return only["text"]
+        return parts
+
+    def _tool_message(self, block: dict, media: list[dict]) -> dict:
+        content = block.get("content")
+        texts: list[str] = []
+        had_media = False
+        if isinstance(content, str):
+            if content:
+                texts.append(content)
+        elif content:
+            for item in content:
+                kind = item.get("type")
+                if kind == "text":
+                    text = item.get("text")
+                    if text:
+                        texts.append(text)
+                elif kind == "tool_reference":
+                    texts.append(_tool_reference_text(item))
+                elif kind == "search_result":
+                    texts.append(_search_result_text(item))
+                elif kind == "image":
+                    part = _image_part(item)
+                    if part is not None:
+                        media.append(part)
+                        had_media = True
+                elif kind == "document":
+                    part = _document_part(item)
+                    if part is not None:
+                        if part["type"] == "text":
+                            texts.append(part["text"])
+                        else:
+                            media.append(part)
+                            had_media = True
+        text = "\n".join(texts)
+        if not text and had_media:
+            # Tell the model where the result went: OpenAI tool messages carry text only.
+            text = "(the tool returned media; it follows in the next user message)"
+        if block.get("is_error"):
+            text = "Error: " + text if text else "Error"
+        tool_content: Any = text
+        cache = block.get("cache_control")
+        if self.cache and cache and text:
+            tool_content = [{"type": "text", "text": text, "cache_control": cache}]
+        return {"role": "tool", "tool_call_id": block.get("tool_use_id") or "", "content": tool_content}
+
+    # -- assistant ------------------------------------------------------------------------
+
+    def add_assistant(self, content: Any) -> None:
+        """Text and tool_use of one turn become one assistant message (content null when
+        there is no text); a turn left with neither (thinking only, server tools only) is
+        dropped, since OpenAI rejects an assistant message with nothing in it."""
+        self.tool_order = {}
+        if isinstance(content, str):
+            if content and not content.isspace():
+                self.messages.append({"role": "assistant", "content": content})
+            return
+        if not content:
+            return
+        texts: list[dict] = []
+        calls: list[dict] = []
+        for block in content:
+            kind = block.get("type")
+            if kind == "text":
+                self._text_part(block.get("text"), block.get("cache_control"), texts)
+            elif kind == "tool_use":
+                tool_input = block.get("input")
+                calls.append(
+                    {
+                        "id": block.get("id") or "",
+                        "type": "function",
+                        "function": {
+                            "name": block.get("name") or "",
+                            "arguments": orjson.dumps(tool_input if tool_input is not None else {}).decode(),
+                        },
+                    }
+                )
+            # thinking, redacted_thinking, server_tool_use, *_tool_result: dropped for now
+        if not texts and not calls:
+            return
+        msg: dict[str, Any] = {"role": "assistant"}
+        if not texts:
+            msg["content"] = None
+        elif any("cache_control" in p for p in texts):
+            msg["content"] = texts
+        else:
+            msg["content"] = texts[0]["text"] if len(texts) == 1 else "\n\n".join(p["text"] for p in texts)
+        if calls:
+            msg["tool_calls"] = calls
+            self.tool_order = {c["id"]: i for i, c in enumerate(calls)}
+        self.messages.append(msg)
+
+    # -- result ---------------------------------------------------------------------------
+
+    def finish(self) -> list[dict]:
+        if not self.system:
+            return self.messages
+        if any("cache_control" in p for p in self.system):
+            system: Any = self.system
+        else:
+            system = "\n\n".join(p["text"] for p in self.system)
+        self.messages.insert(0, {"role": "system", "content": system})
+        return self.messages
+
+
+def _first_two(item: tuple[int, int, dict]) -> tuple[int, int]:
+    return item[0], item[1]
+
+
+def _image_part(block: dict) -> dict | None:
+    source = block.get("source") or {}
+    kind = source.get("type")
+    if kind == "base64":
+        url = f"data:{source.get('media_type') or 'image/png'};base64,{source.get('data') or ''}"
+    elif kind == "url" and source.get("url"):
+        url = source["url"]
+    else:
+        return None  # file ids (beta) have no OpenAI equivalent
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _document_part(block: dict) -> dict | None:
+    """PDFs become OpenRouter `file` parts; text documents become a text part, title first."""
+    source = block.get("source") or {}
+    kind = source.get("type")
+    title = block.get("title")
+    if kind == "base64":
+        media_type = source.get("media_type") or "application/pdf"
+        if media_type == "text/plain":  # tolerated: base64 text is not in the spec, decode it
+            try:
+                text = base64.b64decode(source.get("data") or "").decode("utf-8", "replace")
+            except ValueError:
+                return None
+            return _titled(title, text)
+        return {
+            "type": "file",
+            "file": {"filename": "document.pdf", "file_data": f"data:{media_type};base64,{source.get('data') or ''}"},
+        }
+    if kind == "url" and source.get("url"):
+        return {"type": "file", "file": {"filename": "document.pdf", "file_data": source["url"]}}
+    if kind == "text":
+        return _titled(title, source.get("data") or "")
+    if kind == "content":
+        inner = source.get("content")
+        if isinstance(inner, str):
+            return _titled(title, inner)
+        texts = [b.get("text") or "" for b in inner or () if b.get("type") == "text"]
+        return _titled(title, "\n".join(t for t in texts if t))
+    return None
+
+
+def _titled(title: Any, text: str) -> dict | None:
+    if title:
+        text = f"{title}\n\n{text}" if text else str(title)
+    if not text or text.isspace():
+        return None
+    return {"type": "text", "text": text}
+
+
+def _search_result_text(block: dict) -> str:
+    lines = []
+    if block.get("title"):
+        lines.append(str(block["title"]))
+    if block.get("source"):
+        lines.append(f"Source: {block['source']}")
+    for item in block.get("content") or ():
+        if item.get("type") == "text" and item.get("text"):
+            lines.append(item["text"])
+    return "\n".join(lines)
+
+
+def _tool_reference_text(block: dict) -> str:
+    return f"tool {block.get('tool_name') or block.get('name') or ''} is now available"

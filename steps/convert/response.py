@@ -1,0 +1,343 @@
+"""OpenAI/OpenRouter chat completion → Anthropic Message (PROTOCOL.md §7.3, §7.5, §7.6).
+
+Also holds what the stream converter shares with it: the finish_reason → stop_reason
+table, the usage mapping, tool id hygiene and tool-argument parsing/repair.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import orjson
+
+from engine.registry import step
+from engine.run import RunContext
+from steps.openrouter.errors import UpstreamError
+
+_TOOL_ID_OK = re.compile(r"^[a-zA-Z0-9_-]+$").match
+_JSON_DECODER = json.JSONDecoder()
+REFUSAL_DETAILS = {"type": "refusal", "category": None, "explanation": None}
+
+
+@step("convert.response", blocking=False)
+def convert_response(
+    completion: dict,
+    body: dict,
+    model: str,
+    ctx: RunContext,
+    input_tokens_estimate: int = 0,
+) -> dict:
+    """Translate a non-streaming chat completion into an Anthropic Message.
+
+    Claude Code falls back to non-streaming after a broken stream and then needs a real
+    Message or it reports "empty or malformed response", so anything that is not a usable
+    completion (HTML, `{"error": ...}` with a 200, `finish_reason: "error"`) raises
+    UpstreamError for the error renderer instead of producing a half-message. The `model`
+    echoed is the one the client asked for. Tool call ids that break Anthropic's pattern,
+    repeat or are bare numbers are replaced, since Claude Code pairs results by id.
+    Missing usage is estimated: a 0 would zero Claude Code's context meter.
+    """
+    if not isinstance(completion, dict):
+        raise UpstreamError(
+            f"upstream returned a non-JSON-object body ({type(completion).__name__})",
+            status=502,
+            kind="protocol",
+            body=completion,
+        )
+    if completion.get("error"):
+        raise error_from(completion["error"], completion)
+    choices = completion.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise UpstreamError("upstream completion has no choices", status=502, kind="protocol", body=completion)
+    choice = choices[0]
+    if choice.get("error"):
+        raise error_from(choice["error"], completion)
+    finish = choice.get("finish_reason")
+    if finish == "error":
+        raise UpstreamError(
+            "upstream reported finish_reason 'error'", status=502, kind="error_chunk", body=completion
+        )
+    message = choice.get("message") or {}
+
+    content: list[dict] = []
+    chars = 0
+    reasoning = message.get("reasoning") or message.get("reasoning_content")
+    if isinstance(reasoning, str) and reasoning:
+        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
+        chars += len(reasoning)
+    text = _text_of(message.get("content"))
+    if text and not text.isspace():
+        content.append({"type": "text", "text": text})
+        chars += len(text)
+    refusal = message.get("refusal")
+    if isinstance(refusal, str) and refusal and not refusal.isspace():
+        content.append({"type": "text", "text": refusal})
+        chars += len(refusal)
+
+    tool_calls = message.get("tool_calls") or ()
+    seen: set[str] = set()
+    for call in tool_calls:
+        fn = call.get("function") or {}
+        name = fn.get("name")
+        if not name:
+            raise UpstreamError("upstream tool call has no name", status=502, kind="protocol", body=completion)
+        arguments = fn.get("arguments")
+        chars += len(arguments) if isinstance(arguments, str) else 2
+        content.append(
+            {
+                "type": "tool_use",
+                "id": tool_id(call.get("id"), seen, ctx),
+                "name": name,
+                "input": parse_arguments(arguments),
+            }
+        )
+
+    stop_reason, stop_sequence = stop_reason_for(
+        finish, bool(tool_calls), bool(refusal), text, choice, body.get("stop_sequences")
+    )
+    usage = map_usage(completion.get("usage"))
+    if usage is None:
+        usage = {
+            "input_tokens": max(0, int(input_tokens_estimate)),
+            "output_tokens": max(1, chars // 4),
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        }
+    elif usage["output_tokens"] < 1:
+        usage["output_tokens"] = max(1, chars // 4)
+    return {
+        "id": ctx.new_id("msg_"),
+        "type": "message",
+        "role": "assistant",
+        "model": body.get("model") or model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
+        "stop_details": dict(REFUSAL_DETAILS) if stop_reason == "refusal" else None,
+        "usage": usage,
+    }
+
+
+# -- shared with the stream converter ---------------------------------------------------------
+
+
+def stop_reason_for(
+    finish: Any,
+    saw_tools: bool,
+    refused: bool,
+    text_tail: str,
+    choice: dict | None,
+    stop_sequences: Any,
+) -> tuple[str, str | None]:
+    """OpenAI finish_reason → (Anthropic stop_reason, stop_sequence) per §7.5.
+
+    `length` beats tool calls: arguments cut by the output cap must not look like a
+    finished call. A stop string is reported when the text ends with one (OpenAI strips it,
+    some servers don't), when vLLM names it in `stop_reason`, or, if the provider says
+    `stop_sequence` natively, as the only one configured (else null: unknown which).
+    """
+    if finish == "length":
+        return "max_tokens", None
+    if finish == "content_filter" or (refused and not saw_tools):
+        return "refusal", None
+    if saw_tools or finish == "tool_calls" or finish == "function_call":
+        return "tool_use", None
+    if stop_sequences:
+        if text_tail:
+            for seq in stop_sequences:
+                if seq and text_tail.endswith(seq):
+                    return "stop_sequence", seq
+        if choice:
+            named = choice.get("stop_reason")
+            if isinstance(named, str) and named in stop_sequences:
+                return "stop_sequence", named
+            if choice.get("native_finish_reason") == "stop_sequence":
+                return "stop_sequence", stop_sequences[0] if len(stop_sequences) == 1 else None
+    return "end_turn", None
+
+
+def map_usage(usage: Any) -> dict | None:
+    """OpenAI usage → Anthropic usage (§7.6): prompt_tokens includes cache reads and writes."""
+    if not isinstance(usage, dict) or usage.get("prompt_tokens") is None and usage.get("completion_tokens") is None:
+        return None
+    prompt = usage.get("prompt_tokens") or 0
+    details = usage.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens") or usage.get("prompt_cache_hit_tokens") or 0
+    written = details.get("cache_write_tokens") or 0
+    return {
+        "input_tokens": max(0, prompt - cached - written),
+        "output_tokens": usage.get("completion_tokens") or 0,
+        "cache_creation_input_tokens": written,
+        "cache_read_input_tokens": cached,
+    }
+
+
+def tool_id(raw: Any, seen: set[str], ctx: RunContext) -> str:
+    """The upstream tool call id when Anthropic-valid and new, else a fresh `toolu_` id.
+
+    Some providers send `"0"`, `functions.Bash:0` or repeat ids; Claude Code matches tool
+    results by id, so those would land on the wrong call (§5.1, §8.4).
+    """
+    if isinstance(raw, str) and raw and raw not in seen and not raw.isdigit() and _TOOL_ID_OK(raw):
+        seen.add(raw)
+        return raw
+    new = ctx.new_id("toolu_")
+    seen.add(new)
+    return new
+
+
+def parse_arguments(arguments: Any) -> dict:
+    """Tool call arguments → input object; empty → {}; truncated JSON repaired when possible.
+
+    Raises UpstreamError(kind="protocol") when no object can be recovered: a tool call with
+    made-up input is worse than an error Claude Code can retry.
+    """
+    if isinstance(arguments, dict):
+        return arguments
+    if arguments is None:
+        return {}
+    if not isinstance(arguments, str):
+        raise UpstreamError("tool call arguments are not a JSON string", status=502, kind="protocol")
+    if not arguments or arguments.isspace():
+        return {}
+    try:
+        value = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        value = repair_json(arguments)
+        if value is None:
+            raise UpstreamError(
+                f"tool call arguments are not valid JSON: {arguments[:200]!r}", status=502, kind="protocol"
+            ) from None
+    if isinstance(value, str):  # double-encoded arguments, seen from some models
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            pass
+    if not isinstance(value, dict):
+        raise UpstreamError("tool call arguments are not a JSON object", status=502, kind="protocol")
+    return value
+
+
+def repair_json(text: str) -> dict | None:
+    """Recover an object from truncated or trailing-garbage JSON, or None.
+
+    Tries, in order: the first complete value (drops trailing data such as a repeated
+    object), the text with its open string and brackets closed, then the same after
+    cutting back to each of the last few commas. Each attempt is linear; the number of
+    attempts is bounded, so garbage costs O(n), not O(n²).
+    """
+    s = text.strip()
+    if not s.startswith("{"):
+        return None
+    try:
+        value, _ = _JSON_DECODER.raw_decode(s)
+        return value if isinstance(value, dict) else None
+    except ValueError:
+        pass
+    closed = close_json(s)
+    if closed is not None:
+        value = _loads_dict(s + closed)
+        if value is not None:
+            return value
+    cuts = _comma_positions(s)
+    for pos in reversed(cuts[-8:]):
+        prefix = s[:pos]
+        closed = close_json(prefix)
+        if closed is not None:
+            value = _loads_dict(prefix + closed)
+            if value is not None:
+                return value
+    return None
+
+
+def close_json(s: str) -> str | None:
+    """The suffix that closes an unterminated JSON prefix (string, arrays, objects)."""
+    stack: list[str] = []
+    in_str = False
+    esc = False
+    for ch in s:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch == "{":
+            stack.append("}")
+        elif ch == "[":
+            stack.append("]")
+        elif ch == "}" or ch == "]":
+            if not stack or stack.pop() != ch:
+                return None
+    suffix = ""
+    if in_str:
+        # a dangling backslash is completed as an escaped backslash, then the string closed
+        suffix = '\\"' if esc else '"'
+    stripped = s.rstrip()
+    if not in_str and stripped.endswith((",", ":")):
+        return None  # a dangling separator: let the caller cut back to a comma
+    return suffix + "".join(reversed(stack))
+
+
+def _comma_positions(s: str) -> list[int]:
+    out = []
+    in_str = False
+    esc = False
+    for i, ch in enumerate(s):
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch == ",":
+            out.append(i)
+    return out
+
+
+def _loads_dict(s: str) -> dict | None:
+    try:
+        value = orjson.loads(s)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def error_from(err: Any, payload: Any) -> UpstreamError:
+    """An OpenRouter `error` object (top level or in a choice) → UpstreamError(kind="error_chunk").
+
+    `code` is usually the HTTP status; one OpenRouter doc shows "server_error" (§9.4), so a
+    non-numeric code counts as 502.
+    """
+    if not isinstance(err, dict):
+        return UpstreamError(f"upstream error: {err}", status=502, kind="error_chunk", body=payload)
+    code = err.get("code")
+    status = None
+    if isinstance(code, int) and not isinstance(code, bool):
+        status = code
+    elif isinstance(code, str) and code.isdigit():
+        status = int(code)
+    if status is None or not 400 <= status <= 599:
+        status = err.get("http_status") if isinstance(err.get("http_status"), int) else 502
+    metadata = err.get("metadata") if isinstance(err.get("metadata"), dict) else {}
+    error_type = metadata.get("error_type") or err.get("error_type") or err.get("type")
+    message = err.get("message") or "upstream error"
+    return UpstreamError(
+        str(message), status=status, kind="error_chunk", error_type=error_type, body=payload
+    )
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # some servers answer with text parts
+        return "".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""

@@ -1,0 +1,394 @@
+"""OpenAI/OpenRouter stream chunks → Anthropic stream events (PROTOCOL.md §3.4, §7.4).
+
+The state machine keeps the invariants strict clients (Claude Code's TS SDK, the Python
+SDK) depend on: `message_start` once and first, blocks with consecutive indices each closed
+before the next opens, never an empty text block, tool input that parses as an object by
+its `content_block_stop`, and always `message_delta` + `message_stop` at the end, unless the
+upstream fails, in which case the error propagates and nothing more is emitted.
+
+The per-chunk path is a handful of dict lookups and one event dict per delta; everything
+rarer (block switches, tool bookkeeping, validation) lives in methods off that path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from engine.registry import step
+from engine.run import RunContext
+from steps.convert.response import (
+    REFUSAL_DETAILS,
+    close_json,
+    error_from,
+    map_usage,
+    parse_arguments,
+    stop_reason_for,
+    tool_id,
+)
+from steps.openrouter.errors import UpstreamError
+
+_NONE, _TEXT, _THINKING, _TOOL = 0, 1, 2, 3
+_UNDECIDED, _STREAMING, _HOLDING = 0, 1, 2
+_NO_EVENTS: list[dict] = []  # returned (never mutated) when a chunk produces nothing
+
+
+@step("convert.stream")
+async def convert_stream(
+    chunks: AsyncIterator[dict],
+    body: dict,
+    model: str,
+    ctx: RunContext,
+    input_tokens_estimate: int = 0,
+) -> AsyncIterator[dict]:
+    """Translate parsed chat completion chunks into Anthropic stream events, incrementally.
+
+    Emits `message_start` (input estimate; the real usage goes in `message_delta`), then
+    text / thinking / tool_use blocks as the upstream produces them, then the stop reason
+    and final usage. An upstream that ends without any content still gets a proper end
+    (Claude Code then retries non-streaming); an upstream error, or `finish_reason:
+    "error"`, propagates at once with no further event so the SSE encoder can send
+    `event: error` last. The upstream iterator is always closed.
+    """
+    conv = _StreamConverter(body, model, ctx, input_tokens_estimate)
+    try:
+        yield conv.start()
+        feed = conv.feed
+        async for chunk in chunks:
+            for event in feed(chunk):
+                yield event
+        for event in conv.finish():
+            yield event
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            try:
+                await aclose()
+            except Exception as exc:  # closing must not mask the real outcome
+                ctx.log.warning("convert.stream: closing the upstream failed", error=repr(exc))
+
+
+class _Tool:
+    """One upstream tool call (keyed by its upstream index) and its Anthropic block."""
+
+    __slots__ = ("raw_id", "name", "index", "closed", "parts", "buffer", "mode")
+
+    def __init__(self) -> None:
+        self.raw_id: str | None = None
+        self.name: str | None = None
+        self.index = -1  # block index once started
+        self.closed = False
+        self.parts: list[str] = []  # argument fragments fed to the open block
+        self.buffer: list[str] = []  # fragments that arrived before the block started
+        self.mode = _UNDECIDED  # streaming once args start with "{", holding otherwise
+
+
+class _StreamConverter:
+    __slots__ = (
+        "ctx", "model", "estimate", "open", "open_tool", "index", "tools", "pending", "seen_ids",
+        "last_key", "finish_reason", "finish_choice", "usage", "saw_tool", "refused", "chars",
+        "stops", "tail", "tail_len",
+    )  # fmt: skip
+
+    def __init__(self, body: dict, model: str, ctx: RunContext, estimate: int) -> None:
+        self.ctx = ctx
+        self.model = body.get("model") or model
+        self.estimate = max(0, int(estimate or 0))
+        self.open = _NONE
+        self.open_tool: _Tool | None = None
+        self.index = -1  # index of the open (or last) block
+        self.tools: dict[Any, _Tool] = {}
+        self.pending: list[_Tool] = []  # known tool calls whose block has not started
+        self.seen_ids: set[str] = set()
+        self.last_key: Any = None
+        self.finish_reason: str | None = None
+        self.finish_choice: dict | None = None
+        self.usage: Any = None
+        self.saw_tool = False
+        self.refused = False
+        self.chars = 0  # characters produced, for the output estimate
+        stops = body.get("stop_sequences")
+        self.stops = [s for s in stops if isinstance(s, str) and s] if stops else None
+        self.tail = ""  # the last characters of text, only kept to detect a stop string
+        self.tail_len = max(map(len, self.stops)) if self.stops else 0
+
+    def start(self) -> dict:
+        return {
+            "type": "message_start",
+            "message": {
+                "id": self.ctx.new_id("msg_"),
+                "type": "message",
+                "role": "assistant",
+                "model": self.model,
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {
+                    "input_tokens": self.estimate,
+                    "output_tokens": 1,
+                    "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": 0,
+                },
+            },
+        }
+
+    # -- per chunk ------------------------------------------------------------------------
+
+    def feed(self, chunk: dict) -> list[dict]:
+        if "error" in chunk and chunk["error"]:
+            raise error_from(chunk["error"], chunk)
+        usage = chunk.get("usage")
+        if usage:
+            self.usage = usage
+        choices = chunk.get("choices")
+        if not choices:
+            return _NO_EVENTS
+        choice = choices[0]
+        delta = choice.get("delta")
+        out = _NO_EVENTS
+        if delta:
+            reasoning = delta.get("reasoning") or delta.get("reasoning_content")
+            content = delta.get("content")
+            if content and self.open == _TEXT and not reasoning and isinstance(content, str):
+                # the hot path: more text for the open text block
+                self.chars += len(content)
+                if self.tail_len:
+                    self.tail = (self.tail + content)[-self.tail_len :]
+                out = [{"type": "content_block_delta", "index": self.index, "delta": {"type": "text_delta", "text": content}}]
+                if "tool_calls" in delta or "refusal" in delta:
+                    self._rest(delta, out)
+            else:
+                out = []
+                if not reasoning and delta.get("reasoning_details"):
+                    reasoning = _details_text(delta["reasoning_details"])
+                if reasoning and isinstance(reasoning, str):
+                    self._thinking(reasoning, out)
+                if content and isinstance(content, str):
+                    self._text(content, out)
+                self._rest(delta, out)
+        finish = choice.get("finish_reason")
+        if finish:
+            if finish == "error":
+                err = choice.get("error")
+                if err:
+                    raise error_from(err, chunk)
+                raise UpstreamError(
+                    "upstream stream ended with finish_reason 'error'", status=502, kind="error_chunk", body=chunk
+                )
+            self.finish_reason = finish
+            self.finish_choice = choice
+        return out
+
+    def _rest(self, delta: dict, out: list[dict]) -> None:
+        refusal = delta.get("refusal")
+        if refusal and isinstance(refusal, str):
+            self.refused = True
+            self._text(refusal, out)
+        calls = delta.get("tool_calls")
+        if calls:
+            for call in calls:
+                self._tool_fragment(call, out)
+
+    # -- blocks ---------------------------------------------------------------------------
+
+    def _text(self, text: str, out: list[dict]) -> None:
+        if self.open != _TEXT:
+            self._close_open(out, flush_pending=True)
+            self.index += 1
+            self.open = _TEXT
+            out.append({"type": "content_block_start", "index": self.index, "content_block": {"type": "text", "text": ""}})
+        self.chars += len(text)
+        if self.tail_len:
+            self.tail = (self.tail + text)[-self.tail_len :]
+        out.append({"type": "content_block_delta", "index": self.index, "delta": {"type": "text_delta", "text": text}})
+
+    def _thinking(self, text: str, out: list[dict]) -> None:
+        if self.open != _THINKING:
+            self._close_open(out, flush_pending=True)
+            self.index += 1
+            self.open = _THINKING
+            out.append(
+                {
+                    "type": "content_block_start",
+                    "index": self.index,
+                    "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+                }
+            )
+        self.chars += len(text)
+        out.append({"type": "content_block_delta", "index": self.index, "delta": {"type": "thinking_delta", "thinking": text}})
+
+    def _close_open(self, out: list[dict], flush_pending: bool) -> None:
+        """Close the open block; before a non-tool block, start and close waiting tool calls
+        too, so blocks keep the upstream's order (calls are complete once text follows)."""
+        if self.open == _TOOL:
+            self._close_tool(self.open_tool, out)  # type: ignore[arg-type]
+        elif self.open != _NONE:
+            out.append({"type": "content_block_stop", "index": self.index})
+        self.open = _NONE
+        if flush_pending and self.pending:
+            for tool in list(self.pending):
+                if tool.name:
+                    self._start_tool(tool, out)
+                    self._close_tool(tool, out)
+                    self.open = _NONE
+
+    # -- tool calls -----------------------------------------------------------------------
+
+    def _tool_fragment(self, call: dict, out: list[dict]) -> None:
+        key = call.get("index")
+        raw_id = call.get("id")
+        if key is None:  # some servers omit the index: the id, else the last call, decides
+            key = raw_id if raw_id else self.last_key if self.last_key is not None else 0
+        tool = self.tools.get(key)
+        if tool is None:
+            tool = self.tools[key] = _Tool()
+            self.pending.append(tool)
+        self.last_key = key
+        if raw_id and tool.raw_id is None:
+            tool.raw_id = raw_id
+        fn = call.get("function")
+        args: Any = None
+        if fn:
+            name = fn.get("name")
+            if name and not tool.name:
+                tool.name = name
+            args = fn.get("arguments")
+            if args is not None and not isinstance(args, str):
+                args = orjson.dumps(args).decode()  # a provider sent the object itself
+        if tool is self.open_tool and self.open == _TOOL:
+            if args:
+                self._tool_args(tool, args, out)
+            return
+        if tool.closed:
+            if args:
+                raise UpstreamError(
+                    "upstream interleaved the arguments of parallel tool calls; cannot stream them",
+                    status=502,
+                    kind="protocol",
+                )
+            return
+        if args:
+            tool.buffer.append(args)
+        if not tool.name:
+            return  # start once the name is known
+        current = self.open_tool if self.open == _TOOL else None
+        if current is not None and not current.parts:
+            # The open call has no arguments yet: some servers send every call's header
+            # first, then the arguments; keep it open and let this one wait its turn.
+            return
+        self._start_tool(tool, out)
+
+    def _start_tool(self, tool: _Tool, out: list[dict]) -> None:
+        self._close_open(out, flush_pending=False)
+        self.pending.remove(tool)
+        tool.index = self.index = self.index + 1
+        self.open = _TOOL
+        self.open_tool = tool
+        self.saw_tool = True
+        out.append(
+            {
+                "type": "content_block_start",
+                "index": tool.index,
+                "content_block": {
+                    "type": "tool_use",
+                    "id": tool_id(tool.raw_id, self.seen_ids, self.ctx),
+                    "name": tool.name,
+                    "input": {},
+                },
+            }
+        )
+        if tool.buffer:
+            buffered, tool.buffer = tool.buffer, []
+            for args in buffered:
+                self._tool_args(tool, args, out)
+
+    def _tool_args(self, tool: _Tool, args: str, out: list[dict]) -> None:
+        tool.parts.append(args)
+        self.chars += len(args)
+        if tool.mode == _STREAMING:
+            out.append({"type": "content_block_delta", "index": tool.index, "delta": {"type": "input_json_delta", "partial_json": args}})
+        elif tool.mode == _UNDECIDED and not args.isspace():
+            if args.lstrip()[0] == "{":
+                tool.mode = _STREAMING
+                held = "".join(tool.parts)
+                out.append({"type": "content_block_delta", "index": tool.index, "delta": {"type": "input_json_delta", "partial_json": held}})
+            else:
+                tool.mode = _HOLDING  # not an object (double-encoded?): normalize at the end
+
+    def _close_tool(self, tool: _Tool, out: list[dict]) -> None:
+        """Make sure the block's input parses as an object before its stop (§3.4 item 6)."""
+        if tool.mode == _STREAMING:
+            text = "".join(tool.parts)
+            if _loads_object(text) is None:
+                suffix = close_json(text.rstrip())
+                if suffix is None or _loads_object(text.rstrip() + suffix) is None:
+                    raise UpstreamError(
+                        f"tool call arguments are not valid JSON: {text[:200]!r}", status=502, kind="protocol"
+                    )
+                out.append({"type": "content_block_delta", "index": tool.index, "delta": {"type": "input_json_delta", "partial_json": suffix}})
+        elif tool.mode == _HOLDING:
+            value = parse_arguments("".join(tool.parts))
+            out.append(
+                {
+                    "type": "content_block_delta",
+                    "index": tool.index,
+                    "delta": {"type": "input_json_delta", "partial_json": orjson.dumps(value).decode()},
+                }
+            )
+        out.append({"type": "content_block_stop", "index": tool.index})
+        tool.closed = True
+        if self.open_tool is tool:
+            self.open_tool = None
+
+    # -- end ------------------------------------------------------------------------------
+
+    def finish(self) -> list[dict]:
+        out: list[dict] = []
+        self._close_open(out, flush_pending=False)
+        for tool in list(self.pending):
+            if not tool.name:
+                raise UpstreamError("upstream tool call has no name", status=502, kind="protocol")
+            self._start_tool(tool, out)
+            self._close_tool(tool, out)
+            self.open = _NONE
+        stop_reason, stop_sequence = stop_reason_for(
+            self.finish_reason, self.saw_tool, self.refused, self.tail, self.finish_choice, self.stops
+        )
+        usage = map_usage(self.usage)
+        if usage is None:
+            usage = {
+                "input_tokens": self.estimate,
+                "output_tokens": max(1, self.chars // 4),
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            }
+        elif usage["output_tokens"] < 1:
+            usage["output_tokens"] = max(1, self.chars // 4)
+        delta: dict[str, Any] = {"stop_reason": stop_reason, "stop_sequence": stop_sequence}
+        if stop_reason == "refusal":
+            delta["stop_details"] = dict(REFUSAL_DETAILS)
+        out.append({"type": "message_delta", "delta": delta, "usage": usage})
+        out.append({"type": "message_stop"})
+        return out
+
+
+def _details_text(details: Any) -> str:
+    """Text of OpenRouter `reasoning_details` when `reasoning` itself was not sent."""
+    texts = []
+    for d in details if isinstance(details, list) else ():
+        kind = d.get("type") if isinstance(d, dict) else None
+        if kind == "reasoning.text":
+            texts.append(d.get("text") or "")
+        elif kind == "reasoning.summary":
+            texts.append(d.get("summary") or "")
+    return "".join(texts)
+
+
+def _loads_object(text: str) -> dict | None:
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
