@@ -172,7 +172,7 @@ class _Reader:
             interpolated = self.interpolate(raw, node)
             if interpolated != raw:
                 self.sources[path] = raw
-                if node.style is None and _ENV.fullmatch(raw):
+                if node.style is None and _ENV.fullmatch(raw) and interpolated != "":
                     # A plain scalar that was one variable: give it YAML's type (64 -> int).
                     tag = _RESOLVER.resolve(yaml.ScalarNode, interpolated, (True, False))
                     node = yaml.ScalarNode(tag, interpolated, node.start_mark, node.end_mark, node.style)

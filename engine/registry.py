@@ -167,6 +167,7 @@ def load_step_packages() -> None:
     if _loaded_entry_points:
         return
     _loaded_entry_points = True
+    importlib.import_module("engine.builtins")
     for ep in entry_points(group="engine.steps"):
         try:
             ep.load()
