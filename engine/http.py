@@ -16,10 +16,11 @@ its end).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -64,7 +65,8 @@ def create_app(engine: Engine, *, body_limit: int = DEFAULT_BODY_LIMIT, body_tim
         message = {404: f"Not found: {request.method} {request.url.path}", 405: "Method Not Allowed"}.get(status, "Request refused")
         return await _render(engine, fallback, HttpError(status, message), engine.context(fallback.name) if fallback else None)
 
-    async def lifespan(app: Starlette) -> Any:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await engine.aclose()
 

@@ -130,7 +130,7 @@ def test_ok_non_stream(fake: FakeOpenRouter) -> None:
     assert r.headers["content-type"] == "application/json"
     assert r.headers["http-referer"] == "https://x.test"
     assert r.headers["x-title"] == "T" and r.headers["x-openrouter-title"] == "T"
-    assert r.outcome == "ok"
+    assert fake.wait_for(lambda: r.outcome == "ok", 1)  # set just after the last byte is written
 
 
 def test_ok_stream(fake: FakeOpenRouter) -> None:
@@ -270,7 +270,7 @@ def test_broken_before_headers_is_retryable_connect(fake: FakeOpenRouter, mode: 
     assert (exc.kind, exc.status, exc.retryable) == ("connect", None, True)
     first, second, third = fake.requests
     assert first.connection_id == second.connection_id  # the failure hit the reused connection
-    assert third.outcome == "ok"
+    assert fake.wait_for(lambda: third.outcome == "ok", 1)
 
 
 def test_connection_refused_is_connect() -> None:

@@ -1,0 +1,88 @@
+"""The real Claude Code CLI (2.1.x, from npm) through the gateway against the fake OpenRouter.
+
+`.ci/run` installs it; elsewhere set CLAUDE_CODE_BIN or put `claude` on PATH. The test is
+skipped only when no binary can be found and CLAUDE_CODE_REQUIRED is not set (CI sets it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.pipelines.conftest import REPO, Gateway
+
+
+def claude_bin() -> str | None:
+    for candidate in (
+        os.environ.get("CLAUDE_CODE_BIN"),
+        str(REPO / ".ci" / ".cache" / "claude" / "node_modules" / ".bin" / "claude"),
+        shutil.which("claude"),
+    ):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+@pytest.fixture(name="claude")
+def _claude() -> str:
+    found = claude_bin()
+    if found is None:
+        if os.environ.get("CLAUDE_CODE_REQUIRED"):
+            pytest.fail("CLAUDE_CODE_REQUIRED is set but no Claude Code binary was found")
+        pytest.skip("Claude Code is not installed (bash .ci/run installs it)")
+    return found
+
+
+def run_claude(claude: str, gateway: Gateway, tmp_path: Path, prompt: str, *extra: str) -> dict:
+    home = tmp_path / "home"
+    work = tmp_path / "work"
+    home.mkdir(exist_ok=True)
+    work.mkdir(exist_ok=True)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "ANTHROPIC_BASE_URL": gateway.url,
+        "ANTHROPIC_API_KEY": "sk-ant-claude-code-test",
+        "DISABLE_TELEMETRY": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "DISABLE_ERROR_REPORTING": "1",
+    }
+    proc = subprocess.run(
+        [claude, "-p", prompt, "--output-format", "json", *extra],
+        cwd=work, env=env, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, f"claude exited {proc.returncode}\nstdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-2000:]}"
+    return json.loads(proc.stdout)
+
+
+def test_claude_code_writes_a_file_through_the_gateway(claude: str, gateway: Gateway, tmp_path: Path) -> None:
+    """Claude Code runs a Write tool call the upstream asked for, then gets the streamed answer."""
+    target = tmp_path / "work" / "hello.txt"
+    args = json.dumps({"file_path": str(target), "content": "Hello from the gateway!\n"})
+    result = run_claude(claude, gateway, tmp_path, f"Please do this: [[tool:Write {args}]]", "--permission-mode", "acceptEdits")
+    assert target.read_text() == "Hello from the gateway!\n"
+    assert result["is_error"] is False and result["result"].startswith("Done")
+    sent = [r.json for r in gateway.fake.requests if r.path.endswith("/chat/completions")]
+    assert len(sent) >= 2 and all(s["stream"] for s in sent)
+    assert sent[-1]["messages"][-1]["role"] == "tool"
+
+
+def test_claude_code_runs_bash_through_the_gateway(claude: str, gateway: Gateway, tmp_path: Path) -> None:
+    """Claude Code runs a Bash tool call and sends its output back upstream as a tool message."""
+    args = json.dumps({"command": "echo gateway-bash-ok", "description": "Print a marker"})
+    result = run_claude(claude, gateway, tmp_path, f"[[tool:Bash {args}]]", "--allowedTools", "Bash")
+    tool_messages = [m for r in gateway.fake.requests for m in r.json["messages"] if m["role"] == "tool"]
+    assert any("gateway-bash-ok" in json.dumps(m["content"]) for m in tool_messages)
+    assert result["result"].startswith("Done") and "gateway-bash-ok" in result["result"]
+
+
+def test_claude_code_plain_answer(claude: str, gateway: Gateway, tmp_path: Path) -> None:
+    """A plain prompt comes back as the upstream's streamed text, exactly."""
+    result = run_claude(claude, gateway, tmp_path, "Say hello")
+    assert result["result"].startswith("Hello! I am the fake upstream.")
