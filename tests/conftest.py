@@ -1,0 +1,17 @@
+"""Suite-wide guards: the shared Claude Code fixtures must be present (../shared beside the repo)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "claude-code"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not (FIXTURES / "first_turn.json").is_file():
+        raise pytest.UsageError(
+            f"the shared Claude Code fixtures are missing: expected {FIXTURES} "
+            "(clone the repo with the team's shared/ directory beside it)"
+        )
