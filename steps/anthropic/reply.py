@@ -54,10 +54,11 @@ async def sse_stream(events: AsyncIterator[dict[str, Any]], request_id: str, log
 
 
 @step("anthropic.reply", blocking=False)
-def reply(message: Any, ctx: RunContext) -> Reply:
+def reply(message: Any, ctx: RunContext, ping_interval: float = HEARTBEAT_INTERVAL) -> Reply:
     """Make the HTTP reply: a message dict as JSON, or an event stream as Server-Sent Events.
 
-    Streams get `cache-control: no-cache`, a ping every 10 s of silence, and on any failure
+    Streams get `cache-control: no-cache`, a `ping` event after every `ping_interval` seconds
+    of silence (Claude Code aborts a stream silent for 300 s), and on any failure
     after the 200 one `event: error` (Anthropic's error object) and then the end of the stream.
     Every reply carries `request-id`.
     """
@@ -69,6 +70,6 @@ def reply(message: Any, ctx: RunContext) -> Reply:
             media_type=SSE_MEDIA_TYPE,
             headers={"request-id": ctx.request_id, "cache-control": "no-cache"},
             heartbeat=PING,
-            heartbeat_interval=HEARTBEAT_INTERVAL,
+            heartbeat_interval=ping_interval,
         )
     raise TypeError(f"anthropic.reply expects a message dict or an async iterator of events, got {type(message).__name__}")

@@ -33,12 +33,12 @@ class Gateway:
         return anthropic.Anthropic(base_url=self.url, **kw)
 
     def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
+        return httpx.Client(base_url=self.url, timeout=30, headers={"x-api-key": "sk-ant-test-client-key"})
 
 
 def start_gateway(env: dict[str, str]) -> Iterator[Gateway]:
     with FakeOpenRouter() as fake:
-        full_env = {"OPENROUTER_BASE_URL": fake.base_url, "BIG_MODEL": "test/big", "SMALL_MODEL": "test/small", "UPSTREAM_IDLE_TIMEOUT": "5", **env}
+        full_env = {"OPENROUTER_BASE_URL": fake.base_url, "BIG_MODEL": "test/big", "SMALL_MODEL": "test/small", "UPSTREAM_IDLE_TIMEOUT": "5", "PING_INTERVAL": "0.2", **env}
         engine = Engine.load([PIPELINES], env=full_env)
         with serve_asgi(create_app(engine)) as url:
             yield Gateway(url, fake, engine)

@@ -201,3 +201,34 @@ def test_claude_code_fixture_produces_valid_upstream_request(gateway: Gateway, n
             answered = [x for x in sent["messages"][i + 1 :] if x["role"] == "tool" and x["tool_call_id"] == call["id"]]
             assert answered, f"tool call {call['id']} unanswered"
     assert not {"context_management", "output_config", "thinking", "safeguards", "metadata"} & set(sent)
+
+
+def test_ping_while_upstream_is_silent(gateway: Gateway) -> None:
+    """While the upstream is slow between chunks, the client gets `ping` events (interval 0.2 s here)."""
+    gateway.fake.script("slow_drip;delay_ms=500;chunks=4")
+    with gateway.http() as http:
+        r = http.post("/v1/messages", json={"model": "claude-opus-5-5", "max_tokens": 100, "stream": True, "messages": ask("hi")})
+    names = [line.removeprefix("event: ") for line in r.text.splitlines() if line.startswith("event: ")]
+    assert names.count("ping") >= 3
+    assert names[0] == "message_start" and names[-1] == "message_stop"
+    text_deltas = [line for line in r.text.splitlines() if '"text_delta"' in line]
+    assert len(text_deltas) == 4
+
+
+def test_rate_limit_retried_then_answered(gateway: Gateway) -> None:
+    """A 429 with Retry-After is waited for and retried before anything reaches the client."""
+    gateway.fake.script("429;retry_after=1", "ok")
+    msg = gateway.client().messages.create(model="claude-opus-5-5", max_tokens=20, messages=ask("hi"))
+    assert msg.content[0].text.startswith("Hello!")
+    first, second = gateway.fake.requests
+    assert second.at - first.at >= 1.0
+
+
+def test_rate_limit_passes_retry_after_on(gateway: Gateway) -> None:
+    """When retrying cannot fit, the 429 reaches the client with retry-after capped at 60."""
+    gateway.fake.script("429;retry_after=120")
+    with gateway.http() as http:
+        r = http.post("/v1/messages", json={"model": "claude-opus-5-5", "max_tokens": 20, "messages": ask("hi")})
+    assert r.status_code == 429 and r.headers["retry-after"] == "60"
+    assert r.json()["error"]["type"] == "rate_limit_error"
+    assert len(gateway.fake.requests) == 1
