@@ -278,27 +278,25 @@ class _Run:
                 raise DeadlineExceeded(f"the run's deadline passed before step '{node.name}'")
             if timeout is None or remaining < timeout:
                 timeout, by_deadline = remaining, True
+        if timeout is None:
+            return await self.invoke(node, kwargs, attempt, start)
+        with anyio.move_on_after(timeout):
+            return await self.invoke(node, kwargs, attempt, start)
+        if by_deadline:
+            raise DeadlineExceeded(f"the run's deadline passed during step '{node.name}'")
+        raise StepTimeout(f"step '{node.name}' took longer than {timeout:g} s")
+
+    async def invoke(self, node: Node, kwargs: dict[str, Any], attempt: int, start: float) -> Any:
+        """One call of the step inside its limit; a stream keeps its slot until it ends."""
         release = None
         try:
-            if timeout is None:
-                if node.limit is not None:
-                    release = await self.engine.limits.acquire(node.limit)
-                value = await self.call(node, kwargs)
-                if streams.is_stream(value):
-                    value = await self.primed(node, value, release, attempt, start)
-                    release = None
-                return value
-            with anyio.move_on_after(timeout) as scope:
-                if node.limit is not None:
-                    release = await self.engine.limits.acquire(node.limit)
-                value = await self.call(node, kwargs)
-                if streams.is_stream(value):
-                    value = await self.primed(node, value, release, attempt, start)
-                    release = None
-                return value
-            if by_deadline:
-                raise DeadlineExceeded(f"the run's deadline passed during step '{node.name}'")
-            raise StepTimeout(f"step '{node.name}' took longer than {timeout:g} s")
+            if node.limit is not None:
+                release = await self.engine.limits.acquire(node.limit)
+            value = await self.call(node, kwargs)
+            if streams.is_stream(value):
+                value = await self.primed(node, value, release, attempt, start)
+                release = None
+            return value
         finally:
             if release is not None:
                 release()
