@@ -232,8 +232,8 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
         errors.append(SpecError(f"steps form a cycle: {path}", lp.where("steps", cycle[0]), "break the cycle; repetition belongs in a sub-pipeline run from a step"))
 
     # Every step must contribute to the output (or be a side effect someone asked for).
-    # After a broken reference this would only repeat the same mistake, so it waits.
-    ref_errors = any("does not exist" in e.message for e in errors if e.location and e.location.file == lp.file)
+    # After a broken reference or an unknown step this would only repeat the same mistake.
+    ref_errors = len(nodes) < len(spec.steps) or any("does not exist" in e.message for e in errors if e.location and e.location.file == lp.file)
     needed = set(output_deps)
     for d in output_deps:
         if d in graph:

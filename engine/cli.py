@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--log-format", choices=["console", "json"], default=None, help="log output (default: console on a terminal, else json)")
     p.add_argument("--log-level", default=None, help="debug, info, warning, error (default info)")
+    p.add_argument("--capture", default=os.environ.get("ENGINE_CAPTURE_DIR"), metavar="DIR", help="record every run into JSONL files in DIR (replay them with `engine replay`)")
 
     p = add("check", "validate pipeline files; exit 1 with file:line:col errors", ["engine check", "engine check pipelines/messages.yaml", "engine check pipelines/ my-pipelines/"])
     p.add_argument("paths", nargs="*", metavar="PATH", help="files or directories (default: the pipeline directory)")
@@ -65,11 +66,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="text", choices=["text", "mermaid", "dot", "svg", "png"])
     p.add_argument("-o", "--output", default=None, metavar="FILE", help="write to FILE instead of stdout")
     p.add_argument("--pipelines", default=None, metavar="DIR")
+    p.add_argument("--trace", default=None, metavar="CAPTURE", help="draw one captured run over the pipeline: what ran, was skipped or retried, and how long")
+    p.add_argument("--run", default=None, metavar="REQUEST_ID", help="with --trace: which run (default: the last one of this pipeline)")
 
     p = add("run", "run a pipeline once on an input file and print its output", ["engine run demo --input request.json", "engine run pipelines/demo.yaml --input input.yaml"])
     p.add_argument("pipeline", help="a pipeline name or file")
     p.add_argument("--input", required=True, metavar="FILE", help="JSON or YAML file with the run input ('-' for stdin)")
     p.add_argument("--pipelines", default=None, metavar="DIR")
+
+    p = add(
+        "replay",
+        "re-run captured runs through the current pipelines, offline, and show what changed",
+        ["engine replay captures/", "engine replay captures/capture-*.jsonl --pipelines ./pipelines", "engine replay tests/captures/stream.jsonl --realtime", "OPENROUTER_API_KEY=... engine replay captures/ --live"],
+    )
+    p.add_argument("captures", nargs="+", metavar="CAPTURE", help="capture files or directories")
+    p.add_argument("--pipelines", default=None, metavar="DIR")
+    p.add_argument("--realtime", action="store_true", help="replay recorded streams with their recorded timing")
+    p.add_argument("--live", action="store_true", help="send the captured requests to the real upstream instead of answering from the capture")
+    p.add_argument("--quiet", action="store_true", help="print only runs that changed")
 
     add("steps", "list every registered step with its parameters", ["engine steps", "engine steps | grep anthropic"])
     return parser
@@ -80,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     # Like `python -m` and uvicorn: user steps named package.module:function import from here.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    handler = {"serve": cmd_serve, "check": cmd_check, "graph": cmd_graph, "run": cmd_run, "steps": cmd_steps}[args.command]
+    handler = {"serve": cmd_serve, "check": cmd_check, "graph": cmd_graph, "run": cmd_run, "replay": cmd_replay, "steps": cmd_steps}[args.command]
     try:
         return handler(args)
     except SpecErrors as exc:
@@ -126,9 +140,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_graph(args: argparse.Namespace) -> int:
     plans, name = _select(args.pipeline, args.pipelines)
     plan = next(p for p in plans if p.name == name)
+    trace = _trace(args.trace, args.run, name) if args.trace else None
     if args.format in {"svg", "png"}:
         try:
-            data = graphs.render_image(plan, args.format)
+            data = graphs.render_image(plan, args.format, trace)
         except graphs.GraphvizMissing as exc:
             print(f"engine: {exc}", file=sys.stderr)
             return 1
@@ -137,12 +152,67 @@ def cmd_graph(args: argparse.Namespace) -> int:
         else:
             sys.stdout.buffer.write(data)
         return 0
-    text = {"text": graphs.to_text, "mermaid": graphs.to_mermaid, "dot": graphs.to_dot}[args.format](plan)
+    text = {"text": graphs.to_text, "mermaid": graphs.to_mermaid, "dot": graphs.to_dot}[args.format](plan, trace)
     if args.output:
         Path(args.output).write_text(text)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _trace(capture: str, run: str | None, pipeline: str) -> Any:
+    """The step timeline of one captured run of `pipeline`."""
+    from engine.replay import Captured, read_captures
+
+    chosen = None
+    for item in read_captures([capture]):
+        if isinstance(item, Captured) and item.record.get("pipeline") == pipeline:
+            if run is None or item.record.get("request_id") == run:
+                chosen = item
+    if chosen is None:
+        which = f"run '{run}'" if run else f"a run of pipeline '{pipeline}'"
+        raise EngineError(f"{capture} holds no {which}")
+    return graphs.Trace.from_record(chosen.record)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from engine.replay import CaptureProblem, read_captures, replay_one
+
+    logs.configure(os.environ.get("ENGINE_LOG_FORMAT", "console"), os.environ.get("ENGINE_LOG_LEVEL", "error"))
+    engine = Engine(load_plans([args.pipelines or default_pipelines()]))
+    items = list(read_captures(args.captures))
+    runs = [i for i in items if not isinstance(i, CaptureProblem)]
+    problems = [i for i in items if isinstance(i, CaptureProblem)]
+    utf8 = (sys.stdout.encoding or "").lower().startswith("utf")
+    same_mark, diff_mark = ("✓", "✗") if utf8 else ("ok", "CHANGED")
+    print(f"replaying {len(runs)} run{'s' if len(runs) != 1 else ''} {'live against the upstream' if args.live else 'offline'}")
+    counts = {"same": 0, "changed": 0}
+
+    async def go() -> None:
+        for n, captured in enumerate(runs, 1):
+            result = await replay_one(engine, captured, realtime=args.realtime, live=args.live)
+            progress = f"[{n}/{len(runs)}]"
+            if result.same:
+                counts["same"] += 1
+                if not args.quiet:
+                    print(f"  {same_mark} {progress} {captured.label} same ({result.seconds * 1000:.1f} ms)")
+                continue
+            counts["changed"] += 1
+            changes = result.input_changes + result.output_changes + ([result.error] if result.error else [])
+            print(f"  {diff_mark} {progress} {captured.label}: {len(changes)} difference{'s' if len(changes) != 1 else ''}")
+            for line in changes[:40]:
+                print(f"      {line}")
+            if len(changes) > 40:
+                print(f"      ... and {len(changes) - 40} more")
+        await engine.aclose()
+
+    anyio.run(go)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    print(f"{counts['same']} same, {counts['changed']} changed" + (f", {len(problems)} unreadable" if problems else ""))
+    if counts["changed"]:
+        return 1
+    return 2 if problems else 0
 
 
 def _read_input(path: str) -> Any:
@@ -206,6 +276,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     pipelines = args.pipelines or default_pipelines()
     os.environ["ENGINE_PIPELINES"] = pipelines
+    if args.capture:
+        os.environ["ENGINE_CAPTURE_DIR"] = args.capture
     if args.log_format:
         os.environ["ENGINE_LOG_FORMAT"] = args.log_format
     if args.log_level:
@@ -216,6 +288,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"engine serving http://{args.host}:{args.port} ({len(plans)} pipelines from {pipelines})", file=sys.stderr)
     for line in routes:
         print(f"  {line}", file=sys.stderr)
+    if args.capture:
+        print(f"  capturing every run into {args.capture}", file=sys.stderr)
     for line in registry.serving_notes():
         print(f"  {line}", file=sys.stderr)
     uvicorn.run(

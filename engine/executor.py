@@ -26,7 +26,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from engine import logs, retry, streams
+from engine import capture, logs, retry, streams
 from engine.check import Node, Plan, check
 from engine.errors import DeadlineExceeded, EngineError, SpecError, SpecErrors, StepError, StepTimeout
 from engine.limits import Limits
@@ -98,6 +98,7 @@ class Engine:
         self.limits = Limits(limits)
         self.resources = Resources()
         self.ids = ids or IdSource()
+        self.capture: Any = None  # a CaptureWriter when `engine serve --capture DIR`
         self.step_log_level = os.environ.get("ENGINE_STEP_LOG_LEVEL", "debug").lower()
         self._step_log_checked: bool | None = None
 
@@ -132,6 +133,8 @@ class Engine:
             ids=ids,
             parent=parent,
             streams=parent.streams if parent is not None else [],
+            recorder=parent.recorder if parent is not None else None,
+            replayer=parent.replayer if parent is not None else None,
         )
 
     async def run(self, name: str, input: Any = None, *, parent: RunContext | None = None, ctx: RunContext | None = None, request_id: str | None = None) -> Any:
@@ -260,6 +263,8 @@ class _Run:
                     self.finished(node, "error", attempt, start, exc)
                     raise
                 _log.info("step.retry", reason=_reason(exc), delay_s=round(delay, 3), next_attempt=attempt + 1)
+                if ctx.replayer is not None and not ctx.replayer.realtime:
+                    delay = 0.0  # replaying as fast as possible: the wait already happened once
                 await anyio.sleep(delay)
                 continue
             finally:
@@ -292,7 +297,10 @@ class _Run:
         try:
             if node.limit is not None:
                 release = await self.engine.limits.acquire(node.limit)
-            value = await self.call(node, kwargs)
+            if node.record and (self.ctx.recorder is not None or self.ctx.replayer is not None):
+                value = await self.call_recorded(node, kwargs)
+            else:
+                value = await self.call(node, kwargs)
             if streams.is_stream(value):
                 value = await self.primed(node, value, release, attempt, start)
                 release = None
@@ -308,6 +316,22 @@ class _Run:
         if info.blocking:
             return await anyio.to_thread.run_sync(functools.partial(info.fn, **kwargs))
         return info.fn(**kwargs)
+
+    async def call_recorded(self, node: Node, kwargs: dict[str, Any]) -> Any:
+        """A `record: true` step: answered from the capture in replay, noted down in capture."""
+        inputs = {k: v for k, v in kwargs.items() if k != node.info.wants_context}
+        if self.ctx.replayer is not None:
+            return await self.ctx.replayer.answer(self.plan.name, node.name, inputs)
+        entry = self.ctx.recorder.call(self.plan.name, node.name, inputs)
+        try:
+            value = await self.call(node, kwargs)
+        except BaseException as exc:
+            entry["error"] = capture.error_record(exc)
+            raise
+        if streams.is_stream(value):
+            return capture.recording_stream(value, entry, self.ctx.recorder)
+        entry["output"] = capture.jsonable(value)
+        return value
 
     async def primed(self, node: Node, it: Any, release: Any, attempt: int, start: float) -> Any:
         try:

@@ -10,8 +10,60 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import dataclass
+from typing import Any
 
 from engine.check import Node, Plan, iter_refs
+
+
+@dataclass(frozen=True, slots=True)
+class StepRun:
+    outcome: str
+    attempts: int
+    ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """What happened to each step in one captured run (see `engine graph --trace`)."""
+
+    request_id: str
+    steps: dict[str, StepRun]
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Trace:
+        steps = {}
+        for t in record.get("trace") or []:
+            steps[t["step"]] = StepRun(t["outcome"], int(t.get("attempts") or 0), (t["end"] - t["start"]) * 1000)
+        return cls(record.get("request_id", "?"), steps)
+
+    def describe(self, name: str) -> str:
+        run = self.steps.get(name)
+        if run is None:
+            return "did not run"
+        if run.outcome == "skipped":
+            return "skipped"
+        retried = f", {run.attempts} attempts" if run.attempts > 1 else ""
+        return f"{run.outcome} {run.ms:.1f} ms{retried}"
+
+    def css_class(self, name: str) -> str:
+        run = self.steps.get(name)
+        if run is None:
+            return "notrun"
+        if run.outcome == "skipped":
+            return "skipped"
+        if run.outcome in {"error", "timeout"}:
+            return "failed"
+        return "retried" if run.attempts > 1 else "ran"
+
+
+_CLASS_STYLES = {
+    "ran": ("fill:#d9f2d9,stroke:#2e7d32", "#d9f2d9"),
+    "retried": ("fill:#ffe9c6,stroke:#ef6c00", "#ffe9c6"),
+    "failed": ("fill:#f8d0d0,stroke:#c62828", "#f8d0d0"),
+    "skipped": ("fill:#eeeeee,stroke:#9e9e9e,stroke-dasharray: 4 4", "#eeeeee"),
+    "notrun": ("fill:#ffffff,stroke:#bdbdbd", "#ffffff"),
+}
 
 
 def _notes(node: Node) -> list[str]:
@@ -54,8 +106,10 @@ def _output_deps(plan: Plan) -> list[str]:
     return list(dict.fromkeys(r.step for r in iter_refs(plan.output) if r.step is not None))
 
 
-def to_text(plan: Plan) -> str:
+def to_text(plan: Plan, trace: Trace | None = None) -> str:
     lines = [f"pipeline {plan.name}" + (f"  ({', '.join(f'{m} {p}' for m, p in plan.routes)})" if plan.routes else "")]
+    if trace is not None:
+        lines[0] += f"  run {trace.request_id}"
     for name in plan.order:
         node = plan.nodes[name]
         src = [d for d in node.deps] + (["input"] if name in _uses_input(plan) else [])
@@ -64,6 +118,7 @@ def to_text(plan: Plan) -> str:
             f"  {name} = {node.info.name}"
             + (f"  <- {', '.join(src)}" if src else "")
             + (f"  [{'; '.join(notes)}]" if notes else "")
+            + (f"  -- {trace.describe(name)}" if trace is not None else "")
         )
     lines.append(f"  output <- {', '.join(_output_deps(plan))}")
     return "\n".join(lines) + "\n"
@@ -73,12 +128,12 @@ def _mermaid_id(name: str) -> str:
     return "s_" + "".join(c if c.isalnum() else "_" for c in name)
 
 
-def to_mermaid(plan: Plan) -> str:
+def to_mermaid(plan: Plan, trace: Trace | None = None) -> str:
     lines = ["flowchart TD", '  input(["input"])']
     for name in _file_order(plan):
         node = plan.nodes[name]
         label = f"{name}<br/><small>{node.info.name}</small>"
-        notes = _notes(node)
+        notes = _notes(node) + ([trace.describe(name)] if trace is not None else [])
         if notes:
             label += f"<br/><small>{'; '.join(notes)}</small>"
         shape = ('{{"', '"}}') if node.cond is not None else ('["', '"]')
@@ -90,6 +145,11 @@ def to_mermaid(plan: Plan) -> str:
         lines.append(f"  {_mermaid_id(a)} --> {_mermaid_id(b)}")
     for d in _output_deps(plan):
         lines.append(f"  {_mermaid_id(d)} --> output")
+    if trace is not None:
+        for css, (style, _) in _CLASS_STYLES.items():
+            lines.append(f"  classDef {css} {style}")
+        for name in _file_order(plan):
+            lines.append(f"  class {_mermaid_id(name)} {trace.css_class(name)}")
     return "\n".join(lines) + "\n"
 
 
@@ -97,13 +157,15 @@ def _dot_quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def to_dot(plan: Plan) -> str:
+def to_dot(plan: Plan, trace: Trace | None = None) -> str:
     lines = [f"digraph {_dot_quote(plan.name)} {{", "  rankdir=TB;", '  node [shape=box, fontname="Helvetica"];']
     lines.append('  "input" [shape=oval];')
     for name in _file_order(plan):
         node = plan.nodes[name]
-        label = "\n".join([name, node.info.name] + _notes(node))
+        label = "\n".join([name, node.info.name] + _notes(node) + ([trace.describe(name)] if trace is not None else []))
         shape = ", shape=diamond" if node.cond is not None else ""
+        if trace is not None:
+            shape += f', style=filled, fillcolor="{_CLASS_STYLES[trace.css_class(name)][1]}"'
         lines.append(f"  {_dot_quote(name)} [label={_dot_quote(label)}{shape}];")
     lines.append('  "output" [shape=oval];')
     for name in _uses_input(plan):
@@ -120,7 +182,7 @@ class GraphvizMissing(RuntimeError):
     """The `dot` program is not installed, so SVG/PNG cannot be drawn."""
 
 
-def render_image(plan: Plan, fmt: str) -> bytes:
+def render_image(plan: Plan, fmt: str, trace: Trace | None = None) -> bytes:
     """SVG or PNG bytes drawn by Graphviz's `dot` program."""
     dot = shutil.which("dot")
     if dot is None:
@@ -129,7 +191,7 @@ def render_image(plan: Plan, fmt: str) -> bytes:
             "(Debian/Ubuntu: apt-get install graphviz; macOS: brew install graphviz). "
             "Without it, use --format mermaid (renders on GitHub) or --format dot."
         )
-    proc = subprocess.run([dot, f"-T{fmt}"], input=to_dot(plan).encode(), capture_output=True, timeout=60, check=False)
+    proc = subprocess.run([dot, f"-T{fmt}"], input=to_dot(plan, trace).encode(), capture_output=True, timeout=60, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"dot failed: {proc.stderr.decode(errors='replace').strip()}")
     return proc.stdout

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import orjson
 import structlog
 from starlette.applications import Starlette
@@ -33,6 +34,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from engine.capture import RecordingIds, RunRecorder
 from engine.check import Plan
 from engine.errors import HttpError
 from engine.executor import Engine
@@ -69,6 +71,8 @@ def create_app(engine: Engine, *, body_limit: int = DEFAULT_BODY_LIMIT, body_tim
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await engine.aclose()
+        if engine.capture is not None:
+            await anyio.to_thread.run_sync(engine.capture.close)
 
     return Starlette(routes=routes, exception_handlers={HTTPException: refused}, lifespan=lifespan)
 
@@ -126,6 +130,9 @@ async def _serve(engine: Engine, plan: Plan, request: StarletteRequest, body_lim
             path_params=dict(request.path_params),
             client=request.client.host if request.client else "",
         )
+        if engine.capture is not None:
+            recorder = RunRecorder(engine.capture, plan.name, ctx.request_id, req)
+            ctx.recorder, ctx.ids = recorder, RecordingIds(ctx.ids, recorder)
         out = await engine.run(plan.name, req, ctx=ctx)
     except HttpError as exc:
         response = await _render(engine, plan, exc, ctx)
@@ -134,6 +141,7 @@ async def _serve(engine: Engine, plan: Plan, request: StarletteRequest, body_lim
     except Exception as exc:
         response = await _render(engine, None, exc, ctx)
         _log_access(ctx, response.status_code, "error", start)
+        _finish_capture(ctx, response, "error")
         return response
     return _to_response(out, ctx, start)
 
@@ -159,9 +167,27 @@ def _to_response(out: Any, ctx: RunContext, start: float | None) -> Response:
         response = Response(content, status_code=out.status, headers=out.headers, media_type=out.media_type)
     else:
         response = Response(orjson.dumps(out), media_type="application/json", headers={"request-id": ctx.request_id})
+    outcome = "ok" if response.status_code < 400 else "error"
     if start is not None:
-        _log_access(ctx, response.status_code, "ok" if response.status_code < 400 else "error", start)
+        _log_access(ctx, response.status_code, outcome, start)
+    _finish_capture(ctx, response, outcome)
     return response
+
+
+def _finish_capture(ctx: RunContext, response: Response, outcome: str, chunks: list[Any] | None = None) -> None:
+    """Close the run's capture record with what the client was sent."""
+    if ctx.recorder is None:
+        return
+    headers = {k: v for k, v in response.headers.items() if k not in {"content-length", "date"}}
+    output: dict[str, Any] = {"status": response.status_code, "headers": headers}
+    if chunks is not None:
+        output["stream"] = chunks
+    else:
+        try:
+            output["body"] = orjson.loads(response.body)
+        except orjson.JSONDecodeError:
+            output["body"] = response.body.decode("utf-8", errors="replace")
+    ctx.recorder.finish(output=output, outcome=outcome, trace=ctx.trace)
 
 
 def _log_access(ctx: RunContext, status: int, outcome: str, start: float, **extra: Any) -> None:
@@ -193,6 +219,8 @@ class StreamReply(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         reply, outcome = self.reply, "ok"
         lock = anyio.Lock()
+        sent: list[Any] | None = [] if self.ctx.recorder is not None else None
+        finished = False
         try:
             async with anyio.create_task_group() as tg:
 
@@ -201,7 +229,8 @@ class StreamReply(Response):
                     while True:
                         message = await receive()
                         if message["type"] == "http.disconnect":
-                            outcome = "client_disconnected"
+                            if not finished:  # after the last byte, uvicorn reports a disconnect too
+                                outcome = "client_disconnected"
                             tg.cancel_scope.cancel()
                             return
 
@@ -225,9 +254,12 @@ class StreamReply(Response):
                         async with lock:
                             await send({"type": "http.response.body", "body": data, "more_body": True})
                             self.last_write = time.monotonic()
+                        if sent is not None:
+                            sent.append([self.ctx.recorder.offset(), data.decode("utf-8", errors="replace")])
                 except Exception:
                     outcome = "error"
                     structlog.get_logger("engine").exception("stream failed after the response started")
+                finished = True
                 async with lock:
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                 tg.cancel_scope.cancel()
@@ -236,6 +268,7 @@ class StreamReply(Response):
                 await aclose_quietly(reply.stream)
                 await self.ctx.aclose()
             _log_access(self.ctx, self.status_code, outcome, self.start, stream=True)
+            _finish_capture(self.ctx, self, outcome, chunks=sent)
 
 
 def app_from_env() -> Starlette:
@@ -246,5 +279,10 @@ def app_from_env() -> Starlette:
 
     logs.configure()
     engine = Engine.load([os.environ.get("ENGINE_PIPELINES", "pipelines")])
+    capture_dir = os.environ.get("ENGINE_CAPTURE_DIR")
+    if capture_dir:
+        from engine.capture import CaptureWriter
+
+        engine.capture = CaptureWriter(capture_dir)
     limit = int(os.environ.get("ENGINE_BODY_LIMIT", str(DEFAULT_BODY_LIMIT)))
     return create_app(engine, body_limit=limit)

@@ -21,7 +21,13 @@ import structlog
 
 _scope: ContextVar[tuple[tuple[str, Any], ...] | None] = ContextVar("engine_log_scope", default=None)
 
-SECRET_KEYS = re.compile(r"(authorization|api[-_]?key|token|secret|password|cookie|credential)", re.I)
+# Names whose values are secrets. Exact names, not substrings: `max_tokens` is not a token.
+SECRET_KEYS = re.compile(
+    r"^(proxy-)?authorization$|^(set-)?cookie$|^(x-)?(goog-)?api[-_]?key$|^apikey$|"
+    r"^(access|auth|refresh|id|bearer)[-_]?token$|^token$|^(client[-_])?secret$|^passw(or)?d$|"
+    r"^credentials?$|^\w*api[-_]key$",
+    re.I,
+)
 SECRET_VALUES = re.compile(
     r"(sk-[A-Za-z0-9_\-]{6,}|(?<=Bearer )[A-Za-z0-9._\-~+/]{6,}=*|"
     r"eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]*)"
@@ -58,12 +64,17 @@ def register_secret(value: str | None) -> None:
         _extra_secrets.add(value)
 
 
-def scrub(text: str) -> str:
-    """Replace anything secret-looking in `text` with a marker."""
+def scrub_known(text: str) -> str:
+    """Replace every registered secret value in `text` (exact matches only)."""
     for s in _extra_secrets:
         if s in text:
             text = text.replace(s, "[REDACTED]")
-    return SECRET_VALUES.sub("[REDACTED]", text)
+    return text
+
+
+def scrub(text: str) -> str:
+    """Replace registered secrets and anything secret-looking in `text` with a marker."""
+    return SECRET_VALUES.sub("[REDACTED]", scrub_known(text))
 
 
 def _redact_value(key: str, value: Any) -> Any:

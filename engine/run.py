@@ -90,6 +90,8 @@ class RunContext:
     attributes: dict[str, Any] = field(default_factory=dict)
     trace: list[tuple[str, str, int, float, float]] = field(default_factory=list)
     streams: list[Any] = field(default_factory=list)
+    recorder: Any = None  # engine.capture.RunRecorder while capturing
+    replayer: Any = None  # engine.replay.Replayer while replaying
 
     def __post_init__(self) -> None:
         if self.log is None:

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from engine import logs
+
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "claude-code"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Warnings and errors only: debug step lines would drown the output of failing tests.
+    logs.configure("console", "warning", cache=False)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

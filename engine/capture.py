@@ -1,0 +1,325 @@
+"""Capturing runs: what came in, what the outside world answered, what went out.
+
+With capture on (`engine serve --capture DIR`), every run becomes one JSON line in a capture
+file: the pipeline and its input (secret headers redacted), the ids and clock readings the
+run drew, each call of a step marked `record: true` (its inputs, and its output or error; a
+stream's items with their offsets in seconds), the step timeline, and the final output as it
+was sent (a stream's chunks as written). `engine replay` turns those lines back into runs.
+
+Durability: a record is serialised whole, then written with a single `write()` on a file
+opened `O_APPEND`, so concurrent runs never interleave and `kill -9` never leaves half a record
+(a short write, e.g. on ENOSPC, is cut back off). Writing happens on one background thread, so
+a slow disk never slows a request, and a failed write is logged (at most every 10 s) and
+counted, never raised: capture must not fail the user's request. Files are 0600 in a 0700
+directory and rotate by size, keeping a bounded number.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+from engine import logs
+
+_log = structlog.get_logger("engine.capture")
+FORMAT = "engine-capture/1"
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-ready form of a step's input or output (dataclasses become dicts, bytes text)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        try:
+            return {"$bytes": value.decode("utf-8")}
+        except UnicodeDecodeError:
+            return {"$base64": base64.b64encode(value).decode()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        if "headers" in fields:
+            fields["headers"] = redact_headers(fields["headers"])
+        return {"$type": f"{type(value).__module__}:{type(value).__qualname__}", **jsonable(fields)}
+    if hasattr(value, "model_dump"):
+        return jsonable(value.model_dump(mode="json"))
+    if hasattr(value, "__anext__"):
+        return {"$stream": True}
+    return {"$repr": repr(value)[:200]}
+
+
+def from_jsonable(value: Any) -> Any:
+    """Undo `jsonable` for the shapes it writes (bytes; dataclasses rebuilt by type name)."""
+    if isinstance(value, list):
+        return [from_jsonable(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "$bytes" in value and len(value) == 1:
+        return value["$bytes"].encode("utf-8")
+    if "$base64" in value and len(value) == 1:
+        return base64.b64decode(value["$base64"])
+    if "$type" in value:
+        cls = _import(value["$type"])
+        data = {k: from_jsonable(v) for k, v in value.items() if k != "$type"}
+        if cls is not None and dataclasses.is_dataclass(cls):
+            return cls(**data)
+        return data
+    return {k: from_jsonable(v) for k, v in value.items()}
+
+
+def _import(ref: str) -> Any:
+    import importlib
+
+    module, _, qual = ref.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in qual.split("."):
+            obj = getattr(obj, part)
+        return obj
+    except Exception:
+        return None
+
+
+def redact_headers(headers: Any) -> dict[str, str]:
+    """Headers with every secret-named one replaced by a marker (names stay visible)."""
+    return {k: "[REDACTED]" if logs.SECRET_KEYS.search(k) else str(v) for k, v in dict(headers or {}).items()}
+
+
+def redact_named(value: Any) -> Any:
+    """Secret-named keys (api_key, authorization, ...) masked anywhere in a structure.
+
+    Only names are judged: content is kept as it was (a capture must replay faithfully), and
+    exact secret values are scrubbed from the whole line when it is written."""
+    if isinstance(value, dict):
+        return {k: "[REDACTED]" if isinstance(k, str) and logs.SECRET_KEYS.search(k) and value[k] else redact_named(value[k]) for k in value}
+    if isinstance(value, list):
+        return [redact_named(v) for v in value]
+    return value
+
+
+def error_record(exc: BaseException) -> dict[str, Any]:
+    """Enough of an exception to raise an equivalent one in replay."""
+    attrs = {k: jsonable(v) for k, v in vars(exc).items() if not k.startswith("_") and k not in {"step", "attempts"}}
+    return {
+        "class": f"{type(exc).__module__}:{type(exc).__qualname__}",
+        "message": logs.scrub_known(str(exc)),
+        "attrs": attrs,
+    }
+
+
+def rebuild_error(record: dict[str, Any]) -> BaseException:
+    cls = _import(record.get("class", ""))
+    if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+        return RuntimeError(record.get("message", "recorded error"))
+    exc = cls.__new__(cls)
+    BaseException.__init__(exc, record.get("message", ""))
+    for k, v in (record.get("attrs") or {}).items():
+        try:
+            setattr(exc, k, from_jsonable(v))
+        except Exception:
+            pass
+    return exc
+
+
+class RunRecorder:
+    """Collects one run's record; `finish()` hands it to the writer."""
+
+    def __init__(self, writer: CaptureWriter | None, pipeline: str, request_id: str, input: Any) -> None:
+        self.writer = writer
+        self.t0 = time.perf_counter()
+        self.record: dict[str, Any] = {
+            "format": FORMAT,
+            "pipeline": pipeline,
+            "request_id": request_id,
+            "started_at": time.time(),
+            "input": redact_named(jsonable(input)),
+            "ids": [],
+            "times": [],
+            "calls": [],
+            "trace": [],
+        }
+        self.finished = False
+
+    def offset(self) -> float:
+        return round(time.perf_counter() - self.t0, 6)
+
+    def drew_id(self, value: str) -> None:
+        self.record["ids"].append(value)
+
+    def read_clock(self, value: float) -> None:
+        self.record["times"].append(value)
+
+    def call(self, pipeline: str, step: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Start the record of one call of a recorded step; fill it with `output`/`error`."""
+        entry = {"pipeline": pipeline, "step": step, "at": self.offset(), "input": redact_named(jsonable(kwargs))}
+        self.record["calls"].append(entry)
+        return entry
+
+    def finish(self, *, output: Any, outcome: str, trace: list[Any] | None = None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.record["outcome"] = outcome
+        self.record["output"] = output
+        self.record["duration"] = self.offset()
+        if trace is not None:
+            self.record["trace"] = [
+                {"step": s, "outcome": o, "attempts": a, "start": round(b - self.t0, 6), "end": round(e - self.t0, 6)}
+                for s, o, a, b, e in trace
+            ]
+        if self.writer is not None:
+            self.writer.submit(self.record)
+
+
+async def recording_stream(it: Any, entry: dict[str, Any], recorder: RunRecorder) -> Any:
+    """Pass a stream through, noting each item and its offset from the stream's start."""
+    from engine.streams import aclose_quietly
+
+    items: list[Any] = []
+    entry["items"] = items
+    t0 = time.perf_counter()
+    try:
+        async for item in it:
+            items.append([round(time.perf_counter() - t0, 6), jsonable(item)])
+            yield item
+        entry["end"] = "ok"
+    except GeneratorExit:
+        entry["end"] = "closed"
+        raise
+    except BaseException as exc:
+        entry["end"] = "error"
+        entry["error"] = error_record(exc)
+        raise
+    finally:
+        await aclose_quietly(it)
+
+
+class RecordingIds:
+    """An id source that notes every id and clock reading into the run's record."""
+
+    def __init__(self, inner: Any, recorder: RunRecorder) -> None:
+        self.inner = inner
+        self.recorder = recorder
+
+    def new_id(self, prefix: str = "", length: int = 24) -> str:
+        value = self.inner.new_id(prefix, length)
+        self.recorder.drew_id(value)
+        return value
+
+    def now(self) -> float:
+        value = self.inner.now()
+        self.recorder.read_clock(value)
+        return value
+
+
+class CaptureWriter:
+    """Appends records to rotating JSONL files in `directory`, from one background thread."""
+
+    def __init__(self, directory: str | Path, *, max_bytes: int = 64 * 1024 * 1024, max_files: int = 20, fsync: bool = True) -> None:
+        self.dir = Path(directory)
+        self.max_bytes = max_bytes
+        self.max_files = max_files
+        self.fsync = fsync
+        self.failures = 0
+        self.written = 0
+        self._last_error_log = 0.0
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=10_000)
+        self._fd: int | None = None
+        self._path: Path | None = None
+        self._seq = 0
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        self._thread = threading.Thread(target=self._run, name="engine-capture", daemon=True)
+        self._thread.start()
+
+    def submit(self, record: dict[str, Any]) -> None:
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self._failed("capture queue full")
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _run(self) -> None:
+        while True:
+            record = self._queue.get()
+            if record is None:
+                return
+            try:
+                self._write(serialize(record))
+            except OSError as exc:
+                self._failed(f"capture write failed: {exc.strerror or exc}")
+            except Exception as exc:  # a record that cannot be serialised must not stop capture
+                self._failed(f"capture write failed: {type(exc).__name__}: {exc}")
+
+    def _open(self) -> int:
+        if self._fd is not None and self._path is not None:
+            try:
+                if os.fstat(self._fd).st_size < self.max_bytes:
+                    return self._fd
+            except OSError:
+                pass
+            os.close(self._fd)
+            self._fd = None
+        self._seq += 1
+        name = f"capture-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}-{self._seq:04d}.jsonl"
+        self._path = self.dir / name
+        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)
+        self._fd = fd
+        self._prune()
+        return fd
+
+    def _prune(self) -> None:
+        files = sorted(self.dir.glob("capture-*.jsonl"), key=lambda p: p.stat().st_mtime)
+        for old in files[: max(0, len(files) - self.max_files)]:
+            if old != self._path:
+                old.unlink(missing_ok=True)
+
+    def _write(self, line: bytes) -> None:
+        fd = self._open()
+        before = os.fstat(fd).st_size
+        try:
+            n = os.write(fd, line)
+            if n != len(line):
+                raise OSError(28, "short write")
+            if self.fsync:
+                os.fsync(fd)
+        except OSError:
+            # Never leave half a record: cut the file back to where this one began.
+            try:
+                os.ftruncate(fd, before)
+            except OSError:
+                pass
+            raise
+        self.written += 1
+
+    def _failed(self, message: str) -> None:
+        self.failures += 1
+        now = time.monotonic()
+        if now - self._last_error_log >= 10.0:
+            self._last_error_log = now
+            _log.error(message, failures=self.failures)
+
+
+def serialize(record: dict[str, Any]) -> bytes:
+    """One record as one line, with every known secret value scrubbed from it."""
+    text = orjson.dumps(record, default=lambda v: jsonable(v)).decode("utf-8")
+    return (logs.scrub_known(text) + "\n").encode("utf-8")

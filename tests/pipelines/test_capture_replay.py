@@ -1,0 +1,189 @@
+"""Capture and offline replay: captured traffic as regression tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import anthropic
+import anyio
+import httpx
+import pytest
+
+from engine.capture import CaptureWriter
+from engine.executor import Engine
+from engine.http import create_app
+from engine.replay import Captured, CaptureProblem, read_captures, replay_one
+from tests.pipelines.conftest import PIPELINES, REPO, start_gateway
+
+CAPTURES = REPO / "tests" / "captures" / "gateway.jsonl"
+
+
+def capture_env() -> dict[str, str]:
+    """The configuration the committed captures were made with."""
+    first = json.loads(CAPTURES.open().readline())
+    base_url = next(c["input"]["base_url"] for c in first["calls"])
+    return {"BIG_MODEL": "test/big", "SMALL_MODEL": "test/small", "PING_INTERVAL": "30", "OPENROUTER_BASE_URL": base_url}
+
+
+def replay_all(engine: Engine, path: Path) -> list:
+    async def go() -> list:
+        results = []
+        for item in read_captures([path]):
+            if isinstance(item, Captured):
+                results.append(await replay_one(engine, item))
+        await engine.aclose()
+        return results
+
+    return anyio.run(go)
+
+
+def test_committed_captures_replay_unchanged() -> None:
+    """Every committed capture replays through the current pipelines with no difference."""
+    results = replay_all(Engine.load([PIPELINES], env=capture_env()), CAPTURES)
+    assert len(results) >= 8
+    for r in results:
+        assert r.same, f"{r.captured.label}: {r.input_changes + r.output_changes + [r.error or '']}"
+
+
+def test_model_map_change_shows_in_replay() -> None:
+    """Replaying with another model map reports exactly the changed upstream model, offline."""
+    env = {**capture_env(), "BIG_MODEL": "vendor/other-model"}
+    results = replay_all(Engine.load([PIPELINES], env=env), CAPTURES)
+    changed = [line for r in results for line in r.input_changes]
+    assert "messages.call input payload.model: 'test/big' -> 'vendor/other-model'" in changed
+    assert not any("small" in line for line in changed)
+
+
+def test_output_change_is_diffed_by_event(tmp_path: Path) -> None:
+    """A captured stream that differs from today's output is reported event by event."""
+    records = [json.loads(line) for line in CAPTURES.open()]
+    stream_run = next(r for r in records if "stream" in r["output"] and r["outcome"] == "ok")
+    chunks = stream_run["output"]["stream"]
+    i = next(i for i, (_, text) in enumerate(chunks) if '"text_delta"' in text)
+    chunks[i][1] = chunks[i][1].replace('"text":"', '"text":"CHANGED ', 1)
+    path = tmp_path / "edited.jsonl"
+    path.write_text(json.dumps(stream_run) + "\n")
+    [result] = replay_all(Engine.load([PIPELINES], env=capture_env()), path)
+    assert len(result.output_changes) == 1
+    assert result.output_changes[0].startswith(f"events.{i}.data.delta.text: 'CHANGED ")
+
+
+def engine_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+
+
+def test_replay_command_exit_codes(tmp_path: Path) -> None:
+    """`engine replay` exits 0 when all match, 1 when any differ, 2 when a record is unreadable."""
+    env = capture_env()
+    same = engine_cli("replay", str(CAPTURES), env=env)
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "8 same, 0 changed" in same.stdout or " same, 0 changed" in same.stdout
+    changed = engine_cli("replay", str(CAPTURES), "--quiet", env={**env, "BIG_MODEL": "vendor/x"})
+    assert changed.returncode == 1 and "payload.model: 'test/big' -> 'vendor/x'" in changed.stdout
+    broken = tmp_path / "broken.jsonl"
+    data = CAPTURES.read_bytes()
+    first_line = data.split(b"\n", 1)[0] + b"\n"
+    broken.write_bytes(first_line + data[len(first_line) : len(first_line) + 300])
+    cut = engine_cli("replay", str(broken), env=env)
+    assert cut.returncode == 2
+    assert f"{broken}:{len(first_line)}: truncated record" in cut.stderr
+    assert "1 same, 0 changed, 1 unreadable" in cut.stdout
+    assert "Traceback" not in cut.stderr
+
+
+def test_graph_trace_of_a_retried_run() -> None:
+    """`engine graph --trace` shows which steps ran, were skipped or retried, and how long they took."""
+    records = [json.loads(line) for line in CAPTURES.open()]
+    retried = next(r for r in records if any(t["attempts"] > 1 for t in r["trace"]))
+    r = engine_cli("graph", "messages", "--trace", str(CAPTURES), "--run", retried["request_id"], env=capture_env())
+    assert r.returncode == 0, r.stderr
+    call_line = next(line for line in r.stdout.splitlines() if line.strip().startswith("call ="))
+    assert "-- ok" in call_line and "2 attempts" in call_line
+    assert "-- skipped" in next(line for line in r.stdout.splitlines() if line.strip().startswith("events ="))
+    mermaid = engine_cli("graph", "messages", "--format", "mermaid", "--trace", str(CAPTURES), "--run", retried["request_id"], env=capture_env())
+    assert "class s_call retried" in mermaid.stdout and "class s_events skipped" in mermaid.stdout
+
+
+CANARIES = {
+    "client": "sk-ant-CANARY1-7f3e9a",
+    "bearer": "CANARY2-a81c0d",
+    "cookie": "CANARY3-55b2e1",
+    "upstream": "sk-or-CANARY4-90d7c4",
+}
+
+
+def test_capture_is_private_and_holds_no_secret(tmp_path: Path) -> None:
+    """Capture files are 0600 in a 0700 directory; no key, token or cookie appears in any record."""
+    capture_dir = tmp_path / "captures"
+    for gw in start_gateway({"OPENROUTER_API_KEY": CANARIES["upstream"]}):
+        gw.engine.capture = CaptureWriter(capture_dir)
+        client = anthropic.Anthropic(base_url=gw.url, api_key=CANARIES["client"], max_retries=0, default_headers={"cookie": f"s={CANARIES['cookie']}"})
+        client.messages.create(model="claude-opus-5-5", max_tokens=20, messages=[{"role": "user", "content": "hi"}])
+        with client.messages.stream(model="claude-opus-5-5", max_tokens=20, messages=[{"role": "user", "content": "hi"}]) as s:
+            s.get_final_message()
+        with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {CANARIES['bearer']}"}) as http:
+            http.post("/v1/messages", json={"model": "m", "messages": []})
+        gw.fake.default_mode = "401"
+        with pytest.raises(anthropic.AuthenticationError):
+            client.messages.create(model="claude-opus-5-5", max_tokens=20, messages=[{"role": "user", "content": "hi"}])
+        gw.fake.default_mode = "ok"
+        assert gw.fake.requests[0].headers["authorization"] == f"Bearer {CANARIES['upstream']}"
+        gw.engine.capture.close()
+    files = list(capture_dir.glob("capture-*.jsonl"))
+    assert files and stat.S_IMODE(capture_dir.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
+    text = "".join(f.read_text() for f in files)
+    for canary in CANARIES.values():
+        assert canary not in text
+    records = [json.loads(line) for line in text.splitlines()]
+    assert [r["output"]["status"] for r in records] == [200, 200, 400, 401]
+    stream = records[1]["calls"][0]
+    assert stream["items"] and all(isinstance(t, float) for t, _ in stream["items"])
+
+
+def test_concurrent_runs_make_whole_records(tmp_path: Path) -> None:
+    """64 concurrent captured requests give 64 complete records with unique request ids."""
+    for gw in start_gateway({}):
+        gw.engine.capture = CaptureWriter(tmp_path / "c", fsync=False)
+
+        async def one(client: httpx.AsyncClient, i: int) -> int:
+            r = await client.post("/v1/messages", json={"model": "claude-opus-5-5", "max_tokens": 10, "stream": i % 2 == 0, "messages": [{"role": "user", "content": f"n{i}"}]})
+            return r.status_code
+
+        async def go() -> list[int]:
+            async with httpx.AsyncClient(base_url=gw.url, headers={"x-api-key": "k"}, timeout=30) as client:
+                results: list[int] = []
+
+                async def run(i: int) -> None:
+                    results.append(await one(client, i))
+
+                async with anyio.create_task_group() as tg:
+                    for i in range(64):
+                        tg.start_soon(run, i)
+                return results
+
+        assert anyio.run(go) == [200] * 64
+        gw.engine.capture.close()
+    items = list(read_captures([tmp_path / "c"]))
+    assert not [i for i in items if isinstance(i, CaptureProblem)]
+    assert len({i.record["request_id"] for i in items}) == 64
+
+
+def test_capture_failure_never_fails_a_request(tmp_path: Path) -> None:
+    """When the capture directory becomes unwritable, requests still succeed and failures are counted."""
+    capture_dir = tmp_path / "c"
+    for gw in start_gateway({}):
+        gw.engine.capture = writer = CaptureWriter(capture_dir, fsync=False)
+        shutil.rmtree(capture_dir)
+        capture_dir.write_text("not a directory")  # every open() now fails
+        client = gw.client()
+        for _ in range(3):
+            assert client.messages.create(model="claude-opus-5-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]).content
+        writer.close()
+        assert writer.failures == 3 and writer.written == 0
