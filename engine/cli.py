@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=["console", "json"], default=None, help="log output (default: console on a terminal, else json)")
     p.add_argument("--log-level", default=None, help="debug, info, warning, error (default info)")
     p.add_argument("--capture", default=os.environ.get("ENGINE_CAPTURE_DIR"), metavar="DIR", help="record every run into JSONL files in DIR (replay them with `engine replay`)")
+    p.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="bind a non-loopback address without inbound keys (ENGINE_API_KEYS); anyone who can reach it can use it",
+    )
 
     p = add("check", "validate pipeline files; exit 1 with file:line:col errors", ["engine check", "engine check pipelines/messages.yaml", "engine check pipelines/ my-pipelines/"])
     p.add_argument("paths", nargs="*", metavar="PATH", help="files or directories (default: the pipeline directory)")
@@ -283,6 +288,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.log_level:
         os.environ["ENGINE_LOG_LEVEL"] = args.log_level
     logs.configure()
+    keys = [k for k in os.environ.get("ENGINE_API_KEYS", "").split(",") if k.strip()]
+    if not keys and not _is_loopback(args.host) and not args.allow_unauthenticated:
+        print(
+            f"engine: refusing to serve {args.host} without inbound keys: anyone who can reach it could use it. "
+            "Set ENGINE_API_KEYS=key1,key2 (clients send one as x-api-key or Bearer), "
+            "or pass --allow-unauthenticated if something in front of it authenticates.",
+            file=sys.stderr,
+        )
+        return 1
+    unsafe = _writable_by_others(pipelines)
+    if unsafe:
+        print(f"engine: refusing to serve: {unsafe} is writable by group or others, and pipeline files run code (chmod go-w it)", file=sys.stderr)
+        return 1
     plans = load_plans([pipelines])  # fail here, before binding, with every error listed
     routes = [f"{m} {p} -> {plan.name}" for plan in plans for m, p in plan.routes]
     print(f"engine serving http://{args.host}:{args.port} ({len(plans)} pipelines from {pipelines})", file=sys.stderr)
@@ -303,6 +321,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=30,
     )
     return 0
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _writable_by_others(pipelines: str) -> str | None:
+    """The pipeline directory or file that group or others may write, if any (like ssh's StrictModes)."""
+    import stat
+
+    root = Path(pipelines)
+    for p in [root, *pipeline_files([root])]:
+        try:
+            if p.stat().st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                return str(p)
+        except OSError:
+            continue
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

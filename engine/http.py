@@ -17,6 +17,7 @@ its end).
 from __future__ import annotations
 
 import contextlib
+import hmac
 import re
 import time
 from collections import Counter
@@ -34,6 +35,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from engine import logs
 from engine.capture import RecordingIds, RunRecorder
 from engine.check import Plan
 from engine.errors import HttpError
@@ -47,13 +49,27 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 DEFAULT_BODY_LIMIT = 32 * 1024 * 1024
 
 
-def create_app(engine: Engine, *, body_limit: int = DEFAULT_BODY_LIMIT, body_timeout: float = 60.0) -> Starlette:
-    """A starlette app serving every pipeline of `engine` that has a route."""
+def create_app(
+    engine: Engine,
+    *,
+    body_limit: int = DEFAULT_BODY_LIMIT,
+    body_timeout: float = 60.0,
+    api_keys: list[str] | None = None,
+) -> Starlette:
+    """A starlette app serving every pipeline of `engine` that has a route.
+
+    `api_keys`, when given, are the inbound keys a client must present (`x-api-key` or
+    `Authorization: Bearer`); they are compared in constant time and removed from the request
+    before any pipeline sees it, so they can never be forwarded anywhere.
+    """
     fallback = _fallback_plan(engine)
+    keys = [k.encode() for k in api_keys or [] if k]
+    for k in api_keys or []:
+        logs.register_secret(k)
 
     def endpoint_for(plan: Plan) -> Callable[[StarletteRequest], Any]:
         async def endpoint(request: StarletteRequest) -> Response:
-            return await _serve(engine, plan, request, body_limit, body_timeout)
+            return await _serve(engine, plan, request, body_limit, body_timeout, keys)
 
         return endpoint
 
@@ -115,16 +131,30 @@ async def _read_body(request: StarletteRequest, limit: int, timeout: float) -> b
     return b"".join(chunks)
 
 
-async def _serve(engine: Engine, plan: Plan, request: StarletteRequest, body_limit: int, body_timeout: float) -> Response:
+def _authorize(headers: dict[str, str], keys: list[bytes]) -> None:
+    """Check an inbound key in constant time, then drop it: it is the gateway's, not upstream's."""
+    presented = headers.pop("x-api-key", "")
+    auth = headers.pop("authorization", "")
+    if not presented and auth[:7].lower() == "bearer ":
+        presented = auth[7:].strip()
+    candidate = presented.encode("utf-8", errors="replace")
+    if not any(hmac.compare_digest(candidate, k) for k in keys):  # no early exit on a match
+        raise HttpError(401, "invalid x-api-key" if presented else "missing API key: send x-api-key or Authorization: Bearer")
+
+
+async def _serve(engine: Engine, plan: Plan, request: StarletteRequest, body_limit: int, body_timeout: float, keys: list[bytes]) -> Response:
     start = time.perf_counter()
     rid = request.headers.get("x-request-id")
     ctx = engine.context(plan.name, request_id=rid if rid and _REQUEST_ID.match(rid) else None)
     try:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]}
+        if keys:
+            _authorize(headers, keys)
         body = await _read_body(request, body_limit, body_timeout) if request.method not in {"GET", "HEAD"} else b""
         req = Request(
             method=request.method,
             path=request.url.path,
-            headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]},
+            headers=headers,
             query=dict(request.query_params),
             body=body,
             path_params=dict(request.path_params),
@@ -133,7 +163,12 @@ async def _serve(engine: Engine, plan: Plan, request: StarletteRequest, body_lim
         if engine.capture is not None:
             recorder = RunRecorder(engine.capture, plan.name, ctx.request_id, req)
             ctx.recorder, ctx.ids = recorder, RecordingIds(ctx.ids, recorder)
-        out = await engine.run(plan.name, req, ctx=ctx)
+        out = await _run_unless_disconnected(engine, plan, req, ctx, request.receive)
+        if out is _DISCONNECTED:
+            _log_access(ctx, 499, "client_disconnected", start)
+            if ctx.recorder is not None:
+                ctx.recorder.finish(output=None, outcome="client_disconnected", trace=ctx.trace)
+            return Response(status_code=499)
     except HttpError as exc:
         response = await _render(engine, plan, exc, ctx)
         _log_access(ctx, response.status_code, "refused", start)
@@ -144,6 +179,29 @@ async def _serve(engine: Engine, plan: Plan, request: StarletteRequest, body_lim
         _finish_capture(ctx, response, "error")
         return response
     return _to_response(out, ctx, start)
+
+
+_DISCONNECTED = object()
+
+
+async def _run_unless_disconnected(engine: Engine, plan: Plan, req: Request, ctx: RunContext, receive: Receive) -> Any:
+    """Run the pipeline, cancelling it the moment the client disconnects.
+
+    Starlette does not watch the connection while an endpoint runs, so without this a client
+    that gives up would leave its upstream request running (and billed) to the end.
+    """
+    result: Any = _DISCONNECTED
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        result = await engine.run(plan.name, req, ctx=ctx)
+        tg.cancel_scope.cancel()
+    return result
 
 
 async def _render(engine: Engine, plan: Plan | None, error: Exception, ctx: RunContext | None) -> Response:
@@ -275,8 +333,6 @@ def app_from_env() -> Starlette:
     """The app `engine serve` runs in each worker: pipelines from `$ENGINE_PIPELINES`."""
     import os
 
-    from engine import logs
-
     logs.configure()
     engine = Engine.load([os.environ.get("ENGINE_PIPELINES", "pipelines")])
     capture_dir = os.environ.get("ENGINE_CAPTURE_DIR")
@@ -285,4 +341,5 @@ def app_from_env() -> Starlette:
 
         engine.capture = CaptureWriter(capture_dir)
     limit = int(os.environ.get("ENGINE_BODY_LIMIT", str(DEFAULT_BODY_LIMIT)))
-    return create_app(engine, body_limit=limit)
+    keys = [k.strip() for k in os.environ.get("ENGINE_API_KEYS", "").split(",") if k.strip()]
+    return create_app(engine, body_limit=limit, api_keys=keys)

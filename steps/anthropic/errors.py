@@ -138,6 +138,8 @@ _UPSTREAM_4XX = {
 }
 
 _HTTP_4XX = {
+    401: "authentication_error",
+    403: "permission_error",
     404: "not_found_error",
     413: "request_too_large",
 }
