@@ -71,6 +71,7 @@ class Plan:
     deadline: float | None
     limits: dict[str, LimitSpec]
     graph: nx.DiGraph
+    retry_budget: Any = None
 
 
 def iter_refs(value: Any) -> Iterator[Ref]:
@@ -293,6 +294,7 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
         deadline=spec.deadline,
         limits=dict(spec.limits),
         graph=graph,
+        retry_budget=spec.retry_budget,
     )
 
 

@@ -96,6 +96,8 @@ class Engine:
         for p in plans:
             limits.update(p.limits)
         self.limits = Limits(limits)
+        budgets = [p.retry_budget for p in plans if p.retry_budget is not None]
+        self.retry_budget = retry.RetryBudget(min(budgets, key=lambda b: b.ratio) if budgets else None)
         self.resources = Resources()
         self.ids = ids or IdSource()
         self.capture: Any = None  # a CaptureWriter when `engine serve --capture DIR`
@@ -149,6 +151,9 @@ class Engine:
         if ctx is None:
             ctx = self.context(name, input, request_id=request_id, parent=parent)
         ctx.input = input
+        top = parent is None and ctx.parent is None
+        if top:
+            self.retry_budget.active_runs += 1
         try:
             results = await _Run(self, plan, ctx).execute()
             return materialize(plan.output, results, input)
@@ -156,6 +161,9 @@ class Engine:
             if plan.errors is None:
                 raise
             return await self.render_error(plan, exc, ctx)
+        finally:
+            if top:
+                self.retry_budget.active_runs -= 1
 
     async def render_error(self, plan: Plan, error: BaseException, ctx: RunContext) -> Any:
         """Turn an error into the pipeline's output with its `errors:` step."""
@@ -247,32 +255,44 @@ class _Run:
         if node.info.wants_context:
             kwargs[node.info.wants_context] = ctx
         policy = node.retry
+        budget = self.engine.retry_budget
         attempt = 0
         start = time.perf_counter()
-        while True:
-            attempt += 1
-            token = logs._scope.set(self.scope_base + (("step", node.name), ("attempt", attempt)))
-            try:
-                value = await self.attempt(node, kwargs, attempt, start)
-            except Exception as exc:
-                delay = retry.next_delay(exc, policy, attempt, ctx.remaining()) if policy is not None else None
-                if delay is None:
-                    if isinstance(exc, StepError):
-                        exc.step = exc.step or node.name
-                        exc.attempts = attempt
-                    self.finished(node, "error", attempt, start, exc)
-                    raise
-                _log.info("step.retry", reason=_reason(exc), delay_s=round(delay, 3), next_attempt=attempt + 1)
-                if ctx.replayer is not None and not ctx.replayer.realtime:
-                    delay = 0.0  # replaying as fast as possible: the wait already happened once
-                await anyio.sleep(delay)
-                continue
-            finally:
-                logs._scope.reset(token)
-            results[node.name] = value
-            if not streams.is_stream(value):
-                self.finished(node, "ok", attempt, start)
-            return
+        retrying = False  # this step holds one unit of the retry budget while it retries
+        try:
+            while True:
+                attempt += 1
+                token = logs._scope.set(self.scope_base + (("step", node.name), ("attempt", attempt)))
+                try:
+                    value = await self.attempt(node, kwargs, attempt, start)
+                except Exception as exc:
+                    delay = retry.next_delay(exc, policy, attempt, ctx.remaining()) if policy is not None else None
+                    if delay is not None and not retrying and not budget.allow():
+                        _log.warning("step.retry_budget_exhausted", reason=_reason(exc), retries_in_flight=budget.active_retries)
+                        delay = None
+                    if delay is None:
+                        if isinstance(exc, StepError):
+                            exc.step = exc.step or node.name
+                            exc.attempts = attempt
+                        self.finished(node, "error", attempt, start, exc)
+                        raise
+                    _log.info("step.retry", reason=_reason(exc), delay_s=round(delay, 3), next_attempt=attempt + 1)
+                    if ctx.replayer is not None and not ctx.replayer.realtime:
+                        delay = 0.0  # replaying as fast as possible: the wait already happened once
+                    if not retrying:
+                        retrying = True
+                        budget.active_retries += 1
+                    await anyio.sleep(delay)
+                    continue
+                finally:
+                    logs._scope.reset(token)
+                results[node.name] = value
+                if not streams.is_stream(value):
+                    self.finished(node, "ok", attempt, start)
+                return
+        finally:
+            if retrying:
+                budget.active_retries -= 1
 
     async def attempt(self, node: Node, kwargs: dict[str, Any], attempt: int, start: float) -> Any:
         remaining = self.ctx.remaining()

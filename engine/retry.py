@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 
 from engine.errors import StepError
-from engine.spec import RetrySpec
+from engine.spec import RetryBudgetSpec, RetrySpec
 
 _rng = random.Random()
 
@@ -45,3 +45,21 @@ def next_delay(error: BaseException, policy: RetrySpec, attempt: int, remaining:
     if remaining is not None and delay >= remaining:
         return None
     return delay
+
+
+class RetryBudget:
+    """Counts active runs and retries in flight; a retry proceeds only within the budget."""
+
+    def __init__(self, spec: RetryBudgetSpec | None = None) -> None:
+        spec = spec or RetryBudgetSpec()
+        self.ratio = spec.ratio
+        self.min = spec.min
+        self.active_runs = 0
+        self.active_retries = 0
+        self.refused = 0
+
+    def allow(self) -> bool:
+        if self.active_retries < max(self.min, self.ratio * self.active_runs):
+            return True
+        self.refused += 1
+        return False

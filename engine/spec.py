@@ -71,6 +71,17 @@ class RetrySpec(_Strict):
     idempotent: bool = Field(False, description="allow retrying a step that has side effects")
 
 
+class RetryBudgetSpec(_Strict):
+    """Retries in flight across all runs, as a share of active runs (Envoy's retry budget).
+
+    A retry storm (every request retrying at once against an upstream that is down) multiplies
+    load exactly when the upstream can least take it; the budget caps that.
+    """
+
+    ratio: float = Field(0.2, ge=0, le=10, description="retries in flight per active run")
+    min: int = Field(3, ge=0, le=100_000, description="retries always allowed, however few runs")
+
+
 class LimitSpec(_Strict):
     """A named concurrency limit: at most `max` holders at once across all runs."""
 
@@ -101,6 +112,7 @@ class PipelineSpec(_Strict):
     route: str | list[str] | None = None
     deadline: Duration | None = Field(None, gt=0, le=86400)
     limits: dict[str, LimitSpec] = Field(default_factory=dict)
+    retry_budget: RetryBudgetSpec | None = None
     steps: dict[str, StepSpec] = Field(min_length=1)
     output: Any
     errors: str | None = None

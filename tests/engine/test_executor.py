@@ -462,3 +462,43 @@ def test_trace_records_each_step() -> None:
         return [(name, outcome, attempts) for name, outcome, attempts, _, _ in ctx.trace]
 
     assert anyio.run(go) == [("base", "ok", 1), ("extra", "skipped", 0), ("last", "ok", 1)]
+
+
+def test_retry_budget_caps_retries_across_runs() -> None:
+    """With a budget of one retry in flight, only one of three failing concurrent runs retries."""
+    engine = make_engine(
+        """
+        name: budget
+        retry_budget: {ratio: 0, min: 1}
+        steps:
+          f:
+            uses: toy.flaky
+            with: {key: "${{ input }}", failures: 1}
+            retry: {attempts: 2, backoff: 300ms, max_backoff: 300ms}
+        output: ${{ steps.f }}
+        """
+    )
+    outcomes: list[str] = []
+
+    async def one(key: str) -> None:
+        try:
+            outcomes.append(await engine.run("budget", key))
+        except StepError:
+            outcomes.append("failed")
+
+    async def go() -> None:
+        async with anyio.create_task_group() as tg:
+            for key in ("a", "b", "c"):
+                tg.start_soon(one, key)
+
+    # Full jitter can pick a tiny wait; make it deterministic for this test.
+    from engine import retry
+
+    original = retry._rng.uniform
+    retry._rng.uniform = lambda a, b: b  # type: ignore[method-assign]
+    try:
+        anyio.run(go)
+    finally:
+        retry._rng.uniform = original  # type: ignore[method-assign]
+    assert sorted(outcomes) == ["failed", "failed", "ok"]
+    assert engine.retry_budget.active_retries == 0 and engine.retry_budget.refused == 2
