@@ -20,11 +20,15 @@ The heuristic (deliberately simple; it is an estimate, not a bill):
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
 from typing import Any
 
 import orjson
 
 from engine.registry import step
+from engine.run import RunContext
 
 IMAGE_TOKENS = 1600
 PDF_PAGE_TOKENS = 2000
@@ -130,6 +134,68 @@ def estimate_tokens(body: dict) -> int:
     return tokens + (units + 3) // 4
 
 
+class Calibration:
+    """Per upstream model, an EWMA of (upstream prompt_tokens / local estimate), bounded.
+
+    The heuristic above is tokenizer-blind; every answered request tells us how far off it was
+    for that model (its tokenizer, its chat template, the tool prompt it adds). The ratio is
+    clamped to [MIN_RATIO, MAX_RATIO] per sample so one odd answer (a cached-prefix quirk, a
+    provider that counts differently) cannot swing it, and at most MAX_MODELS models are kept
+    (least recently updated dropped). In memory only: a restart relearns in a few requests.
+    """
+
+    ALPHA = 0.3
+    MIN_RATIO, MAX_RATIO = 0.25, 4.0
+    MAX_MODELS = 512
+    MIN_ESTIMATE = 16  # tiny requests are all overhead: no signal about the text
+
+    def __init__(self) -> None:
+        self._ratios: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def learn(self, model: str, estimate: int, actual: int) -> None:
+        if not model or estimate < self.MIN_ESTIMATE or actual <= 0:
+            return
+        sample = min(self.MAX_RATIO, max(self.MIN_RATIO, actual / estimate))
+        with self._lock:
+            old = self._ratios.pop(model, None)
+            if old is None:
+                self._ratios[model] = (sample, 1)
+            else:
+                ratio, n = old
+                self._ratios[model] = (ratio + self.ALPHA * (sample - ratio), n + 1)
+            while len(self._ratios) > self.MAX_MODELS:
+                self._ratios.popitem(last=False)
+
+    def ratio(self, model: str) -> float:
+        found = self._ratios.get(model)
+        return found[0] if found is not None else 1.0
+
+    def samples(self, model: str) -> int:
+        found = self._ratios.get(model)
+        return found[1] if found is not None else 0
+
+    def correct(self, model: str, estimate: int) -> int:
+        """`estimate` scaled by the model's learned ratio (unchanged when nothing is learned)."""
+        found = self._ratios.get(model) if model else None
+        return estimate if found is None else max(1, round(estimate * found[0]))
+
+
+CALIBRATION = Calibration()  # for runs without an engine (unit tests, library use)
+_BY_ENGINE: weakref.WeakKeyDictionary[Any, Calibration] = weakref.WeakKeyDictionary()
+
+
+def calibration(ctx: Any) -> Calibration:
+    """The Calibration of the engine running `ctx` (each engine learns on its own)."""
+    engine = getattr(ctx, "engine", None)
+    if engine is None:
+        return CALIBRATION
+    found = _BY_ENGINE.get(engine)
+    if found is None:
+        found = _BY_ENGINE.setdefault(engine, Calibration())
+    return found
+
+
 @step("anthropic.estimate_input_tokens", blocking=False)
 def estimate_input_tokens(body: dict) -> int:
     """Estimate a request's input tokens locally (chars/4 for text, JSON/3, 1600 per image).
@@ -141,10 +207,12 @@ def estimate_input_tokens(body: dict) -> int:
 
 
 @step("anthropic.count_tokens", blocking=False)
-def count_tokens(body: dict) -> dict:
-    """Answer /v1/messages/count_tokens locally: `{"input_tokens": n}` from the estimate.
+def count_tokens(body: dict, ctx: RunContext = None, model: str = "") -> dict:  # type: ignore[assignment]
+    """Answer /v1/messages/count_tokens locally: `{"input_tokens": n}` from the calibrated estimate.
 
     OpenRouter has no equivalent, and Claude Code's /context sends ~25 at once, so a fast local
-    estimate beats any upstream round trip.
+    estimate beats any upstream round trip. With `model` (the upstream id) the estimate is
+    scaled by what that model's real usage taught (Calibration), so /context and
+    auto-compaction see the upstream tokenizer's count, not chars/4.
     """
-    return {"input_tokens": estimate_tokens(body)}
+    return {"input_tokens": calibration(ctx).correct(model, estimate_tokens(body))}

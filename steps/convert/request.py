@@ -15,9 +15,16 @@ from typing import Any
 import orjson
 
 from engine.registry import step
+from steps.convert.schema import clean_schema
+from steps.convert.thinking import Replay, reasoning_param, thinking_requested
+from steps.openrouter.profiles import Profile, family_of
 
 ATTRIBUTION_PREFIX = "x-anthropic-billing-header:"
 MAX_STOP = 4  # OpenAI and OpenRouter accept at most 4 stop strings
+MAX_BREAKPOINTS = 4  # Anthropic (through OpenRouter) rejects a 5th cache_control
+NO_VISION_NOTE = "[image omitted: this model does not accept images]"
+# Sampling parameters dropped when a model's profile does not list them.
+_SAMPLING = ("temperature", "top_p", "top_k")
 
 _TOOL_CHOICE = {"auto": "auto", "any": "required", "none": "none"}
 
@@ -29,6 +36,8 @@ def convert_request(
     stream_usage: bool = True,
     cache_control: bool = False,
     drop_attribution: bool = True,
+    profiles: dict[str, Profile] | None = None,
+    input_tokens: int = 0,
 ) -> dict:
     """Translate an Anthropic Messages request into an OpenAI chat completions request.
 
@@ -39,36 +48,110 @@ def convert_request(
     `x-anthropic-billing-header:` system line, which a non-Anthropic model would read as
     prompt text and which changes every release (breaking prefix caches). `stream_usage`
     asks for the final usage chunk, which vLLM/Ollama/OpenAI only send when asked.
-    Unsupported Anthropic fields (thinking, context_management, effort, betas...) are
-    dropped silently: a 400 would send Claude Code into its degrade-and-retry loop.
+    Unsupported Anthropic fields (context_management, betas...) are dropped silently: a 400
+    would send Claude Code into its degrade-and-retry loop. With a `profile` (from
+    openrouter.profiles; `profiles[model]`) the model decides instead of `cache_control`: breakpoints kept only
+    where honoured (at most 4), `max_tokens` clamped to the output cap and the context left
+    after `input_tokens`, sampling params it lacks dropped, images replaced by a note when it
+    has no vision, schemas cleaned of the keywords it rejects, `thinking` → `reasoning`, and
+    earlier thinking blocks restored as reasoning when their signature is of its family.
     """
-    conv = _Converter(cache_control, drop_attribution)
-    conv.add_system(body.get("system"))
-    for message in body.get("messages") or ():
-        role = message.get("role")
-        if role == "user":
-            conv.add_user(message.get("content"))
-        elif role == "assistant":
-            conv.add_assistant(message.get("content"))
-        elif role == "system" or role == "developer":
-            conv.add_system(message.get("content"))
+    profile = profiles.get(model) if profiles else None
+    return _convert(body, model, profile, stream_usage, cache_control, drop_attribution, input_tokens, {})
 
-    out: dict[str, Any] = {"model": model, "messages": conv.finish()}
-    if body.get("max_tokens") is not None:
-        out["max_tokens"] = body["max_tokens"]
-    for key in ("temperature", "top_p", "top_k"):
+
+@step("convert.requests", blocking=False)
+def convert_requests(
+    body: dict,
+    models: list[str],
+    profiles: dict[str, Profile] | None = None,
+    input_tokens: int = 0,
+    stream_usage: bool = True,
+    drop_attribution: bool = True,
+) -> list[dict]:
+    """Translate an Anthropic request into one OpenAI chat request per fallback model, in order.
+
+    For routing fallbacks (openrouter.route → openrouter.call `fallbacks`): each candidate
+    gets the payload its profile needs. Candidates sharing a conversion shape (cache, vision,
+    reasoning family, schema rules) share the converted messages and tools, so a fallback of
+    the same family costs a dict, not a second conversion.
+    """
+    profiles = profiles or {}
+    memo: dict[Any, Any] = {}
+    return [
+        _convert(body, m, profiles.get(m), stream_usage, False, drop_attribution, input_tokens, memo)
+        for m in models
+    ]
+
+
+def _convert(
+    body: dict,
+    model: str,
+    profile: Profile | None,
+    stream_usage: bool,
+    cache_control: bool,
+    drop_attribution: bool,
+    input_tokens: int,
+    memo: dict,
+) -> dict:
+    if profile is not None:
+        cache_control = profile.cache
+    family = profile.family if profile is not None else family_of(model)
+    style = profile.reasoning if profile is not None else "details"
+    vision = profile.vision if profile is not None else True
+    thinking_on = thinking_requested(body)
+    key = ("messages", cache_control, family, style, vision)
+    messages = memo.get(key)
+    if messages is None:
+        conv = _Converter(cache_control, drop_attribution, vision, family, style, thinking_on)
+        conv.add_system(body.get("system"))
+        for message in body.get("messages") or ():
+            role = message.get("role")
+            if role == "user":
+                conv.add_user(message.get("content"))
+            elif role == "assistant":
+                conv.add_assistant(message.get("content"))
+            elif role == "system" or role == "developer":
+                conv.add_system(message.get("content"))
+        top_cache = cache_control and isinstance(body.get("cache_control"), dict)
+        messages = memo[key] = conv.finish(MAX_BREAKPOINTS - 1 if top_cache else MAX_BREAKPOINTS)
+    return _top_level(body, model, profile, messages, stream_usage, cache_control, input_tokens, memo)
+
+
+def _top_level(
+    body: dict,
+    model: str,
+    profile: Profile | None,
+    messages: list[dict],
+    stream_usage: bool,
+    cache_control: bool,
+    input_tokens: int,
+    memo: dict,
+) -> dict:
+    out: dict[str, Any] = {"model": model, "messages": messages}
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None:
+        max_tokens = out["max_tokens"] = clamp_max_tokens(max_tokens, profile, input_tokens)
+    for key in _SAMPLING:
         value = body.get(key)
-        if value is not None:
+        if value is not None and (profile is None or profile.takes(key)):
             out[key] = value
     stops = body.get("stop_sequences")
-    if stops:
+    if stops and (profile is None or profile.takes("stop")):
         out["stop"] = list(stops[:MAX_STOP])
+    if profile is None or profile.takes("reasoning"):
+        reasoning = reasoning_param(body, max_tokens, profile.efforts if profile is not None else ())
+        if reasoning is not None:
+            out["reasoning"] = reasoning
     if body.get("stream"):
         out["stream"] = True
         if stream_usage:
             out["stream_options"] = {"include_usage": True}
 
-    tools = _convert_tools(body.get("tools"))
+    tools_key = ("tools", profile.schema_drop if profile else None, profile.schema_formats if profile else None)
+    tools = memo.get(tools_key)
+    if tools is None:
+        tools = memo[tools_key] = _convert_tools(body.get("tools"), profile)
     if tools:
         out["tools"] = tools
         choice = body.get("tool_choice")
@@ -88,17 +171,44 @@ def convert_request(
         out["user"] = hashlib.sha256(str(user_id).encode()).hexdigest()[:32]
 
     fmt = (body.get("output_config") or {}).get("format") or body.get("output_format")
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict):
+    if (
+        isinstance(fmt, dict)
+        and fmt.get("type") == "json_schema"
+        and isinstance(fmt.get("schema"), dict)
+        and (profile is None or profile.takes("response_format") or profile.takes("structured_outputs"))
+    ):
+        schema = fmt["schema"]
+        if profile is not None:
+            schema = clean_schema(schema, profile.schema_drop, profile.schema_formats)
         out["response_format"] = {
             "type": "json_schema",
-            "json_schema": {"name": "output", "schema": fmt["schema"], "strict": True},
+            "json_schema": {"name": "output", "schema": schema, "strict": True},
         }
     if cache_control and isinstance(body.get("cache_control"), dict):
         out["cache_control"] = body["cache_control"]
     return out
 
 
-def _convert_tools(tools: Any) -> list[dict]:
+def clamp_max_tokens(requested: Any, profile: Profile | None, input_tokens: int) -> Any:
+    """`max_tokens` within the model's output cap and the context left after the input (§7.1).
+
+    Claude Code asks for 32k–128k; a model capped at 8k answers 400 to that. When the input
+    estimate already fills the window, the request is left to fail upstream, where the
+    context-length error is reworded for Claude Code's auto-compaction.
+    """
+    if profile is None or not isinstance(requested, int) or isinstance(requested, bool):
+        return requested
+    value = requested
+    if profile.max_output:
+        value = min(value, profile.max_output)
+    if profile.context_length and input_tokens:
+        room = profile.context_length - input_tokens
+        if room >= 1024:
+            value = min(value, room)
+    return max(1, value)
+
+
+def _convert_tools(tools: Any, profile: Profile | None = None) -> list[dict]:
     """Custom tools → OpenAI functions; server tools (typed, e.g. web_search_20250305) skipped."""
     if not tools:
         return []
@@ -116,7 +226,10 @@ def _convert_tools(tools: Any) -> list[dict]:
             fn["description"] = description
         # The schema object is shared with the request body, not copied: nothing here
         # mutates it, and a copy of 300 schemas would cost more than the whole conversion.
-        fn["parameters"] = tool.get("input_schema") or {"type": "object", "properties": {}}
+        schema = tool.get("input_schema") or {"type": "object", "properties": {}}
+        if profile is not None and (profile.schema_drop or profile.schema_formats is not None):
+            schema = clean_schema(schema, profile.schema_drop, profile.schema_formats)
+        fn["parameters"] = schema
         out.append({"type": "function", "function": fn})
     return out
 
@@ -124,11 +237,27 @@ def _convert_tools(tools: Any) -> list[dict]:
 class _Converter:
     """Accumulates the OpenAI message list; system text collected separately, placed first."""
 
-    __slots__ = ("cache", "drop_attr", "system", "messages", "tool_order")
+    __slots__ = (
+        "cache", "drop_attr", "system", "messages", "tool_order", "vision", "family", "style",
+        "thinking_on", "cached",
+    )  # fmt: skip
 
-    def __init__(self, cache: bool, drop_attr: bool) -> None:
+    def __init__(
+        self,
+        cache: bool,
+        drop_attr: bool,
+        vision: bool = True,
+        family: str = "",
+        style: str = "details",
+        thinking_on: bool = False,
+    ) -> None:
         self.cache = cache
         self.drop_attr = drop_attr
+        self.vision = vision
+        self.family = family  # reasoning signatures of this family are restored
+        self.style = style
+        self.thinking_on = thinking_on
+        self.cached: list[dict] = []  # parts carrying cache_control, in request order
         self.system: list[dict] = []  # text parts, cache_control kept only when self.cache
         self.messages: list[dict] = []
         # Ids of the last assistant turn's tool calls → position, to order tool messages.
@@ -162,6 +291,7 @@ class _Converter:
         part: dict[str, Any] = {"type": "text", "text": text}
         if self.cache and cache:
             part["cache_control"] = cache
+            self.cached.append(part)
         self.system.append(part)
 
     # -- user -----------------------------------------------------------------------------
@@ -204,7 +334,7 @@ class _Converter:
         if kind == "text":
             self._text_part(block.get("text"), block.get("cache_control"), parts)
         elif kind == "image":
-            part = _image_part(block)
+            part = _image_part(block) if self.vision else {"type": "text", "text": NO_VISION_NOTE}
             if part is not None:
                 parts.append(part)
         elif kind == "document":
@@ -226,6 +356,7 @@ class _Converter:
         part: dict[str, Any] = {"type": "text", "text": text}
         if self.cache and cache:
             part["cache_control"] = cache
+            self.cached.append(part)
         parts.append(part)
 
     def _compact(self, parts: list[dict]) -> Any:
@@ -255,6 +386,9 @@ class _Converter:
                 elif kind == "search_result":
                     texts.append(_search_result_text(item))
                 elif kind == "image":
+                    if not self.vision:
+                        texts.append(NO_VISION_NOTE)
+                        continue
                     part = _image_part(item)
                     if part is not None:
                         media.append(part)
@@ -276,7 +410,9 @@ class _Converter:
         tool_content: Any = text
         cache = block.get("cache_control")
         if self.cache and cache and text:
-            tool_content = [{"type": "text", "text": text, "cache_control": cache}]
+            part = {"type": "text", "text": text, "cache_control": cache}
+            self.cached.append(part)
+            tool_content = [part]
         return {"role": "tool", "tool_call_id": block.get("tool_use_id") or "", "content": tool_content}
 
     # -- assistant ------------------------------------------------------------------------
@@ -294,6 +430,7 @@ class _Converter:
             return
         texts: list[dict] = []
         calls: list[dict] = []
+        replay = Replay(self.family, self.style)
         for block in content:
             kind = block.get("type")
             if kind == "text":
@@ -310,7 +447,9 @@ class _Converter:
                         },
                     }
                 )
-            # thinking, redacted_thinking, server_tool_use, *_tool_result: dropped for now
+            elif kind == "thinking" or kind == "redacted_thinking":
+                replay.add(block)  # restored below when its signature is of the target family
+            # server_tool_use, *_tool_result: dropped
         if not texts and not calls:
             return
         msg: dict[str, Any] = {"role": "assistant"}
@@ -323,11 +462,17 @@ class _Converter:
         if calls:
             msg["tool_calls"] = calls
             self.tool_order = {c["id"]: i for i, c in enumerate(calls)}
+        replay.apply(msg, self.thinking_on)
         self.messages.append(msg)
 
     # -- result ---------------------------------------------------------------------------
 
-    def finish(self) -> list[dict]:
+    def finish(self, max_breakpoints: int = MAX_BREAKPOINTS) -> list[dict]:
+        """The message list, system first; only the last `max_breakpoints` cache marks kept
+        (the longest cached prefixes: a hit there covers the earlier ones)."""
+        if len(self.cached) > max_breakpoints:
+            for part in self.cached[: len(self.cached) - max(0, max_breakpoints)]:
+                del part["cache_control"]
         if not self.system:
             return self.messages
         if any("cache_control" in p for p in self.system):

@@ -14,7 +14,10 @@ import orjson
 
 from engine.registry import step
 from engine.run import RunContext
+from steps.anthropic.tokens import calibration
+from steps.convert.thinking import Reasoning
 from steps.openrouter.errors import UpstreamError
+from steps.openrouter.profiles import Profile, family_of
 
 _TOOL_ID_OK = re.compile(r"^[a-zA-Z0-9_-]+$").match
 _JSON_DECODER = json.JSONDecoder()
@@ -28,6 +31,7 @@ def convert_response(
     model: str,
     ctx: RunContext,
     input_tokens_estimate: int = 0,
+    profiles: dict[str, Profile] | None = None,
 ) -> dict:
     """Translate a non-streaming chat completion into an Anthropic Message.
 
@@ -37,7 +41,10 @@ def convert_response(
     UpstreamError for the error renderer instead of producing a half-message. The `model`
     echoed is the one the client asked for. Tool call ids that break Anthropic's pattern,
     repeat or are bare numbers are replaced, since Claude Code pairs results by id.
-    Missing usage is estimated: a 0 would zero Claude Code's context meter.
+    Missing usage is estimated: a 0 would zero Claude Code's context meter. Reasoning
+    (`reasoning_details`, else `reasoning` / `reasoning_content`) becomes a leading thinking
+    block signed with a gateway token (steps/convert/thinking.py), or redacted_thinking when
+    it is encrypted only; `thinking.display: "omitted"` keeps the signature, empties the text.
     """
     if not isinstance(completion, dict):
         raise UpstreamError(
@@ -63,10 +70,18 @@ def convert_response(
 
     content: list[dict] = []
     chars = 0
-    reasoning = message.get("reasoning") or message.get("reasoning_content")
-    if isinstance(reasoning, str) and reasoning:
-        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
-        chars += len(reasoning)
+    answered = answered_model(ctx, model)
+    thought = Reasoning()
+    if message.get("reasoning_details"):
+        thought.add_details(message["reasoning_details"])
+    if thought.empty():
+        plain = message.get("reasoning") or message.get("reasoning_content")
+        if isinstance(plain, str) and plain:
+            thought.add_text(plain)
+    if not thought.empty():
+        block = thinking_block(thought, answered, family_for(answered, profiles), body)
+        content.append(block)
+        chars += len(thought.text)
     text = _text_of(message.get("content"))
     if text and not text.isspace():
         content.append({"type": "text", "text": text})
@@ -98,9 +113,10 @@ def convert_response(
         finish, bool(tool_calls), bool(refusal), text, choice, body.get("stop_sequences")
     )
     usage = map_usage(completion.get("usage"))
+    learn(ctx, answered, input_tokens_estimate, completion.get("usage"))
     if usage is None:
         usage = {
-            "input_tokens": max(0, int(input_tokens_estimate)),
+            "input_tokens": calibration(ctx).correct(answered, max(0, int(input_tokens_estimate))),
             "output_tokens": max(1, chars // 4),
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": 0,
@@ -121,6 +137,37 @@ def convert_response(
 
 
 # -- shared with the stream converter ---------------------------------------------------------
+
+
+def answered_model(ctx: RunContext, model: str) -> str:
+    """The upstream model that answered (openrouter.call records it), else the mapped one."""
+    answered = ctx.attributes.get("model")
+    return answered if isinstance(answered, str) and answered else model
+
+
+def family_for(model: str, profiles: dict[str, Profile] | None) -> str:
+    profile = profiles.get(model) if profiles else None
+    return profile.family if profile is not None else family_of(model)
+
+
+def display_omitted(body: dict) -> bool:
+    thinking = body.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("display") == "omitted"
+
+
+def thinking_block(thought: Reasoning, model: str, family: str, body: dict) -> dict:
+    token = thought.token(model, family)
+    if thought.encrypted_only:
+        return {"type": "redacted_thinking", "data": token}
+    return {"type": "thinking", "thinking": "" if display_omitted(body) else thought.text, "signature": token}
+
+
+def learn(ctx: RunContext, model: str, estimate: Any, usage: Any) -> None:
+    """Feed the count_tokens calibration with the upstream's real prompt size for `model`."""
+    if isinstance(usage, dict) and isinstance(estimate, int):
+        prompt = usage.get("prompt_tokens")
+        if isinstance(prompt, int) and not isinstance(prompt, bool):
+            calibration(ctx).learn(model, estimate, prompt)
 
 
 def stop_reason_for(

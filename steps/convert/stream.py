@@ -19,16 +19,23 @@ import orjson
 
 from engine.registry import step
 from engine.run import RunContext
+from steps.anthropic.tokens import calibration
 from steps.convert.response import (
     REFUSAL_DETAILS,
+    answered_model,
     close_json,
+    display_omitted,
     error_from,
+    family_for,
+    learn,
     map_usage,
     parse_arguments,
     stop_reason_for,
     tool_id,
 )
+from steps.convert.thinking import Reasoning
 from steps.openrouter.errors import UpstreamError
+from steps.openrouter.profiles import Profile
 
 _NONE, _TEXT, _THINKING, _TOOL = 0, 1, 2, 3
 _UNDECIDED, _STREAMING, _HOLDING = 0, 1, 2
@@ -42,6 +49,7 @@ async def convert_stream(
     model: str,
     ctx: RunContext,
     input_tokens_estimate: int = 0,
+    profiles: dict[str, Profile] | None = None,
 ) -> AsyncIterator[dict]:
     """Translate parsed chat completion chunks into Anthropic stream events, incrementally.
 
@@ -50,9 +58,12 @@ async def convert_stream(
     and final usage. An upstream that ends without any content still gets a proper end
     (Claude Code then retries non-streaming); an upstream error, or `finish_reason:
     "error"`, propagates at once with no further event so the SSE encoder can send
-    `event: error` last. The upstream iterator is always closed.
+    `event: error` last. The upstream iterator is always closed. Reasoning streams as a
+    thinking block (thinking_delta, then one signature_delta carrying the gateway token just
+    before its content_block_stop); reasoning details that arrive with no thinking block open
+    (encrypted only, or a signature after the text started) become a redacted_thinking block.
     """
-    conv = _StreamConverter(body, model, ctx, input_tokens_estimate)
+    conv = _StreamConverter(body, model, ctx, input_tokens_estimate, profiles)
     try:
         yield conv.start()
         feed = conv.feed
@@ -89,13 +100,21 @@ class _StreamConverter:
     __slots__ = (
         "ctx", "model", "estimate", "open", "open_tool", "index", "tools", "pending", "seen_ids",
         "last_key", "finish_reason", "finish_choice", "usage", "saw_tool", "refused", "chars",
-        "stops", "tail", "tail_len",
+        "stops", "tail", "tail_len", "answered", "family", "omitted", "thought", "late", "raw_estimate",
     )  # fmt: skip
 
-    def __init__(self, body: dict, model: str, ctx: RunContext, estimate: int) -> None:
+    def __init__(
+        self, body: dict, model: str, ctx: RunContext, estimate: int, profiles: dict[str, Profile] | None = None
+    ) -> None:
         self.ctx = ctx
         self.model = body.get("model") or model
-        self.estimate = max(0, int(estimate or 0))
+        self.answered = answered_model(ctx, model)
+        self.family = family_for(self.answered, profiles)
+        self.omitted = display_omitted(body)
+        self.thought: Reasoning | None = None  # reasoning of the open thinking block
+        self.late: Reasoning | None = None  # details that came with no thinking block open
+        self.raw_estimate = max(0, int(estimate or 0))
+        self.estimate = calibration(ctx).correct(self.answered, self.raw_estimate)
         self.open = _NONE
         self.open_tool: _Tool | None = None
         self.index = -1  # index of the open (or last) block
@@ -149,7 +168,7 @@ class _StreamConverter:
         delta = choice.get("delta")
         out = _NO_EVENTS
         if delta:
-            reasoning = delta.get("reasoning") or delta.get("reasoning_content")
+            reasoning = delta.get("reasoning") or delta.get("reasoning_content") or delta.get("reasoning_details")
             content = delta.get("content")
             if content and self.open == _TEXT and not reasoning and isinstance(content, str):
                 # the hot path: more text for the open text block
@@ -161,10 +180,8 @@ class _StreamConverter:
                     self._rest(delta, out)
             else:
                 out = []
-                if not reasoning and delta.get("reasoning_details"):
-                    reasoning = _details_text(delta["reasoning_details"])
-                if reasoning and isinstance(reasoning, str):
-                    self._thinking(reasoning, out)
+                if reasoning:
+                    self._reasoning(delta, out)
                 if content and isinstance(content, str):
                     self._text(content, out)
                 self._rest(delta, out)
@@ -204,9 +221,34 @@ class _StreamConverter:
             self.tail = (self.tail + text)[-self.tail_len :]
         out.append({"type": "content_block_delta", "index": self.index, "delta": {"type": "text_delta", "text": text}})
 
-    def _thinking(self, text: str, out: list[dict]) -> None:
+    def _reasoning(self, delta: dict, out: list[dict]) -> None:
+        """Reasoning text or details: `reasoning_details` win when both carry the same text."""
+        details = delta.get("reasoning_details")
+        if self.open == _THINKING:
+            thought = self.thought
+        else:
+            thought = Reasoning()
+        if details:
+            text = thought.add_details(details)
+        else:
+            text = delta.get("reasoning") or delta.get("reasoning_content")
+            if not isinstance(text, str):
+                return
+            thought.add_text(text)
         if self.open != _THINKING:
+            if not text:  # nothing to show: keep the details for a redacted_thinking block
+                if self.late is None:
+                    self.late = thought
+                else:
+                    self.late.add_details(thought.details)
+                return
             self._close_open(out, flush_pending=True)
+            if self.late is not None:  # earlier textless details open this block's token
+                self.late.details.extend(thought.details)
+                self.late.texts.extend(thought.texts)
+                self.late.plain = self.late.plain or thought.plain
+                thought, self.late = self.late, None
+            self.thought = thought
             self.index += 1
             self.open = _THINKING
             out.append(
@@ -216,17 +258,30 @@ class _StreamConverter:
                     "content_block": {"type": "thinking", "thinking": "", "signature": ""},
                 }
             )
-        self.chars += len(text)
-        out.append({"type": "content_block_delta", "index": self.index, "delta": {"type": "thinking_delta", "thinking": text}})
+        if text:
+            self.chars += len(text)
+            if not self.omitted:
+                out.append({"type": "content_block_delta", "index": self.index, "delta": {"type": "thinking_delta", "thinking": text}})
 
     def _close_open(self, out: list[dict], flush_pending: bool) -> None:
         """Close the open block; before a non-tool block, start and close waiting tool calls
         too, so blocks keep the upstream's order (calls are complete once text follows)."""
         if self.open == _TOOL:
             self._close_tool(self.open_tool, out)  # type: ignore[arg-type]
+        elif self.open == _THINKING:
+            token = self.thought.token(self.answered, self.family)  # type: ignore[union-attr]
+            self.thought = None
+            out.append({"type": "content_block_delta", "index": self.index, "delta": {"type": "signature_delta", "signature": token}})
+            out.append({"type": "content_block_stop", "index": self.index})
         elif self.open != _NONE:
             out.append({"type": "content_block_stop", "index": self.index})
         self.open = _NONE
+        if self.late is not None and self.late.details:
+            late, self.late = self.late, None
+            self.index += 1
+            block = {"type": "redacted_thinking", "data": late.token(self.answered, self.family)}
+            out.append({"type": "content_block_start", "index": self.index, "content_block": block})
+            out.append({"type": "content_block_stop", "index": self.index})
         if flush_pending and self.pending:
             for tool in list(self.pending):
                 if tool.name:
@@ -357,6 +412,7 @@ class _StreamConverter:
             self.finish_reason, self.saw_tool, self.refused, self.tail, self.finish_choice, self.stops
         )
         usage = map_usage(self.usage)
+        learn(self.ctx, self.answered, self.raw_estimate, self.usage)
         if usage is None:
             usage = {
                 "input_tokens": self.estimate,
@@ -372,18 +428,6 @@ class _StreamConverter:
         out.append({"type": "message_delta", "delta": delta, "usage": usage})
         out.append({"type": "message_stop"})
         return out
-
-
-def _details_text(details: Any) -> str:
-    """Text of OpenRouter `reasoning_details` when `reasoning` itself was not sent."""
-    texts = []
-    for d in details if isinstance(details, list) else ():
-        kind = d.get("type") if isinstance(d, dict) else None
-        if kind == "reasoning.text":
-            texts.append(d.get("text") or "")
-        elif kind == "reasoning.summary":
-            texts.append(d.get("summary") or "")
-    return "".join(texts)
 
 
 def _loads_object(text: str) -> dict | None:

@@ -86,8 +86,20 @@ async def call(
     connect_timeout: float = 10.0,
     read_timeout: float = 600.0,
     pool_size: int = 256,
+    profiles: dict | None = None,
+    input_tokens: int = 0,
+    fallbacks: list[dict] | None = None,
 ) -> Any:
     """POST a chat-completions payload upstream; a dict, or a stream of chunk dicts.
+
+    `fallbacks` (convert.requests: one payload per fallback model) are tried in order after
+    `payload`, moving on when a model fails in a way another model may not (see
+    `falls_back`: 404, 408, 429, 5xx, 529, timeouts, connection failures, bad responses,
+    context-length 400s; never other 400s or 401/402/403) — for a stream, up to and including
+    its first chunk, so nothing has reached the client yet. The model that answered goes to
+    `ctx.attributes["model"]` (access log, `x-upstream-model`). A context-length error
+    whose message lacks the figures gets them from `profiles` and `input_tokens`, so the
+    error renderer can word it the way Claude Code's auto-compaction expects.
 
     Returns the parsed response dict when `payload["stream"]` is falsy, else a `ChunkStream`
     (an AsyncIterator[dict] of parsed `chat.completion.chunk`s, without the `[DONE]` marker) once
@@ -96,6 +108,172 @@ async def call(
     Authorization is `Bearer {api_key}`, or the client's own key (`x-api-key`, or the bearer
     token of `authorization`) when `api_key` is empty.
     """
+    if fallbacks:
+        return await _call_candidates(
+            [payload, *fallbacks], request, ctx, base_url, api_key, referer, title, connect_timeout, read_timeout,
+            pool_size, profiles, input_tokens,
+        )  # fmt: skip
+    try:
+        result = await _call_one(
+            payload, request, ctx, base_url, api_key, referer, title, connect_timeout, read_timeout, pool_size
+        )
+    except UpstreamError as exc:
+        raise _with_context_figures(exc, payload, profiles, input_tokens, ctx) from None
+    _answered(ctx, payload)
+    return result
+
+
+CONTEXT_ERROR_TYPES = frozenset({"context_length_exceeded", "max_tokens_exceeded", "token_limit_exceeded"})
+_CONTEXT_WORDS = ("context length", "context window", "context_length", "too long", "too many tokens", "maximum context")
+
+
+def is_context_error(exc: UpstreamError) -> bool:
+    """A 400/413/422 saying the prompt (or prompt + max_tokens) does not fit the model."""
+    if exc.status not in (400, 413, 422) and exc.kind != "error_chunk":
+        return False
+    if exc.error_type in CONTEXT_ERROR_TYPES:
+        return True
+    message = (exc.message or "").lower()
+    return any(w in message for w in _CONTEXT_WORDS)
+
+
+def falls_back(exc: UpstreamError) -> bool:
+    """Whether another model may succeed where this one failed (a routing fallback applies)."""
+    if exc.kind in ("connect", "timeout", "cut", "protocol"):
+        return True
+    status = exc.status
+    if status is None:
+        return exc.kind == "error_chunk"
+    if status in (404, 408, 409, 429) or status >= 500:
+        return True
+    return is_context_error(exc)
+
+
+def _answered(ctx: RunContext, payload: dict) -> None:
+    model = payload.get("model")
+    if isinstance(model, str):
+        ctx.attributes["model"] = model
+
+
+def _with_context_figures(
+    exc: UpstreamError, payload: dict, profiles: dict | None, input_tokens: int, ctx: RunContext
+) -> UpstreamError:
+    """Give a bare context-length error the limit and token figures it lacks.
+
+    `context_limit` / `input_tokens` / `max_tokens` are set on the error for renderers; when
+    the upstream text has no "maximum context length is N tokens", OpenRouter's own wording
+    with the profile's limit and the (calibrated) input estimate is appended, which
+    steps/anthropic/errors.py already rewrites into Anthropic's words.
+    """
+    if not is_context_error(exc):
+        return exc
+    model = payload.get("model") if isinstance(payload.get("model"), str) else ""
+    profile = (profiles or {}).get(model)
+    limit = getattr(profile, "context_length", None)
+    if input_tokens and model:
+        from steps.anthropic.tokens import calibration
+
+        input_tokens = calibration(ctx).correct(model, input_tokens)
+    max_tokens = payload.get("max_tokens") if isinstance(payload.get("max_tokens"), int) else 0
+    exc.context_limit = limit  # type: ignore[attr-defined]
+    exc.input_tokens = input_tokens or None  # type: ignore[attr-defined]
+    exc.max_tokens = max_tokens or None  # type: ignore[attr-defined]
+    if limit and input_tokens and "maximum context length is" not in (exc.message or ""):
+        asked = input_tokens + max_tokens
+        exc.message = (
+            f"{exc.message} (This endpoint's maximum context length is {limit} tokens. However, you "
+            f"requested about {asked} tokens ({input_tokens} of text input, {max_tokens} in the output).)"
+        )
+        exc.args = (exc.message,)
+    return exc
+
+
+async def _call_candidates(
+    payloads: list[dict],
+    request: Request,
+    ctx: RunContext,
+    base_url: str,
+    api_key: str,
+    referer: str,
+    title: str,
+    connect_timeout: float,
+    read_timeout: float,
+    pool_size: int,
+    profiles: dict | None,
+    input_tokens: int,
+) -> Any:
+    candidates = [p for p in payloads if isinstance(p, dict)]
+    if not candidates:
+        raise UpstreamError("no upstream model to call", kind="protocol", retryable=False)
+    for i, payload in enumerate(candidates):
+        last = i == len(candidates) - 1
+        try:
+            result = await _call_one(
+                payload, request, ctx, base_url, api_key, referer, title, connect_timeout, read_timeout, pool_size
+            )
+            if not last and isinstance(result, ChunkStream):
+                result = await _Peeked.start(result)
+        except UpstreamError as exc:
+            exc = _with_context_figures(exc, payload, profiles, input_tokens, ctx)
+            if last or not falls_back(exc):
+                raise exc from None
+            ctx.log.warning(
+                "openrouter.fallback",
+                model=payload.get("model"),
+                next_model=candidates[i + 1].get("model"),
+                status=exc.status,
+                kind=exc.kind,
+            )
+            continue
+        _answered(ctx, payload)
+        if i:
+            ctx.attributes["fallbacks"] = i
+        return result
+    raise AssertionError("unreachable")
+
+
+class _Peeked(AsyncIterator[dict]):
+    """A ChunkStream whose first chunk was already read (so its failure could still fall back)."""
+
+    def __init__(self, stream: ChunkStream, first: list[dict]) -> None:
+        self._stream = stream
+        self._first = first
+
+    @classmethod
+    async def start(cls, stream: ChunkStream) -> _Peeked:
+        try:
+            first = [await stream.__anext__()]
+        except StopAsyncIteration:
+            first = []
+        except BaseException:
+            await stream.aclose()
+            raise
+        return cls(stream, first)
+
+    def __aiter__(self) -> _Peeked:
+        return self
+
+    async def __anext__(self) -> dict:
+        if self._first:
+            return self._first.pop()
+        return await self._stream.__anext__()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+async def _call_one(
+    payload: dict,
+    request: Request,
+    ctx: RunContext,
+    base_url: str,
+    api_key: str,
+    referer: str,
+    title: str,
+    connect_timeout: float,
+    read_timeout: float,
+    pool_size: int,
+) -> Any:
     key = api_key or _client_key(request)
     if not key:
         raise UpstreamError(

@@ -48,6 +48,27 @@ world!\\n"}; else if "Bash" is declared and the text says run or bash, Bash {"co
 hi","description":"Say hi"}; else "Hello! I am the fake upstream. You said: ..." (≥ 12 words,
 so a stream has ≥ 12 text deltas).
 
+Parity extensions (all off by default, so the modes above behave as before):
+
+  - `GET {base}/models` answers `fake.models` (id, context_length, top_provider
+    .max_completion_tokens, supported_parameters, architecture.input_modalities); these
+    listing calls are counted in `fake.listing_requests`, not recorded in `fake.requests`.
+  - A request with `reasoning` (not `exclude`) gets reasoning in the model family's shape:
+    anthropic/* `reasoning_details` text fragments (format anthropic-claude-v1) with the
+    signature in a last text-less detail; google/* gemini text + `reasoning.encrypted`;
+    deepseek/* `reasoning_content` only; anything else `reasoning` + an openai-responses-v1
+    summary and encrypted detail.
+  - A request with any `cache_control` reports cache writes the first time its system prompt
+    is seen and cache reads after (`prompt_tokens_details`).
+  - `context_length;bare=1` words the error without any figures.
+  - `fake.strict = True` answers 400 (or 404) to what real providers reject (see
+    `strict_problem`): `tools: []`, `tool_choice` without tools, unknown roles, unanswered
+    tool calls, empty assistant messages or text parts, reasoning_details of another family
+    or with a bad signature, duplicate detail ids, DeepSeek turns without reasoning_content,
+    Gemini-rejected schema keywords, cache_control where not honoured or > 4 breakpoints,
+    images to `fake.no_vision` models, `max_tokens` over `fake.max_output[model]`, prompts
+    over `fake.context_limits[model]`. `fake.rejections` lists what was rejected.
+
 Every request is recorded in `fake.requests` (`RequestRecord`); `outcome` is None while the
 request is in flight, then "ok" (response sent as scripted), "peer_closed" (the client closed
 before the response was finished), "reset" / "closed" (the fake broke the connection, as
@@ -340,6 +361,8 @@ class _Answer:
         self.text = text
         self.tool = tool  # (name, arguments JSON string)
         self.model = model
+        self.reasoning: str | None = None  # set when the request asked for reasoning
+        self.cache: tuple[int, int] | None = None  # (cached_tokens, cache_write_tokens) shares
         self.id = "gen-" + _rand(20)
         self.created = int(time.time())
         self.call_id = "call_" + _rand(24)
@@ -360,8 +383,57 @@ class _Answer:
     def role_chunk(self) -> dict:
         return self.chunk({"role": "assistant", "content": ""})
 
+    def reasoning_chunks(self) -> list[dict]:
+        if not self.reasoning:
+            return []
+        fam = model_family(self.model)
+        pieces = _pieces(self.reasoning)
+        out = []
+        for piece in pieces:
+            if fam == "deepseek":
+                out.append(self.chunk({"role": "assistant", "content": "", "reasoning_content": piece}))
+            elif fam in ("anthropic", "google"):
+                fmt = FAMILY_FORMAT[fam]
+                out.append(self.chunk({"role": "assistant", "content": "", "reasoning": piece, "reasoning_details": [
+                    {"type": "reasoning.text", "text": piece, "format": fmt, "index": 0}]}))
+            else:
+                out.append(self.chunk({"role": "assistant", "content": "", "reasoning": piece, "reasoning_details": [
+                    {"type": "reasoning.summary", "summary": piece, "format": FAMILY_FORMAT["other"], "index": 0}]}))
+        tail = self._reasoning_tail()
+        if tail:
+            out.append(self.chunk({"role": "assistant", "content": "", "reasoning_details": tail}))
+        return out
+
+    def _reasoning_tail(self) -> list[dict]:
+        fam = model_family(self.model)
+        if fam == "anthropic":
+            return [{"type": "reasoning.text", "text": "", "signature": signature_for(self.reasoning or ""),
+                     "format": FAMILY_FORMAT[fam], "index": 0}]
+        if fam == "deepseek":
+            return []
+        return [{"type": "reasoning.encrypted", "data": "enc:" + signature_for(self.reasoning or ""), "id": "rs_" + self.id,
+                 "format": FAMILY_FORMAT[fam if fam == "google" else "other"], "index": 1}]
+
+    def reasoning_message(self) -> dict:
+        if not self.reasoning:
+            return {}
+        fam = model_family(self.model)
+        if fam == "deepseek":
+            return {"reasoning_content": self.reasoning}
+        if fam == "anthropic":
+            details = [{"type": "reasoning.text", "text": self.reasoning, "signature": signature_for(self.reasoning),
+                        "format": FAMILY_FORMAT[fam], "index": 0}]
+        elif fam == "google":
+            details = [{"type": "reasoning.text", "text": self.reasoning, "format": FAMILY_FORMAT[fam], "index": 0},
+                       *self._reasoning_tail()]
+        else:
+            details = [{"type": "reasoning.summary", "summary": self.reasoning, "format": FAMILY_FORMAT["other"], "index": 0},
+                       *self._reasoning_tail()]
+        return {"reasoning": self.reasoning, "reasoning_details": details}
+
     def content_chunks(self) -> list[dict]:
-        out = [self.chunk({"role": "assistant", "content": piece}) for piece in _pieces(self.text or "")]
+        out = self.reasoning_chunks()
+        out += [self.chunk({"role": "assistant", "content": piece}) for piece in _pieces(self.text or "")]
         if self.tool is not None:
             name, args = self.tool
             out.append(self.chunk({"role": "assistant", "content": None, "tool_calls": [
@@ -382,14 +454,17 @@ class _Answer:
     def usage(self, request_bytes: int) -> dict:
         completion = len(_pieces(self.text or "")) + (len(self.tool[1]) // 4 + 1 if self.tool else 0)
         prompt = max(1, request_bytes // 4)
+        cached = written = 0
+        if self.cache is not None:
+            cached, written = prompt * self.cache[0] // 2, prompt * self.cache[1] // 2
         return {"prompt_tokens": prompt, "completion_tokens": completion,
                 "total_tokens": prompt + completion,
-                "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                "prompt_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written},
                 "completion_tokens_details": {"reasoning_tokens": 0}, "cost": 0, "is_byok": False}
 
     def completion(self, request_bytes: int) -> dict:
         message: dict[str, Any] = {"role": "assistant", "content": self.text if self.tool is None else (self.text or None),
-                                   "refusal": None, "reasoning": None}
+                                   "refusal": None, "reasoning": None, **self.reasoning_message()}
         if self.tool is not None:
             name, args = self.tool
             message["tool_calls"] = [{"id": self.call_id, "type": "function",
@@ -424,6 +499,131 @@ def _text_of(content: Any) -> str:
     if isinstance(content, list):
         return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
     return ""
+
+
+FAMILY_FORMAT = {"anthropic": "anthropic-claude-v1", "google": "google-gemini-v1", "other": "openai-responses-v1"}
+CACHE_FAMILIES = ("anthropic", "google", "qwen")
+GEMINI_REJECTS = ("$schema", "additionalProperties", "propertyNames", "exclusiveMinimum", "const", "$comment")
+
+
+def model_family(model: str) -> str:
+    author = model.split("/", 1)[0].lower() if "/" in model else ""
+    return author if author in ("anthropic", "google", "deepseek", "qwen") else "other"
+
+
+def signature_for(text: str) -> str:
+    """The fake's 'signature' of a reasoning text (strict mode checks it on the way back)."""
+    import hashlib
+
+    return "sig-" + hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _count_cache_marks(value: Any) -> int:
+    if isinstance(value, dict):
+        return ("cache_control" in value) + sum(_count_cache_marks(v) for k, v in value.items() if k != "cache_control")
+    if isinstance(value, list):
+        return sum(_count_cache_marks(v) for v in value)
+    return 0
+
+
+def _schema_problem(schema: Any) -> str | None:
+    if isinstance(schema, dict):
+        for k, v in schema.items():
+            if k in GEMINI_REJECTS:
+                return f'Invalid JSON payload received. Unknown name "{k}"'
+            if k == "format" and v not in ("enum", "date-time"):
+                return "format: only 'enum' and 'date-time' are supported for STRING type"
+            if k == "properties" and isinstance(v, dict):
+                for sub in v.values():
+                    if (p := _schema_problem(sub)) is not None:
+                        return p
+            elif (p := _schema_problem(v)) is not None:
+                return p
+    elif isinstance(schema, list):
+        for v in schema:
+            if (p := _schema_problem(v)) is not None:
+                return p
+    return None
+
+
+def strict_problem(body: Any, fake: FakeOpenRouter) -> tuple[int, str] | None:
+    """What a real provider would reject in this chat request, as (status, message), or None."""
+    if not isinstance(body, dict):
+        return 400, "body is not a JSON object"
+    model = body.get("model") if isinstance(body.get("model"), str) else ""
+    fam = model_family(model)
+    if "tools" in body and not body["tools"]:
+        return 400, "tools: must contain at least 1 item"
+    if "tool_choice" in body and not body.get("tools"):
+        return 400, "tool_choice is only allowed when tools are specified"
+    if fam == "google":
+        for t in body.get("tools") or ():
+            if (p := _schema_problem((t.get("function") or {}).get("parameters"))) is not None:
+                return 400, p
+        rf = body.get("response_format")
+        if isinstance(rf, dict) and (p := _schema_problem((rf.get("json_schema") or {}).get("schema"))) is not None:
+            return 400, p
+    marks = _count_cache_marks(body)
+    if marks and fam not in CACHE_FAMILIES:
+        return 400, "cache_control is not supported by this provider"
+    if marks > 4:
+        return 400, f"A maximum of 4 blocks with cache_control may be provided. Found {marks}."
+    max_out = fake.max_output.get(model)
+    if max_out is not None and isinstance(body.get("max_tokens"), int) and body["max_tokens"] > max_out:
+        return 400, f"max_tokens: {body['max_tokens']} > {max_out}, which is the maximum allowed number of output tokens for {model}"
+    thinking = isinstance(body.get("reasoning"), dict)
+    pending: set[str] = set()
+    seen_ids: set[str] = set()
+    for i, m in enumerate(body.get("messages") or ()):
+        role = m.get("role") if isinstance(m, dict) else None
+        if role not in ("system", "user", "assistant", "tool"):
+            return 400, f"messages.{i}.role: invalid role {role!r}"
+        if role == "system" and i != 0:
+            return 400, f"messages.{i}: system messages are only allowed first"
+        if role == "tool":
+            if m.get("tool_call_id") not in pending:
+                return 400, f"messages.{i}: tool message answers no pending tool call"
+            pending.discard(m["tool_call_id"])
+            continue
+        if pending:
+            return 400, f"messages.{i}: tool_calls without tool messages: {sorted(pending)}"
+        content = m.get("content")
+        parts = content if isinstance(content, list) else [{"type": "text", "text": content}] if isinstance(content, str) else []
+        for part in parts:
+            if part.get("type") == "text" and not (part.get("text") or "").strip():
+                return 400, f"messages.{i}: text content blocks must be non-empty"
+            if part.get("type") == "image_url" and model in fake.no_vision:
+                return 404, "No endpoints found that support image input"
+        if role == "assistant":
+            calls = m.get("tool_calls") or []
+            if not parts and not calls:
+                return 400, f"messages.{i}: assistant message with neither content nor tool_calls"
+            pending = {c.get("id") for c in calls}
+            if fam == "deepseek" and thinking and "reasoning_content" not in m:
+                return 400, "The `reasoning_content` in the thinking mode must be passed back to the API."
+            for d in m.get("reasoning_details") or ():
+                fmt = d.get("format")
+                want = FAMILY_FORMAT.get(fam if fam in FAMILY_FORMAT else "other")
+                if fmt != want:
+                    return 400, f"messages.{i}: Invalid signature in thinking block (format {fmt} sent to {model})"
+                if d.get("id"):
+                    if d["id"] in seen_ids:
+                        return 400, f"Duplicate item found with id {d['id']}"
+                    seen_ids.add(d["id"])
+                if fam == "anthropic" and d.get("type") == "reasoning.text" and d.get("signature") != signature_for(d.get("text") or ""):
+                    return 400, f"messages.{i}: Invalid signature in thinking block"
+                if fam == "google" and d.get("type") == "reasoning.text":
+                    return 400, f"messages.{i}: Gemini takes back only encrypted reasoning"
+    if pending:
+        return 400, f"tool_calls without tool messages: {sorted(pending)}"
+    limit = fake.context_limits.get(model)
+    if limit is not None:
+        prompt = len(orjson.dumps(body.get("messages"))) // 4
+        if prompt + (body.get("max_tokens") or 0) > limit:
+            return 400, (f"This endpoint's maximum context length is {limit} tokens. However, you requested about "
+                         f"{prompt + (body.get('max_tokens') or 0)} tokens ({prompt} of text input, "
+                         f"{body.get('max_tokens') or 0} in the output). Please reduce the length.")
+    return None
 
 
 def answer_for(body: Any, mode: Mode) -> _Answer:
@@ -491,6 +691,16 @@ class FakeOpenRouter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.base_events.Server | None = None
+        self.models: list[dict] = [
+            {"id": "fake/model", "name": "Fake model", "context_length": 200000},
+        ]
+        self.listing_requests = 0
+        self.strict = False
+        self.no_vision: set[str] = set()
+        self.max_output: dict[str, int] = {}
+        self.context_limits: dict[str, int] = {}
+        self.rejections: list[tuple[str, int, str]] = []  # (model, status, message)
+        self._cache_seen: set[bytes] = set()
 
     # --- public API -----------------------------------------------------------------------------
     @property
@@ -640,6 +850,11 @@ class FakeOpenRouter:
             parsed = orjson.loads(body) if body else None
         except orjson.JSONDecodeError:
             parsed = None
+        if method == "GET" and target.split("?", 1)[0].rstrip("/").endswith("/models") and "x-fake-mode" not in headers:
+            self.listing_requests += 1
+            out = _Body(conn, RequestRecord(method, target, headers, None, b"", time.monotonic(), conn.id), True)
+            await out.json(200, {"data": self.models})
+            return True
         rec = RequestRecord(method=method, path=target.split("?", 1)[0], headers=headers, json=parsed,
                             body=body, at=time.monotonic(), connection_id=conn.id)
         try:
@@ -700,7 +915,7 @@ class FakeOpenRouter:
             conn.close()
             return False
         if rec.method == "GET" and path.endswith("/models"):
-            await out.json(200, {"data": [{"id": "fake/model", "name": "Fake model", "context_length": 200000}]})
+            await out.json(200, {"data": self.models})
             return out.keep_alive
         if rec.method != "POST" or not path.endswith("/chat/completions"):
             await out.json(404, {"error": {"code": 404, "message": f"Not found: {rec.method} {rec.path}"}})
@@ -718,13 +933,32 @@ class FakeOpenRouter:
             page = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
             await out.full(200, page, "text/html; charset=utf-8")
             return out.keep_alive
+        if self.strict and name == "ok":
+            problem = strict_problem(rec.json, self)
+            if problem is not None:
+                self.rejections.append((str((rec.json or {}).get("model")), *problem))
+                await out.json(problem[0], {"error": {"code": problem[0], "message": problem[1],
+                                                      "metadata": {"error_type": "invalid_request", "provider_name": "Fake"}}})
+                return out.keep_alive
         answer = answer_for(rec.json, mode)
+        if isinstance(rec.json, dict):
+            reasoning = rec.json.get("reasoning")
+            if isinstance(reasoning, dict) and not reasoning.get("exclude") and name == "ok":
+                answer.reasoning = "Let me think about this step by step. The user wants a careful answer."
+            if _count_cache_marks(rec.json):
+                msgs = rec.json.get("messages") or [{}]
+                key = orjson.dumps(msgs[0])
+                answer.cache = (1, 0) if key in self._cache_seen else (0, 1)
+                self._cache_seen.add(key)
         if isinstance(rec.json, dict) and rec.json.get("stream"):
             return await self._stream(conn, out, rec, mode, answer)
         return await self._complete(conn, out, rec, mode, answer)
 
     async def _error_status(self, out: _Body, mode: Mode) -> None:
-        if mode.name == "context_length":
+        if mode.name == "context_length" and "bare" in mode.params:
+            code, error_type = 400, "context_length_exceeded"
+            message = "Prompt is too long for this model."
+        elif mode.name == "context_length":
             code = 400
             limit = mode.int("limit", 200000)
             requested = mode.int("requested", 263390)
@@ -848,3 +1082,76 @@ def _bad_line(kind: str, answer: _Answer) -> bytes:
     if kind == "nodata":
         return b"this line has no field name\n" + good + b"\n\n"
     return b"data: <html>this is not json</html>\n\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Server-side tool modes (issue 6, tools engineer). Added here, apart from the rest, so that
+# the modes above are untouched:
+#
+#   tool;name=N;args=<url-escaped JSON>   answer with one call of N, whatever the history says
+#   tool;calls=<url-escaped JSON list of [name, args] pairs>   several calls in one turn
+#   tool;...;text=<url-escaped text>      some text before the call(s)
+#
+# `tool_mode(...)` builds the spec: `fake.script(tool_mode("Read", {"file_path": "a"}), "ok")`.
+# With `fake.default_mode = tool_mode(...)` the fake calls a tool on every request (a loop).
+# ---------------------------------------------------------------------------------------------
+
+from urllib.parse import quote as _quote  # noqa: E402
+
+MODES = MODES | {"tool"}
+
+
+def tool_mode(name: str | None = None, args: dict | None = None, *, calls: list | None = None, text: str | None = None) -> str:
+    """A `tool` mode spec calling `name` with `args`, or every `(name, args)` of `calls`."""
+    spec = "tool"
+    if calls is not None:
+        spec += ";calls=" + _quote(orjson.dumps([[n, a] for n, a in calls]).decode(), safe="")
+    else:
+        spec += f";name={_quote(name or '', safe='')};args=" + _quote(orjson.dumps(args or {}).decode(), safe="")
+    if text:
+        spec += ";text=" + _quote(text, safe="")
+    return spec
+
+
+class _CallsAnswer(_Answer):
+    """An answer with several tool calls (OpenAI parallel tool calls)."""
+
+    def __init__(self, text: str | None, calls: list[tuple[str, str]], model: str) -> None:
+        super().__init__(text, calls[0] if calls else None, model)
+        self.calls = [(n, a, "call_" + _rand(24)) for n, a in calls]
+
+    def content_chunks(self) -> list[dict]:
+        out = [self.chunk({"role": "assistant", "content": piece}) for piece in _pieces(self.text or "")]
+        for i, (name, args, call_id) in enumerate(self.calls):
+            out.append(self.chunk({"role": "assistant", "content": None, "tool_calls": [
+                {"index": i, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]}))
+            for j in range(0, len(args), 8):
+                out.append(self.chunk({"role": "assistant", "content": None, "tool_calls": [
+                    {"index": i, "function": {"arguments": args[j: j + 8]}}]}))
+        return out
+
+    def completion(self, request_bytes: int) -> dict:
+        out = super().completion(request_bytes)
+        out["choices"][0]["message"]["tool_calls"] = [
+            {"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}
+            for name, args, call_id in self.calls
+        ]
+        return out
+
+
+_answer_for_without_tool_modes = answer_for
+
+
+def answer_for(body: Any, mode: Mode) -> _Answer:  # noqa: F811 - extends the rules above
+    if mode.name != "tool":
+        return _answer_for_without_tool_modes(body, mode)
+    model = body.get("model") if isinstance(body, dict) and isinstance(body.get("model"), str) else "fake/model"
+    if "calls" in mode.params:
+        pairs = orjson.loads(mode.params["calls"])
+    else:
+        pairs = [[mode.params.get("name", "noop"), orjson.loads(mode.params.get("args") or "{}")]]
+    calls = [(str(n), orjson.dumps(a).decode()) for n, a in pairs]
+    return _CallsAnswer(mode.params.get("text"), calls, model)
+
+
+__all__ += ["tool_mode"]

@@ -26,7 +26,7 @@ CC_FIXTURES = [
 ALLOWED_TOP = {
     "model", "messages", "max_tokens", "stream", "stream_options", "tools", "tool_choice",
     "parallel_tool_calls", "stop", "temperature", "top_p", "top_k", "user", "response_format",
-    "cache_control",
+    "cache_control", "reasoning",
 }  # fmt: skip
 NAME_OK = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
@@ -147,8 +147,8 @@ def test_tool_result_turn_shape() -> None:
     assert tool["content"].startswith("File created successfully")
 
 
-def test_thinking_blocks_dropped() -> None:
-    """Thinking blocks in the history are dropped; text and tool calls remain."""
+def test_foreign_thinking_blocks_dropped() -> None:
+    """Thinking blocks whose signature is not a gateway token are dropped; text and tool calls remain."""
     req = convert_request(load("thinking_tool_result_turn"), "m")
     assistant = req["messages"][2]
     assert assistant["content"] == "I'll create the file." and len(assistant["tool_calls"]) == 1
@@ -384,9 +384,10 @@ def test_empty_text_blocks_skipped() -> None:
 
 
 def test_unknown_fields_dropped() -> None:
-    """Anthropic-only fields (thinking, context_management, safeguards, speed...) never reach the upstream."""
+    """Anthropic-only fields (context_management, safeguards, speed...) never reach the upstream."""
     req = convert_request(load("interactive_first_turn") | {"speed": "fast", "service_tier": "auto"}, "m")
     assert set(req) <= ALLOWED_TOP
+    assert not {"thinking", "context_management", "safeguards", "speed", "output_config"} & set(req)
 
 
 def test_request_conversion_speed_first_turn() -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from engine.run import RunContext
 from steps.convert.response import convert_response, repair_json
+from steps.convert.thinking import decode
 from steps.openrouter.errors import UpstreamError
 
 BODY = {"model": "claude-opus-5-5", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
@@ -132,9 +133,11 @@ def test_double_encoded_arguments() -> None:
 
 
 def test_reasoning_becomes_thinking_block_first() -> None:
-    """Non-empty reasoning becomes a leading thinking block with an empty signature."""
+    """Non-empty reasoning becomes a leading thinking block signed with a gateway token."""
     msg = convert(completion({"content": "42", "reasoning": "compute"}))
-    assert msg["content"] == [{"type": "thinking", "thinking": "compute", "signature": ""}, {"type": "text", "text": "42"}]
+    sig = msg["content"][0]["signature"]
+    assert msg["content"] == [{"type": "thinking", "thinking": "compute", "signature": sig}, {"type": "text", "text": "42"}]
+    assert decode(sig) == {"v": 1, "m": "openai/gpt-x", "y": "openai", "f": "text", "t": "compute"}
 
 
 def test_empty_and_whitespace_content_omitted() -> None:

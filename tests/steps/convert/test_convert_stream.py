@@ -13,6 +13,7 @@ import pytest
 
 from engine.run import RunContext
 from steps.convert.stream import convert_stream
+from steps.convert.thinking import decode
 from steps.openrouter.errors import UpstreamError
 
 BODY = {"model": "claude-opus-5-5", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
@@ -283,7 +284,9 @@ def test_reasoning_then_text() -> None:
     ]
     events = run(chunks)
     msg = validate(events)
-    assert msg["content"] == [{"type": "thinking", "thinking": "Thinking.", "signature": ""}, {"type": "text", "text": "Answer"}]
+    sig = msg["content"][0]["signature"]
+    assert msg["content"] == [{"type": "thinking", "thinking": "Thinking.", "signature": sig}, {"type": "text", "text": "Answer"}]
+    assert decode(sig) == {"v": 1, "m": "x/y", "y": "x", "f": "text", "t": "Thinking."}
     snap = sdk_accumulate(events)
     assert snap.content[0].thinking == "Thinking." and snap.content[1].text == "Answer"
 
@@ -291,7 +294,7 @@ def test_reasoning_then_text() -> None:
 def test_reasoning_content_alias() -> None:
     """DeepSeek-style reasoning_content is read like reasoning."""
     msg = validate(run([chunk({"reasoning_content": "hmm"}), chunk({"content": "ok"}), chunk(finish="stop")]))
-    assert msg["content"][0] == {"type": "thinking", "thinking": "hmm", "signature": ""}
+    assert msg["content"][0]["thinking"] == "hmm" and decode(msg["content"][0]["signature"])["t"] == "hmm"
 
 
 def test_empty_content_never_opens_a_block() -> None:
@@ -384,7 +387,9 @@ def test_stream_speed_per_chunk() -> None:
 def test_reasoning_details_only() -> None:
     """Reasoning sent only as reasoning_details text still becomes a thinking block."""
     chunks = [chunk({"reasoning_details": [{"type": "reasoning.text", "text": "step", "index": 0}]}), chunk({"content": "ok"}), chunk(finish="stop")]
-    assert validate(run(chunks))["content"][0] == {"type": "thinking", "thinking": "step", "signature": ""}
+    block = validate(run(chunks))["content"][0]
+    assert block["thinking"] == "step"
+    assert decode(block["signature"])["d"] == [{"type": "reasoning.text", "text": "step", "index": 0}]
 
 
 def test_arguments_before_name_are_buffered() -> None:

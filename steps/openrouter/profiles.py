@@ -1,0 +1,211 @@
+"""Model capability profiles: what each upstream model takes (PROTOCOL.md §5.2–5.4, §7.1, §9.12).
+
+Claude Code asks for 32k–128k output tokens, sends JSON Schema 2020-12 that Gemini rejects,
+marks cache breakpoints that only some providers honour, and echoes thinking blocks that only
+the model family which produced them can read. Each of those needs to know the model, so one
+`Profile` per upstream id answers them all. Figures come from OpenRouter's `GET {base}/models`
+when it is reachable (fetched once per TTL through the upstream's pooled client) and from
+`pipelines/profiles/models.yaml` otherwise; what no listing says (cache support, the
+reasoning wire format, rejected schema keywords) always comes from the YAML.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import httpx
+import orjson
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from engine.registry import step
+from engine.run import RunContext
+from engine.types import Request
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "pipelines" / "profiles" / "models.yaml"
+RETRY_FAILED_FETCH = 60.0  # seconds before trying an unreachable listing again
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """What one upstream model takes; None means unknown (nothing is clamped or dropped)."""
+
+    model: str
+    family: str
+    context_length: int | None = None
+    max_output: int | None = None
+    supported: frozenset[str] | None = None
+    vision: bool = True
+    cache: bool = False
+    reasoning: str = "details"  # details | content | none
+    efforts: tuple[str, ...] = ("minimal", "low", "medium", "high", "xhigh", "max")
+    schema_drop: frozenset[str] = frozenset()
+    schema_formats: frozenset[str] | None = None
+
+    def takes(self, param: str) -> bool:
+        """Whether the model takes `param` (True when its parameter list is unknown)."""
+        return self.supported is None or param in self.supported
+
+
+class _Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    match: list[str]
+    family: str | None = None
+    context_length: int | None = None
+    max_output: int | None = None
+    supported: list[str] | None = None
+    vision: bool | None = None
+    cache: bool | None = None
+    reasoning: Literal["details", "content", "none"] | None = None
+    efforts: list[str] | None = None
+    schema_drop: list[str] | None = None
+    schema_formats: list[str] | None = None
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rules: list[_Rule]
+
+
+def load_rules(path: str | Path = "") -> list[_Rule]:
+    """The profile rules of a YAML file (the built-in one when `path` is empty), validated."""
+    with open(path or DEFAULT_DATA, "rb") as f:
+        raw = yaml.safe_load(f)
+    return _Data.model_validate(raw).rules
+
+
+def family_of(model: str) -> str:
+    """The default signature family of an upstream id: its author (`openai/gpt-5` → openai)."""
+    return model.split("/", 1)[0].lower() if "/" in model else model.lower()
+
+
+class ProfileBook:
+    """Profiles by model id: YAML rules, overlaid with the live listing; memoised per id."""
+
+    def __init__(self, rules: list[_Rule]) -> None:
+        self.rules = rules
+        self.live: dict[str, dict] = {}
+        self.fetched_at: float | None = None  # monotonic time of the last attempt
+        self.fetch_ok = False
+        self._memo: dict[str, Profile] = {}
+        self._lock = anyio.Lock()
+
+    def get(self, model: str) -> Profile:
+        found = self._memo.get(model)
+        if found is None:
+            found = self._memo[model] = self._build(model)
+        return found
+
+    def _build(self, model: str) -> Profile:
+        fields: dict[str, Any] = {}
+        lowered = model.lower()
+        for rule in self.rules:
+            if any(fnmatch.fnmatchcase(lowered, pat.lower()) for pat in rule.match):
+                for key, value in rule.model_dump(exclude={"match"}, exclude_none=True).items():
+                    fields[key] = value
+        profile = Profile(
+            model=model,
+            family=fields.get("family") or family_of(model),
+            context_length=fields.get("context_length"),
+            max_output=fields.get("max_output"),
+            supported=frozenset(fields["supported"]) if "supported" in fields else None,
+            vision=fields.get("vision", True),
+            cache=fields.get("cache", False),
+            reasoning=fields.get("reasoning", "details"),
+            efforts=tuple(fields["efforts"]) if "efforts" in fields else Profile.efforts,
+            schema_drop=frozenset(fields.get("schema_drop") or ()),
+            schema_formats=frozenset(fields["schema_formats"]) if "schema_formats" in fields else None,
+        )
+        entry = self.live.get(model) or self.live.get(model.split(":", 1)[0])
+        return _overlay(profile, entry) if entry else profile
+
+    def stale(self, ttl: float) -> bool:
+        if self.fetched_at is None:
+            return True
+        age = time.monotonic() - self.fetched_at
+        return age > (ttl if self.fetch_ok else min(ttl, RETRY_FAILED_FETCH))
+
+    async def refresh(self, client: httpx.AsyncClient, base_url: str, key: str, ttl: float, timeout: float, log: Any) -> None:
+        """Fetch the listing once per TTL; one request fetches while the others use what is known."""
+        if not self.stale(ttl) or (self._lock.locked() and self.fetched_at is not None):
+            return
+        async with self._lock:
+            if not self.stale(ttl):
+                return
+            headers = {"accept": "application/json"}
+            if key:
+                headers["authorization"] = f"Bearer {key}"
+            try:
+                with anyio.fail_after(timeout):
+                    response = await client.get(base_url.rstrip("/") + "/models", headers=headers)
+                    data = orjson.loads(response.content) if response.status_code == 200 else None
+                entries = data.get("data") if isinstance(data, dict) else None
+                if not isinstance(entries, list):
+                    raise ValueError(f"HTTP {response.status_code}, no model list")
+                self.live = {e["id"]: e for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)}
+                self.fetch_ok = True
+            except (httpx.HTTPError, TimeoutError, ValueError, orjson.JSONDecodeError) as exc:
+                self.fetch_ok = False
+                log.info("openrouter.models_unavailable", error=f"{type(exc).__name__}: {exc}"[:200])
+            self.fetched_at = time.monotonic()
+            self._memo = {}
+
+
+def _overlay(profile: Profile, entry: dict) -> Profile:
+    """Live listing figures over the YAML ones (only the fields the listing actually has)."""
+    changes: dict[str, Any] = {}
+    ctx_len = entry.get("context_length")
+    if isinstance(ctx_len, int) and ctx_len > 0:
+        changes["context_length"] = ctx_len
+    top = entry.get("top_provider") if isinstance(entry.get("top_provider"), dict) else {}
+    max_out = top.get("max_completion_tokens") or entry.get("max_completion_tokens")
+    if isinstance(max_out, int) and max_out > 0:
+        changes["max_output"] = max_out
+    params = entry.get("supported_parameters")
+    if isinstance(params, list) and params:
+        changes["supported"] = frozenset(p for p in params if isinstance(p, str))
+    arch = entry.get("architecture") if isinstance(entry.get("architecture"), dict) else {}
+    modalities = arch.get("input_modalities")
+    if isinstance(modalities, list):
+        changes["vision"] = "image" in modalities
+    return replace(profile, **changes) if changes else profile
+
+
+async def profile_book(ctx: RunContext, data: str = "") -> ProfileBook:
+    """The engine-wide ProfileBook for a data file (shared by every step that needs profiles)."""
+    return await ctx.resource(f"openrouter.profiles:{data or DEFAULT_DATA}", lambda: ProfileBook(load_rules(data)))
+
+
+@step("openrouter.profiles")
+async def profiles(
+    models: list[str],
+    ctx: RunContext,
+    request: Request | None = None,
+    base_url: str = "",
+    api_key: str = "",
+    data: str = "",
+    ttl: float = 3600.0,
+    fetch: bool = True,
+    fetch_timeout: float = 5.0,
+) -> dict[str, Profile]:
+    """Capability profiles (context, max output, parameters, vision, cache, schema rules) per model.
+
+    From OpenRouter's `GET {base_url}/models` when `fetch` and reachable (once per `ttl`
+    seconds, through the upstream call's pooled client; a failed fetch is retried after a
+    minute and never fails the request), overlaid on the YAML rules in `data` (default
+    `pipelines/profiles/models.yaml`), which also say what no listing does.
+    """
+    book = await profile_book(ctx, data)
+    if fetch and base_url:
+        from steps.openrouter.upstream import _client_key, make_client
+
+        client = await ctx.resource("openrouter.client:10.0:600.0:256", lambda: make_client(10.0, 600.0, 256))
+        await book.refresh(client, base_url, api_key or _client_key(request), ttl, fetch_timeout, ctx.log)
+    return {m: book.get(m) for m in models}

@@ -1,0 +1,143 @@
+"""Routing rules: which upstream models serve a request, in the order to try them.
+
+Like claude-code-router's `Router` section: a request can go to a different model when it is
+background work (a haiku-class id), asks for thinking, carries a long context, a web search
+server tool or images, and a list of fallback models is tried in order when the chosen one
+fails before anything reached the client (openrouter.call does the trying). The rules live in
+the pipeline YAML under the step's `with: rules:` and are validated when the file loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from engine.registry import step
+from engine.run import RunContext
+from engine.types import Reply
+
+UPSTREAM_MODEL_HEADER = "x-upstream-model"
+
+
+class RoutingRules(BaseModel):
+    """Scenario → upstream model; empty strings (unset environment variables) mean "no rule"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default: str | None = None
+    background: str | None = None
+    think: str | None = None
+    long_context: str | None = None
+    long_context_threshold: int = Field(default=60000, ge=1)
+    web_search: str | None = None
+    image: str | None = None
+    background_match: list[str] = Field(default_factory=lambda: ["haiku"])
+    fallback: list[str] = Field(default_factory=list)
+
+    @field_validator("default", "background", "think", "long_context", "web_search", "image", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("fallback", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, str):  # from an environment variable: "a/b, c/d"
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+
+def _has_image(body: dict) -> bool:
+    """Images in the latest user turn (tool results included): what the next answer must see."""
+    messages = body.get("messages") or ()
+    for message in reversed(messages):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if not isinstance(content, list):
+            return False
+        for block in content:
+            kind = block.get("type")
+            if kind == "image":
+                return True
+            if kind == "tool_result" and isinstance(block.get("content"), list):
+                if any(isinstance(b, dict) and b.get("type") == "image" for b in block["content"]):
+                    return True
+        return False
+    return False
+
+
+def _has_web_search(body: dict) -> bool:
+    return any(str(t.get("type") or "").startswith("web_search") for t in body.get("tools") or ())
+
+
+def _thinks(body: dict) -> bool:
+    thinking = body.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+
+
+def choose(body: dict, model: str, input_tokens: int, rules: RoutingRules) -> tuple[str, str]:
+    """(scenario, upstream model) for a request; `model` is what openrouter.model_map chose."""
+    requested = str(body.get("model") or "")
+    if rules.long_context and input_tokens > rules.long_context_threshold:
+        return "long_context", rules.long_context
+    if "/" in requested:
+        return "explicit", model  # an upstream id the client chose: only long context overrides it
+    lowered = requested.lower()
+    if rules.background and any(m in lowered for m in rules.background_match):
+        return "background", rules.background
+    if rules.web_search and _has_web_search(body):
+        return "web_search", rules.web_search
+    if rules.image and _has_image(body):
+        return "image", rules.image
+    if rules.think and _thinks(body):
+        return "think", rules.think
+    return "default", rules.default or model
+
+
+@step("openrouter.route", blocking=False)
+def route(
+    body: dict,
+    model: str,
+    ctx: RunContext,
+    input_tokens: int = 0,
+    rules: RoutingRules | None = None,
+) -> dict:
+    """Pick the upstream model by routing rules: `{model, fallbacks, models, scenario}`.
+
+    Scenarios, first match wins: `long_context` (input estimate over `long_context_threshold`),
+    then, for Claude-named ids only (an explicit `author/slug` id is the client's choice),
+    `background` (ids containing a `background_match` word, haiku by default), `web_search` (a
+    web_search server tool), `image` (images in the latest user turn), `think` (thinking
+    enabled or adaptive), else `default` (or the model map's pick). `fallback` models follow,
+    without repeats; openrouter.call tries them in order before the first byte is sent.
+    `models` is the whole ordered list (model first).
+    """
+    rules = rules or RoutingRules()
+    scenario, chosen = choose(body, model, input_tokens, rules)
+    ctx.attributes["route"] = scenario
+    models = [chosen]
+    for candidate in rules.fallback:
+        if candidate not in models:
+            models.append(candidate)
+    return {"model": chosen, "fallbacks": models[1:], "models": models, "scenario": scenario}
+
+
+@step("openrouter.upstream_header", blocking=False)
+def upstream_header(reply: Reply, ctx: RunContext) -> Reply:
+    """Add `x-upstream-model` (the model that actually answered) to a reply.
+
+    The Message's `model` echoes the id the client asked for (PROTOCOL §7.3, §9.10: Claude Code
+    keys context-window and cost logic on it), so the upstream id travels in this header and in
+    the access log's `model` field instead.
+    """
+    answered = ctx.attributes.get("model")
+    if not isinstance(answered, str) or not answered:
+        return reply
+    return replace(reply, headers={**reply.headers, UPSTREAM_MODEL_HEADER: answered})
