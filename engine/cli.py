@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=["console", "json"], default=None, help="log output (default: console on a terminal, else json)")
     p.add_argument("--log-level", default=None, help="debug, info, warning, error (default info)")
     p.add_argument("--capture", default=os.environ.get("ENGINE_CAPTURE_DIR"), metavar="DIR", help="record every run into JSONL files in DIR (replay them with `engine replay`)")
+    p.add_argument("--reload", action="store_true", help="apply pipeline edits without a restart (a broken edit is reported and the old set kept)")
     p.add_argument(
         "--allow-unauthenticated",
         action="store_true",
@@ -283,6 +284,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["ENGINE_PIPELINES"] = pipelines
     if args.capture:
         os.environ["ENGINE_CAPTURE_DIR"] = args.capture
+    if args.reload:
+        os.environ["ENGINE_RELOAD"] = "1"
     if args.log_format:
         os.environ["ENGINE_LOG_FORMAT"] = args.log_format
     if args.log_level:
@@ -308,6 +311,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"  {line}", file=sys.stderr)
     if args.capture:
         print(f"  capturing every run into {args.capture}", file=sys.stderr)
+    if args.reload:
+        print(f"  reloading pipelines when files in {pipelines} change", file=sys.stderr)
     for line in registry.serving_notes():
         print(f"  {line}", file=sys.stderr)
     uvicorn.run(

@@ -26,7 +26,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from engine import capture, logs, retry, streams
+from engine import capture, logs, metrics, retry, streams
 from engine.check import Node, Plan, check
 from engine.errors import DeadlineExceeded, EngineError, SpecError, SpecErrors, StepError, StepTimeout
 from engine.limits import Limits
@@ -34,6 +34,7 @@ from engine.loader import LoadedPipeline, Ref, load_file
 from engine.run import IdSource, Resources, RunContext
 
 _log = structlog.get_logger("engine")
+_step_histograms: dict[tuple[str, str, str], Any] = {}
 
 
 def pipeline_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -101,6 +102,7 @@ class Engine:
         self.resources = Resources()
         self.ids = ids or IdSource()
         self.capture: Any = None  # a CaptureWriter when `engine serve --capture DIR`
+        self.env: dict[str, str] | None = None  # None: the process environment
         self.step_log_level = os.environ.get("ENGINE_STEP_LOG_LEVEL", "debug").lower()
         self._step_log_checked: bool | None = None
 
@@ -112,9 +114,22 @@ class Engine:
             self._step_log_checked = bool(checker(level)) if checker is not None else True
         return self._step_log_checked
 
+    def swap(self, plans: list[Plan]) -> None:
+        """Serve a new, already checked set of pipelines (live reload).
+
+        Runs in flight keep the plan they started with. Limits keep their semaphores (and
+        holders) by name; new names are added.
+        """
+        for p in plans:
+            self.limits.add(p.limits)
+        self.plans = {p.name: p for p in plans}
+        self._step_log_checked = None
+
     @classmethod
     def load(cls, paths: Iterable[str | Path], env: dict[str, str] | None = None) -> Engine:
-        return cls(load_plans(paths, env=env))
+        engine = cls(load_plans(paths, env=env))
+        engine.env = env  # a reload reads the same environment
+        return engine
 
     async def aclose(self) -> None:
         await self.resources.aclose()
@@ -277,6 +292,7 @@ class _Run:
                         self.finished(node, "error", attempt, start, exc)
                         raise
                     _log.info("step.retry", reason=_reason(exc), delay_s=round(delay, 3), next_attempt=attempt + 1)
+                    metrics.RETRIES.labels(self.plan.name, node.name, getattr(exc, "kind", type(exc).__name__)).inc()
                     if ctx.replayer is not None and not ctx.replayer.realtime:
                         delay = 0.0  # replaying as fast as possible: the wait already happened once
                     if not retrying:
@@ -378,6 +394,11 @@ class _Run:
     def finished(self, node: Node, outcome: str, attempts: int, start: float, error: BaseException | None = None, items: int | None = None) -> None:
         end = time.perf_counter()
         self.ctx.trace.append((node.name, outcome, attempts, start, end))
+        key = (self.plan.name, node.name, outcome)
+        histogram = _step_histograms.get(key)
+        if histogram is None:
+            histogram = _step_histograms[key] = metrics.STEP_SECONDS.labels(*key)
+        histogram.observe(end - start)
         failed = outcome in {"error", "timeout"}
         if not failed and not self.engine.step_log_enabled():
             return

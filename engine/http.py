@@ -17,8 +17,10 @@ its end).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -35,11 +37,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from engine import logs
+from engine import logs, metrics
 from engine.capture import RecordingIds, RunRecorder
 from engine.check import Plan
-from engine.errors import HttpError
-from engine.executor import Engine
+from engine.errors import HttpError, SpecErrors
+from engine.executor import Engine, load_plans
 from engine.run import RunContext
 from engine.streams import aclose_quietly
 from engine.types import Reply, Request
@@ -55,42 +57,101 @@ def create_app(
     body_limit: int = DEFAULT_BODY_LIMIT,
     body_timeout: float = 60.0,
     api_keys: list[str] | None = None,
+    reload_from: list[str] | None = None,
+    reload_interval: float = 1.0,
 ) -> Starlette:
     """A starlette app serving every pipeline of `engine` that has a route.
 
     `api_keys`, when given, are the inbound keys a client must present (`x-api-key` or
     `Authorization: Bearer`); they are compared in constant time and removed from the request
     before any pipeline sees it, so they can never be forwarded anywhere.
+
+    `reload_from` turns on live reload: those pipeline paths are polled, and when a file
+    changes the whole set is loaded and checked again; a valid set replaces the old one at
+    once (routes included), a broken one is reported with its located errors and the old set
+    keeps serving. A request runs to its end on the plan it started with.
     """
-    fallback = _fallback_plan(engine)
     keys = [k.encode() for k in api_keys or [] if k]
     for k in api_keys or []:
         logs.register_secret(k)
 
-    def endpoint_for(plan: Plan) -> Callable[[StarletteRequest], Any]:
+    def endpoint_for(name: str) -> Callable[[StarletteRequest], Any]:
         async def endpoint(request: StarletteRequest) -> Response:
+            plan = engine.plans.get(name)
+            if plan is None:  # removed by a reload since the route table was read
+                raise HTTPException(404)
             return await _serve(engine, plan, request, body_limit, body_timeout, keys)
 
         return endpoint
 
-    routes = [Route("/health", _health(engine), methods=["GET"])]
-    for plan in engine.plans.values():
-        for method, path in plan.routes:
-            routes.append(Route(path, endpoint_for(plan), methods=[method], name=f"{plan.name}:{method}:{path}"))
+    async def metrics_endpoint(request: StarletteRequest) -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    def build_routes() -> list[Route]:
+        routes = [Route("/health", _health(engine), methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"])]
+        for plan in engine.plans.values():
+            for method, path in plan.routes:
+                routes.append(Route(path, endpoint_for(plan.name), methods=[method], name=f"{plan.name}:{method}:{path}"))
+        return routes
 
     async def refused(request: StarletteRequest, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 500)
         message = {404: f"Not found: {request.method} {request.url.path}", 405: "Method Not Allowed"}.get(status, "Request refused")
+        fallback = _fallback_plan(engine)
         return await _render(engine, fallback, HttpError(status, message), engine.context(fallback.name) if fallback else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
+        async with anyio.create_task_group() as tg:
+            if reload_from:
+                tg.start_soon(_watch_and_reload, engine, app, reload_from, reload_interval, build_routes)
+            yield
+            tg.cancel_scope.cancel()
         await engine.aclose()
         if engine.capture is not None:
             await anyio.to_thread.run_sync(engine.capture.close)
 
-    return Starlette(routes=routes, exception_handlers={HTTPException: refused}, lifespan=lifespan)
+    return Starlette(routes=build_routes(), exception_handlers={HTTPException: refused}, lifespan=lifespan)
+
+
+def _snapshot(paths: list[str]) -> dict[str, tuple[float, int]]:
+    """What the pipeline files look like now (including data files in subdirectories)."""
+    from pathlib import Path
+
+    seen: dict[str, tuple[float, int]] = {}
+    for root in map(Path, paths):
+        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.suffix in {".yaml", ".yml"}]
+        for f in files:
+            try:
+                st = f.stat()
+                seen[str(f)] = (st.st_mtime, st.st_size)
+            except OSError:
+                continue
+    return seen
+
+
+async def _watch_and_reload(engine: Engine, app: Starlette, paths: list[str], interval: float, build_routes: Callable[[], list[Route]]) -> None:
+    log = structlog.get_logger("engine.reload")
+    last = _snapshot(paths)
+    while True:
+        await anyio.sleep(interval)
+        now = _snapshot(paths)
+        if now == last:
+            continue
+        last = now
+        try:
+            plans = await anyio.to_thread.run_sync(functools.partial(load_plans, paths, env=engine.env))
+        except SpecErrors as exc:
+            metrics.RELOADS.labels("error").inc()
+            log.error("pipelines not reloaded: the new set is broken; still serving the old one", errors=[str(e) for e in exc.errors])
+            for err in exc.errors:
+                print(err, file=sys.stderr)
+            continue
+        engine.swap(plans)
+        app.router.routes = build_routes()  # one assignment: a request sees the old table or the new
+        metrics.RELOADS.labels("ok").inc()
+        log.info("pipelines reloaded", pipelines=sorted(engine.plans))
 
 
 def _fallback_plan(engine: Engine) -> Plan | None:
@@ -225,6 +286,7 @@ def _to_response(out: Any, ctx: RunContext, start: float | None) -> Response:
         response = Response(content, status_code=out.status, headers=out.headers, media_type=out.media_type)
     else:
         response = Response(orjson.dumps(out), media_type="application/json", headers={"request-id": ctx.request_id})
+    response.headers["x-request-id"] = ctx.request_id  # accepted from the client when it sent a sane one
     outcome = "ok" if response.status_code < 400 else "error"
     if start is not None:
         _log_access(ctx, response.status_code, outcome, start)
@@ -249,14 +311,18 @@ def _finish_capture(ctx: RunContext, response: Response, outcome: str, chunks: l
 
 
 def _log_access(ctx: RunContext, status: int, outcome: str, start: float, **extra: Any) -> None:
+    """The one line per request (and its metrics); the domain adds fields via ctx.attributes."""
+    seconds = time.perf_counter() - start
+    fields = {"outcome": outcome, **ctx.attributes}
+    metrics.REQUESTS.labels(ctx.pipeline, str(status), fields["outcome"]).inc()
+    metrics.REQUEST_SECONDS.labels(ctx.pipeline).observe(seconds)
     _access.info(
         "request",
         request_id=ctx.request_id,
         pipeline=ctx.pipeline,
         status=status,
-        outcome=outcome,
-        duration_ms=round((time.perf_counter() - start) * 1000, 2),
-        **ctx.attributes,
+        duration_ms=round(seconds * 1000, 2),
+        **fields,
         **extra,
     )
 
@@ -271,7 +337,7 @@ class StreamReply(Response):
         self.status_code = reply.status
         self.media_type = reply.media_type
         self.background = None
-        self.init_headers(reply.headers)
+        self.init_headers({**reply.headers, "x-request-id": ctx.request_id})
         self.last_write = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -279,6 +345,8 @@ class StreamReply(Response):
         lock = anyio.Lock()
         sent: list[Any] | None = [] if self.ctx.recorder is not None else None
         finished = False
+        active = metrics.ACTIVE_STREAMS.labels(self.ctx.pipeline)
+        active.inc()
         try:
             async with anyio.create_task_group() as tg:
 
@@ -322,6 +390,7 @@ class StreamReply(Response):
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                 tg.cancel_scope.cancel()
         finally:
+            active.dec()
             with anyio.CancelScope(shield=True):
                 await aclose_quietly(reply.stream)
                 await self.ctx.aclose()
@@ -342,4 +411,5 @@ def app_from_env() -> Starlette:
         engine.capture = CaptureWriter(capture_dir)
     limit = int(os.environ.get("ENGINE_BODY_LIMIT", str(DEFAULT_BODY_LIMIT)))
     keys = [k.strip() for k in os.environ.get("ENGINE_API_KEYS", "").split(",") if k.strip()]
-    return create_app(engine, body_limit=limit, api_keys=keys)
+    reload_from = [os.environ["ENGINE_PIPELINES"]] if os.environ.get("ENGINE_RELOAD") and os.environ.get("ENGINE_PIPELINES") else None
+    return create_app(engine, body_limit=limit, api_keys=keys, reload_from=reload_from)

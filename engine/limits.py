@@ -21,6 +21,13 @@ class Limits:
         self._specs = specs
         self._sems = {name: anyio.Semaphore(spec.max) for name, spec in specs.items()}
 
+    def add(self, specs: dict[str, LimitSpec]) -> None:
+        """Add limits by name (existing names keep their semaphore and current holders)."""
+        for name, spec in specs.items():
+            if name not in self._sems:
+                self._specs[name] = spec
+                self._sems[name] = anyio.Semaphore(spec.max)
+
     def in_use(self, name: str) -> int:
         spec, sem = self._specs[name], self._sems[name]
         return spec.max - sem.value

@@ -1,0 +1,26 @@
+"""Prometheus metrics for runs, steps and streams, served at `GET /metrics`.
+
+The engine measures what every pipeline has (requests, latency, steps, retries, streams);
+a step package adds its own domain figures with `prometheus_client` directly (they land in
+the same default registry). With several workers each process exposes its own figures, as
+DESIGN.md's "Scale" section says: scrape each replica.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_STEP_BUCKETS = (0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120, 600)
+
+REQUESTS = Counter("engine_requests_total", "HTTP requests answered, by pipeline, status and outcome", ["pipeline", "status", "outcome"])
+REQUEST_SECONDS = Histogram("engine_request_duration_seconds", "Time from request to the last byte of the response", ["pipeline"], buckets=_LATENCY_BUCKETS)
+STEP_SECONDS = Histogram("engine_step_duration_seconds", "Step duration (a stream step: until its stream ends)", ["pipeline", "step", "outcome"], buckets=_STEP_BUCKETS)
+RETRIES = Counter("engine_step_retries_total", "Step attempts retried, by error kind", ["pipeline", "step", "kind"])
+ACTIVE_STREAMS = Gauge("engine_active_streams", "Responses currently streaming to clients", ["pipeline"])
+RELOADS = Counter("engine_pipeline_reloads_total", "Pipeline reloads (--reload), by result", ["result"])
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text and its content type."""
+    return generate_latest(), CONTENT_TYPE_LATEST
