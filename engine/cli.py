@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print only runs that changed")
 
     add("steps", "list every registered step with its parameters", ["engine steps", "engine steps | grep anthropic"])
+
+    p = add("doctor", "check the configuration, the pipelines and the upstream, and say what clients need", ["engine doctor", "OPENROUTER_API_KEY=sk-or-... engine doctor"])
+    p.add_argument("--pipelines", default=None, metavar="DIR")
     return parser
 
 
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     # Like `python -m` and uvicorn: user steps named package.module:function import from here.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    handler = {"serve": cmd_serve, "check": cmd_check, "graph": cmd_graph, "run": cmd_run, "replay": cmd_replay, "steps": cmd_steps}[args.command]
+    handler = {"serve": cmd_serve, "check": cmd_check, "graph": cmd_graph, "run": cmd_run, "replay": cmd_replay, "steps": cmd_steps, "doctor": cmd_doctor}[args.command]
     try:
         return handler(args)
     except SpecErrors as exc:
@@ -266,6 +269,40 @@ def _print_item(item: Any) -> None:
     else:
         sys.stdout.write(json.dumps(item, indent=2, ensure_ascii=False, default=str) + "\n")
     sys.stdout.flush()
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Run the engine's own checks (pipelines load) and every check the step packages register."""
+    import inspect
+
+    utf8 = (sys.stdout.encoding or "").lower().startswith("utf")
+    marks = {"ok": "✓" if utf8 else "ok", "warn": "!" if utf8 else "WARN", "fail": "✗" if utf8 else "FAIL"}
+    findings: list[registry.Finding] = []
+    pipelines = args.pipelines or default_pipelines()
+    try:
+        plans = load_plans([pipelines])
+        routes = sum(len(p.routes) for p in plans)
+        findings.append(registry.Finding("ok", f"{len(plans)} pipelines in {pipelines} load and check ({routes} routes)"))
+    except SpecErrors as exc:
+        findings.append(registry.Finding("fail", f"{len(exc.errors)} errors in {pipelines}", "run `engine check` to see them located"))
+
+    async def run_checks() -> None:
+        for check in registry.doctor_checks():
+            try:
+                result = check()
+                if inspect.isawaitable(result):
+                    result = await result
+                findings.extend(result)
+            except Exception as exc:  # a check that crashes is itself a finding
+                findings.append(registry.Finding("fail", f"{getattr(check, '__name__', 'check')} failed: {exc}"))
+
+    anyio.run(run_checks)
+    for f in findings:
+        print(f"{marks.get(f.status, '?')} {f.message}")
+        if f.fix:
+            for line in f.fix.splitlines():
+                print(f"    {line}")
+    return 1 if any(f.status == "fail" for f in findings) else 0
 
 
 def cmd_steps(args: argparse.Namespace) -> int:

@@ -234,3 +234,26 @@ def serving_note(fn: Callable[[], str]) -> Callable[[], str]:
 def serving_notes() -> list[str]:
     load_step_packages()
     return [fn() for fn in _serving_notes]
+
+
+_doctor_checks: list[Callable[[], Any]] = []
+
+
+def doctor_check(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """Register a check `engine doctor` runs: sync or async, returning `Finding`s."""
+    _doctor_checks.append(fn)
+    return fn
+
+
+def doctor_checks() -> list[Callable[[], Any]]:
+    load_step_packages()
+    return list(_doctor_checks)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One line of `engine doctor`: "ok", "warn" or "fail", what was found, and what to do."""
+
+    status: str
+    message: str
+    fix: str = ""

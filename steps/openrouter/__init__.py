@@ -3,7 +3,7 @@
 import os
 
 from engine.registry import serving_note
-from steps.openrouter import model_map, profiles, routing, upstream  # noqa: F401
+from steps.openrouter import doctor, model_map, profiles, routing, upstream  # noqa: F401
 
 
 @serving_note

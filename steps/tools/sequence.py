@@ -1,0 +1,323 @@
+"""The tool sequence: run the server-side calls of an upstream turn, feed the results back, repeat.
+
+After each upstream turn the calls are split by `tools.detect`'s plan: client calls stay
+`tool_use` blocks for the client, server-side calls run here (independent ones concurrently,
+bounded) and appear to the client as `server_tool_use` + a result block. Their results go
+back to the upstream through a sub-pipeline (`turn_pipeline`, e.g. tool_turn.yaml: convert,
+call, convert back), and the loop repeats until a turn has no server-side call, a turn also
+has client calls (the client must answer those: `stop_reason: tool_use`), or `max_rounds`
+upstream turns have run; then a final text block says the bound was reached and the reply
+ends with `end_turn`.
+
+JSON replies gather every turn into one message. Streams stay one message too: one
+`message_start`, block indices renumbered to stay consecutive across turns, text of later
+turns streamed as it arrives, and one `message_delta` + `message_stop` at the very end with
+the usage of all turns and `server_tool_use` counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from engine.registry import step
+from engine.run import RunContext
+from engine.types import PipelineName
+from steps.tools.runner import Result, Runner, run_all
+
+_USAGE_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+def bound_note(max_rounds: int, skipped: int) -> str:
+    return (
+        f"[Stopped: the server-side tool loop reached its bound of {max_rounds} upstream turns; "
+        f"{skipped} pending tool call{'s were' if skipped != 1 else ' was'} not run.]"
+    )
+
+
+class _Usage:
+    def __init__(self, server: dict[str, str]) -> None:
+        self.total = dict.fromkeys(_USAGE_KEYS, 0)
+        self.web = {k: 0 for k in ("web_search", "web_fetch") if k in server.values()}
+
+    def add(self, usage: Any) -> None:
+        if isinstance(usage, dict):
+            for k in _USAGE_KEYS:
+                v = usage.get(k)
+                if isinstance(v, int):
+                    self.total[k] += v
+
+    def count(self, kind: str) -> None:
+        if kind in self.web:
+            self.web[kind] += 1
+
+    def out(self) -> dict:
+        usage: dict[str, Any] = dict(self.total)
+        usage["output_tokens"] = max(1, usage["output_tokens"])
+        if self.web:
+            usage["server_tool_use"] = {f"{k}_requests": v for k, v in self.web.items()}
+        return usage
+
+
+@step("tools.execute_sequence")
+async def execute_sequence(
+    message: Any,
+    plan: dict,
+    model: str,
+    ctx: RunContext,
+    request: Any = None,
+    turn_pipeline: PipelineName = PipelineName("tool_turn"),
+    max_rounds: int = 25,
+    concurrency: int = 4,
+    workspace: str = "",
+    files: dict | None = None,
+    bash: dict | None = None,
+    fetch: dict | None = None,
+    web_search: dict | None = None,
+) -> Any:
+    """Run server-side tool calls and continue the upstream turn until none is left or a bound is reached.
+
+    `message` is the converted first turn (a Message dict, or a stream of Anthropic events);
+    `plan` comes from tools.detect. With no server-side tool in the plan the message passes
+    through untouched. `files`, `bash`, `fetch` and `web_search` are the settings of the
+    server-side tools (caps, the Bash allowlist, the search backend); `workspace` is the
+    directory the file tools and Bash are confined to.
+    """
+    server = plan.get("server") or {}
+    if not server:
+        return message
+    if int(max_rounds) < 1:
+        raise ValueError("max_rounds must be at least 1")
+    runner = Runner.from_settings(ctx, workspace, files, bash, fetch, web_search, plan.get("max_uses") or {}, request)
+    seq = _Sequence(ctx, plan, model, request, turn_pipeline, int(max_rounds), int(concurrency), runner)
+    if isinstance(message, dict):
+        return await seq.json(message)
+    return seq.stream(message)
+
+
+class _Sequence:
+    def __init__(self, ctx: RunContext, plan: dict, model: str, request: Any, turn: str, max_rounds: int,
+                 concurrency: int, runner: Runner) -> None:
+        self.ctx = ctx
+        self.body = plan["body"]
+        self.server: dict[str, str] = plan["server"]
+        self.model = model
+        self.request = request
+        self.turn = turn
+        self.max_rounds = max_rounds
+        self.concurrency = concurrency
+        self.runner = runner
+        self.history = list(self.body.get("messages") or [])
+        self.usage = _Usage(self.server)
+        self.citations: list[dict] = []  # for the next text block after a search
+
+    def is_server(self, block: dict) -> bool:
+        return block.get("type") == "tool_use" and block.get("name") in self.server
+
+    async def execute(self, calls: list[dict]) -> list[Result]:
+        results = await run_all(
+            self.runner, [(c["name"], self.server[c["name"]], c.get("input")) for c in calls], self.concurrency
+        )
+        for c, r in zip(calls, results):
+            self.usage.count(self.server[c["name"]])
+            if r.citations:
+                self.citations = r.citations
+        return results
+
+    async def next_turn(self, blocks: list[dict], calls: list[dict], results: list[Result], stream: bool) -> Any:
+        self.history.append({"role": "assistant", "content": blocks})
+        tool_results = []
+        for call, res in zip(calls, results):
+            item: dict[str, Any] = {"type": "tool_result", "tool_use_id": call["id"], "content": res.text or "(no output)"}
+            if res.is_error:
+                item["is_error"] = True
+            tool_results.append(item)
+        self.history.append({"role": "user", "content": tool_results})
+        body = {**self.body, "messages": self.history, "stream": stream}
+        return await self.ctx.run_pipeline(self.turn, {"body": body, "model": self.model, "request": self.request})
+
+    def server_blocks(self, call: dict, result: Result | None) -> tuple[dict, dict | None, str]:
+        srv_id = self.ctx.new_id("srvtoolu_")
+        use = {"type": "server_tool_use", "id": srv_id, "name": call["name"], "input": call.get("input") or {}}
+        block = None if result is None else {"type": result.block["type"], "tool_use_id": srv_id, "content": result.block["content"]}
+        return use, block, srv_id
+
+    # -- JSON -----------------------------------------------------------------------------
+
+    async def json(self, first: dict) -> dict:
+        content: list[dict] = []
+        msg = first
+        rounds = 1
+        while True:
+            self.usage.add(msg.get("usage"))
+            blocks = msg.get("content") or []
+            calls = [b for b in blocks if self.is_server(b)]
+            if not calls:
+                content += self.cite(blocks)
+                stop, stop_seq = msg.get("stop_reason"), msg.get("stop_sequence")
+                break
+            if rounds >= self.max_rounds:
+                content += self.cite([b for b in blocks if not self.is_server(b)])
+                content.append({"type": "text", "text": bound_note(self.max_rounds, len(calls))})
+                stop, stop_seq = "end_turn", None
+                break
+            results = await self.execute(calls)
+            by_id = {c["id"]: r for c, r in zip(calls, results)}
+            client_calls = False
+            done: list[dict] = []
+            # Same order as the stream: the turn's blocks (server calls as server_tool_use),
+            # then the results of its server-side calls.
+            for b in blocks:
+                if self.is_server(b):
+                    use, res, _ = self.server_blocks(b, by_id[b["id"]])
+                    content.append(use)
+                    done.append(res)
+                else:
+                    client_calls = client_calls or b.get("type") == "tool_use"
+                    content += self.cite([b])
+            content += done
+            if client_calls:
+                stop, stop_seq = "tool_use", None
+                break
+            msg = await self.next_turn(blocks, calls, results, stream=False)
+            rounds += 1
+        return {**first, "content": content, "stop_reason": stop, "stop_sequence": stop_seq, "usage": self.usage.out()}
+
+    def cite(self, blocks: list[dict]) -> list[dict]:
+        """Attach pending search citations to the first text block."""
+        if not self.citations:
+            return blocks
+        out = list(blocks)
+        for i, b in enumerate(out):
+            if b.get("type") == "text":
+                out[i] = {**b, "citations": self.citations}
+                self.citations = []
+                break
+        return out
+
+    # -- stream ---------------------------------------------------------------------------
+
+    async def stream(self, events: AsyncIterator[dict]) -> AsyncIterator[dict]:
+        index = 0
+        started = False
+        rounds = 1
+        while True:
+            blocks: list[dict] = []  # this turn's content, rebuilt for the history
+            calls: list[dict] = []
+            open_blocks: dict[int, dict] = {}  # upstream index → {"block", "out" index or None, "parts"}
+            stop: tuple[Any, Any] = ("end_turn", None)
+            last_round = rounds >= self.max_rounds
+            try:
+                async for ev in events:
+                    kind = ev.get("type")
+                    if kind == "message_start":
+                        if not started:
+                            started = True
+                            yield ev
+                    elif kind == "content_block_start":
+                        cb = dict(ev["content_block"])
+                        if self.is_server(cb):
+                            open_blocks[ev["index"]] = {"block": cb, "out": None, "parts": []}
+                            continue
+                        open_blocks[ev["index"]] = {"block": cb, "out": index, "parts": []}
+                        yield {**ev, "index": index}
+                        if cb.get("type") == "text" and self.citations:
+                            for citation in self.citations:
+                                yield {"type": "content_block_delta", "index": index,
+                                       "delta": {"type": "citations_delta", "citation": citation}}
+                            cb["citations"], self.citations = self.citations, []
+                        index += 1
+                    elif kind == "content_block_delta":
+                        entry = open_blocks.get(ev["index"])
+                        if entry is None:
+                            continue
+                        _accumulate(entry, ev["delta"])
+                        if entry["out"] is not None:
+                            yield {**ev, "index": entry["out"]}
+                    elif kind == "content_block_stop":
+                        entry = open_blocks.pop(ev["index"], None)
+                        if entry is None:
+                            continue
+                        block = _finish(entry)
+                        blocks.append(block)
+                        if entry["out"] is not None:
+                            yield {**ev, "index": entry["out"]}
+                            continue
+                        calls.append(block)
+                        if last_round:
+                            continue  # it will not run: the client never sees it
+                        use, _, srv_id = self.server_blocks(block, None)
+                        block["_srv_id"] = srv_id
+                        yield {"type": "content_block_start", "index": index, "content_block": {**use, "input": {}}}
+                        yield {"type": "content_block_delta", "index": index,
+                               "delta": {"type": "input_json_delta", "partial_json": orjson.dumps(use["input"]).decode()}}
+                        yield {"type": "content_block_stop", "index": index}
+                        index += 1
+                    elif kind == "message_delta":
+                        self.usage.add(ev.get("usage"))
+                        delta = ev.get("delta") or {}
+                        stop = (delta.get("stop_reason"), delta.get("stop_sequence"))
+                    elif kind == "message_stop":
+                        pass
+                    else:
+                        yield ev
+            finally:
+                aclose = getattr(events, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            if not calls:
+                for ev in self.end(*stop):
+                    yield ev
+                return
+            if last_round:
+                note = bound_note(self.max_rounds, len(calls))
+                yield {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}
+                yield {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": note}}
+                yield {"type": "content_block_stop", "index": index}
+                for ev in self.end("end_turn", None):
+                    yield ev
+                return
+            results = await self.execute(calls)
+            for call, res in zip(calls, results):
+                srv_id = call.pop("_srv_id")
+                yield {"type": "content_block_start", "index": index,
+                       "content_block": {"type": res.block["type"], "tool_use_id": srv_id, "content": res.block["content"]}}
+                yield {"type": "content_block_stop", "index": index}
+                index += 1
+            if any(b.get("type") == "tool_use" and not self.is_server(b) for b in blocks):
+                for ev in self.end("tool_use", None):
+                    yield ev
+                return
+            events = await self.next_turn(blocks, calls, results, stream=True)
+            rounds += 1
+
+    def end(self, stop_reason: Any, stop_sequence: Any) -> list[dict]:
+        delta = {"stop_reason": stop_reason or "end_turn", "stop_sequence": stop_sequence}
+        return [{"type": "message_delta", "delta": delta, "usage": self.usage.out()}, {"type": "message_stop"}]
+
+
+def _accumulate(entry: dict, delta: dict) -> None:
+    kind = delta.get("type")
+    block = entry["block"]
+    if kind == "text_delta":
+        block["text"] = (block.get("text") or "") + delta.get("text", "")
+    elif kind == "input_json_delta":
+        entry["parts"].append(delta.get("partial_json") or "")
+    elif kind == "thinking_delta":
+        block["thinking"] = (block.get("thinking") or "") + delta.get("thinking", "")
+    elif kind == "signature_delta":
+        block["signature"] = delta.get("signature", "")
+
+
+def _finish(entry: dict) -> dict:
+    block = entry["block"]
+    if block.get("type") in ("tool_use", "server_tool_use"):
+        raw = "".join(entry["parts"])
+        try:
+            value = orjson.loads(raw) if raw.strip() else {}
+        except orjson.JSONDecodeError:
+            value = {}
+        block["input"] = value if isinstance(value, dict) else {}
+    return block

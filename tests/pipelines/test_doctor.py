@@ -1,0 +1,34 @@
+"""`engine doctor` against the fake upstream on loopback (never the real one)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.pipelines.conftest import REPO
+from tests.support.fake_openrouter import FakeOpenRouter
+from tests.support.servers import free_port
+
+
+def doctor(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENROUTER_", "ENGINE_"))}
+    return subprocess.run([sys.executable, "-m", "engine", "doctor"], cwd=REPO, env={**clean, **env}, capture_output=True, text=True, timeout=60)
+
+
+def test_doctor_all_good() -> None:
+    """With a reachable upstream and a key it accepts, doctor passes and prints Claude Code's settings."""
+    with FakeOpenRouter() as fake:
+        r = doctor({"OPENROUTER_BASE_URL": fake.base_url, "OPENROUTER_API_KEY": "sk-or-test"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"upstream {fake.base_url} is reachable" in r.stdout
+    assert "the upstream accepts OPENROUTER_API_KEY" in r.stdout
+    assert "export ANTHROPIC_BASE_URL=http://127.0.0.1:8082" in r.stdout
+
+
+def test_doctor_unreachable_upstream_fails_with_a_fix() -> None:
+    """An unreachable upstream is a failure (exit 1) with what to check."""
+    r = doctor({"OPENROUTER_BASE_URL": f"http://127.0.0.1:{free_port()}/v1"})
+    assert r.returncode == 1
+    assert "is not reachable" in r.stdout and "OPENROUTER_BASE_URL" in r.stdout
+    assert "OPENROUTER_API_KEY is not set" in r.stdout
