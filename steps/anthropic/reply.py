@@ -24,13 +24,36 @@ HEARTBEAT_INTERVAL = 10.0
 CLOSE_TIMEOUT = 5.0
 """Longest wait for the upstream iterator to close after the client left or the stream ended."""
 
+OUTCOME_ATTRIBUTE = "stream_outcome"
+"""The run attribute (access log field) naming how a committed stream failed.
 
-async def sse_stream(events: AsyncIterator[dict[str, Any]], request_id: str, log: Any = None) -> AsyncIterator[bytes]:
+It should be the access log's `outcome` itself (RELIABILITY §2.1: `outcome=upstream_cut`),
+but engine/http.py passes `outcome=` and `**ctx.attributes` to one call, so an `outcome`
+attribute would raise TypeError there; until the engine lets attributes override its
+outcome, the domain's verdict goes in this separate field."""
+
+STREAM_OUTCOMES = {
+    "cut": "upstream_cut",  # the upstream connection closed or reset mid-stream
+    "protocol": "upstream_invalid",  # a malformed chunk
+    "timeout": "upstream_timeout",  # the upstream fell silent for the idle timeout
+    "error_chunk": "upstream_error",  # the upstream reported an error inside the stream
+}
+
+
+def stream_outcome(error: BaseException) -> str:
+    """The access-log outcome of a stream that failed after the commit point."""
+    return STREAM_OUTCOMES.get(getattr(error, "kind", None) or "", "stream_error")
+
+
+async def sse_stream(
+    events: AsyncIterator[dict[str, Any]], request_id: str, log: Any = None, attributes: dict[str, Any] | None = None
+) -> AsyncIterator[bytes]:
     """Encode Anthropic event dicts as SSE; on a failure, one `error` event and the end.
 
     Cancellation and GeneratorExit are not caught: they mean the client went away, and the
     finally block closes the inner iterator (shielded, bounded) so the upstream connection is
-    released and billing stops.
+    released and billing stops. A failure's outcome (`stream_outcome`) goes into `attributes`
+    (the run's, so the access log line names it).
     """
     _encode = encode
     it = aiter(events)
@@ -38,9 +61,13 @@ async def sse_stream(events: AsyncIterator[dict[str, Any]], request_id: str, log
         async for event in it:
             yield _encode(event)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the protocol's error event
+        outcome = stream_outcome(exc)
+        if attributes is not None:
+            attributes[OUTCOME_ATTRIBUTE] = outcome
         if log is not None:
             log.warning(
                 "anthropic.stream_error",
+                outcome=outcome,
                 error_class=type(exc).__name__,
                 kind=getattr(exc, "kind", None),
                 status=getattr(exc, "status", None),
@@ -66,7 +93,7 @@ def reply(message: Any, ctx: RunContext, ping_interval: float = HEARTBEAT_INTERV
         return Reply(body=message, headers={"request-id": ctx.request_id})
     if hasattr(message, "__aiter__"):
         return Reply(
-            stream=sse_stream(message, ctx.request_id, getattr(ctx, "log", None)),
+            stream=sse_stream(message, ctx.request_id, getattr(ctx, "log", None), getattr(ctx, "attributes", None)),
             media_type=SSE_MEDIA_TYPE,
             headers={"request-id": ctx.request_id, "cache-control": "no-cache"},
             heartbeat=PING,

@@ -13,11 +13,28 @@ stale-pooled-connection case; retryable), "timeout" (httpx connect/read/write/po
 retryable; or the run's deadline passing, not retryable), "protocol" (non-JSON body or an
 invalid SSE data line; not retryable), "error_chunk" (a 200 whose JSON or a stream chunk holds
 a top-level `error`; status from `error.code`, 502 when it is not a number), "cut" (the stream
-or body broke or ended before a finish_reason; retryable only while nothing was yielded).
+or body broke or ended before a finish_reason; retryable only while nothing was yielded),
+"cooldown" (the model is cooling down after repeated failures and no fallback is left: a
+529 that is not retried here; steps/openrouter/cooldown.py).
+
+The commit point (README "Failure policy"): the engine primes a stream step by pulling its
+first item inside the step's attempt, and the response starts once it has one. A
+`ChunkStream` therefore holds back chunks that carry nothing (OpenRouter's role-only first
+chunk, empty deltas) until the first meaningful one (content, reasoning, a tool call, a
+finish_reason or usage): a failure before real content is a pre-commit failure, retried or
+answered with a real status. With `commit_after` set, an upstream that shows it is alive
+(comment lines such as `: OPENROUTER PROCESSING`, or held chunks) but has produced nothing
+meaningful after that many seconds gets a `KEEPALIVE` item yielded, which commits the
+response so the client sees `message_start` and pings while the model thinks; the same
+marker is yielded for comment-only stretches later in the stream, so the engine's idle
+timeout measures upstream silence, not thinking time. A silent upstream yields nothing and
+is bounded by the first-item timeout. Converters ignore the marker (no `choices`).
 """
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -37,9 +54,11 @@ from steps.openrouter.errors import (
     scrub_value,
     status_from_code,
 )
+from steps.openrouter.cooldown import Cooldowns, cooldowns
 from steps.openrouter.sse import DONE, SSEDecoder, SSEError
+from steps.openrouter.transport import UpstreamTransport
 
-__all__ = ["ChunkStream", "call", "make_client"]
+__all__ = ["KEEPALIVE_OBJECT", "ChunkStream", "call", "is_keepalive", "make_client"]
 
 MAX_ERROR_BODY = 1024 * 1024  # bytes of an error (or non-SSE) body read before giving up
 DONE_DRAIN_SECONDS = 0.5  # after [DONE], wait this long for the body's end to keep the connection
@@ -48,21 +67,67 @@ LOG_LINE_BYTES = 200
 INVALID_CHUNK = "upstream sent an invalid chunk"
 INVALID_RESPONSE = "upstream sent an invalid response"
 CUT = "upstream connection closed mid-stream"
+KEEPALIVE_OBJECT = "gateway.keepalive"
+"""`object` of the marker item a ChunkStream yields for upstream keepalive comments."""
+
+
+def keepalive() -> dict:
+    """A keepalive marker: a chunk-shaped dict with no choices, which converters ignore."""
+    return {"object": KEEPALIVE_OBJECT, "choices": []}
+
+
+def is_keepalive(chunk: Any) -> bool:
+    return type(chunk) is dict and chunk.get("object") == KEEPALIVE_OBJECT
+
+
+def is_meaningful(chunk: dict) -> bool:
+    """Whether a chunk carries anything a client would see (or the end of the answer).
+
+    Role-only and empty-content deltas are not meaningful: OpenRouter sends one before the
+    model produced anything, and it must not commit the response (see the module docstring).
+    """
+    if chunk.get("usage"):
+        return True
+    choices = chunk.get("choices")
+    if not choices:
+        return False
+    for choice in choices:
+        if type(choice) is not dict:
+            return True  # odd, but not ours to judge: let the converter see it
+        if choice.get("finish_reason"):
+            return True
+        delta = choice.get("delta")
+        if delta is None:
+            delta = choice.get("message")
+        if type(delta) is dict:
+            for k, v in delta.items():
+                if v and k != "role":
+                    return True
+        elif delta:
+            return True
+    return False
 
 
 def make_client(connect_timeout: float, read_timeout: float, pool_size: int) -> httpx.AsyncClient:
     """The pooled HTTP/1.1 client shared by every call with the same settings.
 
-    No httpx retries (one retry layer: the engine's), no proxy or netrc from the environment,
-    no redirects. `write` uses the read timeout (a stalled peer while sending a large body);
+    httpx's API over aiohttp's transport (httpx-aiohttp): measured on this gateway, httpx's
+    default transport spent more CPU per request than the whole conversion (pool readability
+    checks, anyio socket attributes on every request), and aiohttp's connection handling is
+    several times cheaper. `UPSTREAM_HTTP_TRANSPORT=httpx` switches back, for comparison.
+
+    No retries (one retry layer: the engine's), no proxy or netrc from the environment, no
+    redirects. `write` uses the read timeout (a stalled peer while sending a large body);
     `pool` the connect timeout (waiting for a free connection when all `pool_size` are busy).
     """
     limits = httpx.Limits(
         max_connections=pool_size, max_keepalive_connections=pool_size, keepalive_expiry=5.0
     )
-    transport = httpx.AsyncHTTPTransport(
-        http1=True, http2=False, limits=limits, retries=0, trust_env=False
-    )
+    transport: httpx.AsyncBaseTransport
+    if os.environ.get("UPSTREAM_HTTP_TRANSPORT", "aiohttp") == "httpx":
+        transport = httpx.AsyncHTTPTransport(http1=True, http2=False, limits=limits, retries=0, trust_env=False)
+    else:
+        transport = UpstreamTransport(limits=limits, retries=0, trust_env=False)
     return httpx.AsyncClient(
         transport=transport,
         timeout=httpx.Timeout(
@@ -89,6 +154,9 @@ async def call(
     profiles: dict | None = None,
     input_tokens: int = 0,
     fallbacks: list[dict] | None = None,
+    commit_after: float | None = None,
+    cooldown: float = 0.0,
+    cooldown_failures: int = 3,
 ) -> Any:
     """POST a chat-completions payload upstream; a dict, or a stream of chunk dicts.
 
@@ -101,6 +169,12 @@ async def call(
     whose message lacks the figures gets them from `profiles` and `input_tokens`, so the
     error renderer can word it the way Claude Code's auto-compaction expects.
 
+    `commit_after` (seconds; None = never) is the commit-after-hold policy of the module
+    docstring. `cooldown` (seconds; 0 = off) and `cooldown_failures` are the circuit breaker:
+    after that many consecutive failures of a model (steps/openrouter/cooldown.py), requests
+    skip it for `cooldown` seconds, going to the next fallback or failing fast with 529
+    overloaded_error; then one probe request may try it again.
+
     Returns the parsed response dict when `payload["stream"]` is falsy, else a `ChunkStream`
     (an AsyncIterator[dict] of parsed `chat.completion.chunk`s, without the `[DONE]` marker) once
     the upstream answered 200. Annotated `Any` because it is either: the registry would mark a
@@ -108,19 +182,11 @@ async def call(
     Authorization is `Bearer {api_key}`, or the client's own key (`x-api-key`, or the bearer
     token of `authorization`) when `api_key` is empty.
     """
-    if fallbacks:
-        return await _call_candidates(
-            [payload, *fallbacks], request, ctx, base_url, api_key, referer, title, connect_timeout, read_timeout,
-            pool_size, profiles, input_tokens,
-        )  # fmt: skip
-    try:
-        result = await _call_one(
-            payload, request, ctx, base_url, api_key, referer, title, connect_timeout, read_timeout, pool_size
-        )
-    except UpstreamError as exc:
-        raise _with_context_figures(exc, payload, profiles, input_tokens, ctx) from None
-    _answered(ctx, payload)
-    return result
+    breaker = await cooldowns(ctx) if cooldown and cooldown > 0 else None
+    return await _call_candidates(
+        [payload, *(fallbacks or ())], request, ctx, base_url, api_key, referer, title, connect_timeout,
+        read_timeout, pool_size, profiles, input_tokens, commit_after, breaker, cooldown, cooldown_failures,
+    )  # fmt: skip
 
 
 CONTEXT_ERROR_TYPES = frozenset({"context_length_exceeded", "max_tokens_exceeded", "token_limit_exceeded"})
@@ -201,35 +267,97 @@ async def _call_candidates(
     pool_size: int,
     profiles: dict | None,
     input_tokens: int,
+    commit_after: float | None = None,
+    breaker: Cooldowns | None = None,
+    cooldown: float = 0.0,
+    cooldown_failures: int = 3,
 ) -> Any:
+    """Try each payload in order (the routed model, then its fallbacks) until one answers."""
     candidates = [p for p in payloads if isinstance(p, dict)]
     if not candidates:
         raise UpstreamError("no upstream model to call", kind="protocol", retryable=False)
+    ctx.attributes.pop("fallback", None)  # this attempt's story, not a previous attempt's
+    first_model = candidates[0].get("model")
+    last_exc: UpstreamError | None = None
+    skipped: list[str] = []
     for i, payload in enumerate(candidates):
-        last = i == len(candidates) - 1
+        model = payload.get("model")
+        key = f"{base_url}|{model}"
+        if breaker is not None and not breaker.allow(key):
+            skipped.append(str(model))
+            ctx.log.info("openrouter.cooldown_skip", model=model, remaining_s=round(breaker.remaining(key), 3))
+            continue
+        settled = False
         try:
             result = await _call_one(
-                payload, request, ctx, base_url, api_key, referer, title, connect_timeout, read_timeout, pool_size
-            )
-            if not last and isinstance(result, ChunkStream):
+                payload, request, ctx, base_url, api_key, referer, title, connect_timeout, read_timeout, pool_size,
+                commit_after,
+            )  # fmt: skip
+            if i < len(candidates) - 1 and isinstance(result, ChunkStream):
                 result = await _Peeked.start(result)
         except UpstreamError as exc:
             exc = _with_context_figures(exc, payload, profiles, input_tokens, ctx)
-            if last or not falls_back(exc):
+            if breaker is not None:
+                settled = True
+                if counts_against(exc) and breaker.failed(key, cooldown_failures, cooldown):
+                    ctx.log.warning("openrouter.cooldown", model=model, failures=cooldown_failures, seconds=cooldown)
+                elif not counts_against(exc):
+                    breaker.release(key)
+            if not falls_back(exc):
                 raise exc from None
-            ctx.log.warning(
-                "openrouter.fallback",
-                model=payload.get("model"),
-                next_model=candidates[i + 1].get("model"),
-                status=exc.status,
-                kind=exc.kind,
-            )
+            last_exc = exc
+            if i < len(candidates) - 1:
+                ctx.log.warning(
+                    "openrouter.fallback",
+                    model=model,
+                    next_model=candidates[i + 1].get("model"),
+                    status=exc.status,
+                    kind=exc.kind,
+                )
             continue
+        finally:
+            if breaker is not None and not settled:
+                # Succeeded (settled below) or cancelled (a client disconnect, the engine's
+                # timeout): a probe that never finished must not keep the model shut.
+                breaker.release(key)
+        if breaker is not None:
+            breaker.succeeded(key)
         _answered(ctx, payload)
         if i:
             ctx.attributes["fallbacks"] = i
+            ctx.attributes["fallback"] = f"{first_model}->{model}"
         return result
-    raise AssertionError("unreachable")
+    if last_exc is not None:
+        raise last_exc
+    assert breaker is not None
+    wait = min(breaker.remaining(f"{base_url}|{m}") for m in skipped) if skipped else None
+    raise UpstreamError(
+        f"Overloaded: {', '.join(skipped)} cooling down after repeated failures",
+        status=529,
+        kind="cooldown",
+        retryable=False,  # failing fast is the point; the client's own retry waits retry-after
+        retry_after=wait,
+    )
+
+
+def counts_against(exc: UpstreamError) -> bool:
+    """Whether a failure says the model (or its provider) is unwell: counted by the breaker.
+
+    Connection failures, upstream timeouts, broken or invalid answers, 408, 429 and 5xx
+    count; client errors (4xx, context length) and our own deadline do not. A 404 does not
+    either: OpenRouter's "No endpoints found that support image input" is about one request,
+    not the model's health (it still falls back).
+    """
+    if exc.kind == "timeout":
+        return exc.retryable  # not retryable: the run's own deadline passed
+    if exc.kind in ("connect", "cut", "protocol"):
+        return True
+    if exc.kind == "cooldown":
+        return False
+    status = exc.status
+    if status is None:
+        return exc.kind == "error_chunk"
+    return status in (408, 429) or status >= 500
 
 
 class _Peeked(AsyncIterator[dict]):
@@ -273,6 +401,7 @@ async def _call_one(
     connect_timeout: float,
     read_timeout: float,
     pool_size: int,
+    commit_after: float | None = None,
 ) -> Any:
     key = api_key or _client_key(request)
     if not key:
@@ -333,7 +462,7 @@ async def _call_one(
     except BaseException:
         await _close(response)
         raise
-    return ChunkStream(response, ctx, key)
+    return ChunkStream(response, ctx, key, commit_after=commit_after)
 
 
 class ChunkStream(AsyncIterator[dict]):
@@ -341,14 +470,20 @@ class ChunkStream(AsyncIterator[dict]):
 
     `aclose()` closes the upstream connection at once, even if iteration never started (an
     async generator would skip its `finally` then). Errors are `UpstreamError`s with
-    `mid_stream` True once a chunk was yielded.
+    `mid_stream` True once a chunk was yielded. Chunks without meaning are held back until
+    the first meaningful one; `commit_after` makes comment-only stretches yield `keepalive()`
+    markers (module docstring).
     """
 
-    def __init__(self, response: httpx.Response | None, ctx: RunContext | None, key: str = "") -> None:
+    def __init__(
+        self, response: httpx.Response | None, ctx: RunContext | None, key: str = "", commit_after: float | None = None
+    ) -> None:
         self._response = response
         self._ctx = ctx
         self._key = key
-        self.chunks = 0  # chunks yielded so far
+        self.commit_after = commit_after if commit_after and commit_after > 0 else None
+        self.chunks = 0  # items yielded so far (keepalive markers included)
+        self.keepalives = 0  # keepalive markers yielded so far
         self.finished = False  # a finish_reason was seen
         self._gen = self._run() if response is not None else None
         self._items: list[dict] = []
@@ -389,13 +524,35 @@ class ChunkStream(AsyncIterator[dict]):
         kw.setdefault("mid_stream", self.chunks > 0)
         return UpstreamError(message, **kw)
 
+    def _parse(self, data: bytes) -> dict:
+        """One data line as a chunk dict; an invalid line or an error chunk raises."""
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self._warn(data)
+            raise self._error(INVALID_CHUNK, kind="protocol", retryable=False) from None
+        if type(chunk) is not dict:
+            self._warn(data)
+            raise self._error(INVALID_CHUNK, kind="protocol", retryable=False)
+        if "error" in chunk:
+            raise self._chunk_error(chunk)
+        if not self.finished:
+            for choice in chunk.get("choices") or ():
+                if type(choice) is dict and choice.get("finish_reason"):
+                    self.finished = True
+        return chunk
+
     async def _run(self) -> AsyncIterator[dict]:
         response = self._response
         assert response is not None
         decoder = SSEDecoder()
-        loads = orjson.loads
+        parse = self._parse
         raw_iter = response.aiter_bytes()
         done = False
+        held: list[dict] = []  # chunks without meaning, before the first meaningful one
+        hold = self.commit_after
+        clock = time.monotonic
+        last = clock()  # when the last item was yielded (or the stream began)
         try:
             try:
                 async for raw in raw_iter:
@@ -408,44 +565,35 @@ class ChunkStream(AsyncIterator[dict]):
                         if data == DONE:
                             done = True
                             break
-                        try:
-                            chunk = loads(data)
-                        except orjson.JSONDecodeError:
-                            self._warn(data)
-                            raise self._error(INVALID_CHUNK, kind="protocol", retryable=False) from None
-                        if type(chunk) is not dict:
-                            self._warn(data)
-                            raise self._error(INVALID_CHUNK, kind="protocol", retryable=False)
-                        if "error" in chunk:
-                            raise self._chunk_error(chunk)
-                        if not self.finished:
-                            for choice in chunk.get("choices") or ():
-                                if type(choice) is dict and choice.get("finish_reason"):
-                                    self.finished = True
+                        chunk = parse(data)
+                        if self.chunks == 0 and not is_meaningful(chunk):
+                            held.append(chunk)
+                            continue
+                        if held:
+                            for h in held:
+                                self.chunks += 1
+                                yield h
+                            held.clear()
                         self.chunks += 1
                         yield chunk
+                        if hold is not None:
+                            last = clock()
                     if done:
                         break
+                    if hold is not None and clock() - last >= hold:
+                        # Bytes arrived (a keepalive comment, or held chunks) but nothing to
+                        # show for `hold` seconds: tell the engine the upstream is alive.
+                        self.chunks += 1
+                        self.keepalives += 1
+                        yield keepalive()
+                        last = clock()
                 if not done:
                     for data in decoder.flush():
                         if data == DONE:
                             done = True
                             break
-                        try:
-                            chunk = loads(data)
-                        except orjson.JSONDecodeError:
-                            self._warn(data)
-                            raise self._error(INVALID_CHUNK, kind="protocol", retryable=False) from None
-                        if type(chunk) is dict and "error" in chunk:
-                            raise self._chunk_error(chunk)
-                        if type(chunk) is dict:
-                            if any(
-                                type(c) is dict and c.get("finish_reason")
-                                for c in chunk.get("choices") or ()
-                            ):
-                                self.finished = True
-                            self.chunks += 1
-                            yield chunk
+                        chunk = parse(data)
+                        held.append(chunk)
             except httpx.TimeoutException:
                 raise self._error(
                     "upstream stream timed out waiting for data",
@@ -454,11 +602,16 @@ class ChunkStream(AsyncIterator[dict]):
                 ) from None
             except (httpx.TransportError, httpx.StreamError) as exc:
                 # ReadError, RemoteProtocolError (incomplete chunked body), connection resets.
-                if self.finished:
-                    return  # everything that matters arrived; a cut after finish is harmless
-                raise self._error(CUT, kind="cut", retryable=self.chunks == 0) from exc
-            if not done and not self.finished:
-                raise self._error(CUT, kind="cut", retryable=self.chunks == 0)
+                if not self.finished:
+                    raise self._error(CUT, kind="cut", retryable=self.chunks == 0) from exc
+                # everything that matters arrived; a cut after finish is harmless
+            else:
+                if not done and not self.finished:
+                    raise self._error(CUT, kind="cut", retryable=self.chunks == 0)
+            for h in held:  # the stream ended with nothing meaningful (or a last unterminated event)
+                self.chunks += 1
+                yield h
+            held.clear()
             if done:
                 # Read the body's end so the connection goes back to the pool (bounded).
                 with anyio.move_on_after(DONE_DRAIN_SECONDS):

@@ -38,7 +38,7 @@ class Gateway:
 
 def start_gateway(env: dict[str, str]) -> Iterator[Gateway]:
     with FakeOpenRouter() as fake:
-        full_env = {"OPENROUTER_BASE_URL": fake.base_url, "BIG_MODEL": "test/big", "SMALL_MODEL": "test/small", "UPSTREAM_IDLE_TIMEOUT": "5", "PING_INTERVAL": "0.2", **env}
+        full_env = {"OPENROUTER_BASE_URL": fake.base_url, "BIG_MODEL": "test/big", "SMALL_MODEL": "test/small", "UPSTREAM_IDLE_TIMEOUT": "5", "PING_INTERVAL": "0.2", "UPSTREAM_COOLDOWN": "0", **env}
         engine = Engine.load([PIPELINES], env=full_env)
         with serve_asgi(create_app(engine)) as url:
             yield Gateway(url, fake, engine)

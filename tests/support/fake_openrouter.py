@@ -1155,3 +1155,56 @@ def answer_for(body: Any, mode: Mode) -> _Answer:  # noqa: F811 - extends the ru
 
 
 __all__ += ["tool_mode"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fault modes for RELIABILITY §1/§2 (issue 7, reliability engineer). Added here, apart from the
+# rest, so that the modes above are untouched:
+#
+#   clean_eof;after=N      N content chunks, then the body ends cleanly (chunked terminator or
+#                          FIN with framing=close): no finish_reason, no usage, no [DONE]
+#   fake.model_modes = {"test/big": "503"}
+#                          per-model default modes: a request for a listed model that names
+#                          no mode in `x-fake-mode` gets this one instead of the script
+#                          (assign a new dict; the script still serves the other models)
+# ---------------------------------------------------------------------------------------------
+
+MODES = MODES | {"clean_eof"}
+
+_serve_without_model_modes = FakeOpenRouter._serve
+_respond_without_clean_eof = FakeOpenRouter._respond
+
+
+async def _serve_with_model_modes(self: FakeOpenRouter, conn: _Conn, method: str, target: str, headers: dict[str, str], body: bytes) -> bool:
+    modes = getattr(self, "model_modes", None)
+    if modes and method == "POST" and "x-fake-mode" not in headers:
+        try:
+            parsed = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            parsed = None
+        model = parsed.get("model") if isinstance(parsed, dict) else None
+        if isinstance(model, str) and model in modes:
+            headers = {**headers, "x-fake-mode": modes[model]}
+    return await _serve_without_model_modes(self, conn, method, target, headers, body)
+
+
+async def _respond_with_clean_eof(self: FakeOpenRouter, conn: _Conn, rec: RequestRecord, mode: Mode, keep_alive: bool) -> bool:
+    if mode.name != "clean_eof":
+        return await _respond_without_clean_eof(self, conn, rec, mode, keep_alive)
+    out = _Body(conn, rec, keep_alive, chunked=mode.params.get("framing", "chunked") != "close")
+    answer = answer_for(rec.json, Mode("ok", {}, "ok"))
+    await out.sse_head()
+    await out.part(b": OPENROUTER PROCESSING\n\n")
+    await out.event(answer.role_chunk())
+    for chunk in answer.content_chunks()[: mode.int("after", 3)]:
+        await out.event(chunk)
+    await out.end()
+    if not out.chunked:
+        rec.outcome = "ok"
+        conn.close()
+        return False
+    return out.keep_alive
+
+
+FakeOpenRouter._serve = _serve_with_model_modes  # type: ignore[method-assign]
+FakeOpenRouter._respond = _respond_with_clean_eof  # type: ignore[method-assign]

@@ -1,0 +1,204 @@
+"""The gateway benchmark: latency, throughput, stream timing and server CPU, with a floor.
+
+    uv run python -m benchmarks.gateway [--quick]
+
+Starts a fast fake upstream (benchmarks/fast_upstream.py) and `engine serve` on loopback as
+separate processes, the gateway pinned to core 0 and the upstream and this load client to
+core 1, and drives them with a raw asyncio HTTP/1.1 client (keep-alive, no library parsing
+cost). Every figure is printed next to the same measurement sent straight to the upstream
+(the floor), and server CPU time comes from /proc/PID/stat. Not a test: it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO.parent / "shared" / "fixtures" / "claude-code" / "first_turn.json"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def rss_kb(pid: int, key: str = "VmHWM") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+@dataclass
+class Timing:
+    total: float
+    first_event: float | None = None
+    first_text: float | None = None
+    chunks: int = 0
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection that measures what it reads."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, path: str, body: bytes, headers: bytes = b"") -> Timing:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        t0 = time.perf_counter()
+        self.writer.write(b"POST %s HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\nx-api-key: bench\r\n%scontent-length: %d\r\n\r\n%s" % (path.encode(), headers, len(body), body))
+        reader = self.reader
+        assert reader is not None
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(head.split(b"\r\n")[0].decode())
+        timing = Timing(0.0)
+        lower = head.lower()
+        if b"transfer-encoding: chunked" in lower:
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+                if size == 0:
+                    await reader.readexactly(2)
+                    break
+                data = await reader.readexactly(size + 2)
+                now = time.perf_counter() - t0
+                timing.chunks += data.count(b"\n\n")
+                if timing.first_event is None and b"event:" in data:
+                    timing.first_event = now
+                if timing.first_text is None and b"text_delta" in data:
+                    timing.first_text = now
+        else:
+            i = lower.index(b"content-length:")
+            length = int(lower[i + 15 : lower.index(b"\r\n", i)])
+            await reader.readexactly(length)
+        timing.total = time.perf_counter() - t0
+        return timing
+
+
+async def drive(port: int, path: str, body: bytes, concurrency: int, total: int) -> tuple[list[Timing], float]:
+    timings: list[Timing] = []
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining
+        client = Client(port)
+        while remaining > 0:
+            remaining -= 1
+            timings.append(await client.request(path, body))
+        if client.writer is not None:
+            client.writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return timings, time.perf_counter() - t0
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p / 100 * len(values)))]
+
+
+def ms(x: float | None) -> str:
+    return "   -  " if x is None else f"{x * 1000:6.2f}"
+
+
+def start(cmd: list[str], core: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=lambda: os.sched_setaffinity(0, {core}))
+
+
+async def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+async def main(quick: bool) -> None:
+    scale = 0.2 if quick else 1.0
+    cores = sorted(os.sched_getaffinity(0))
+    server_core, other_core = cores[0], cores[-1]
+    os.sched_setaffinity(0, {other_core})
+    up_port, gw_port = free_port(), free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    upstream = start([sys.executable, "-m", "benchmarks.fast_upstream", str(up_port)], other_core, env)
+    gw_env = {**env, "OPENROUTER_BASE_URL": f"http://127.0.0.1:{up_port}/v1", "ENGINE_LOG_LEVEL": "warning", "ENGINE_LOG_FORMAT": "json", "BIG_MODEL": "bench/model", "OPENROUTER_MODELS_FETCH": "false"}
+    gateway = start([sys.executable, "-m", "engine", "serve", "--port", str(gw_port)], server_core, gw_env)
+    try:
+        await wait_port(up_port)
+        await wait_port(gw_port)
+        small = orjson.dumps({"model": "claude-opus-5-5", "max_tokens": 256, "messages": [{"role": "user", "content": "Say hello"}]})
+        stream = orjson.dumps({"model": "claude-opus-5-5", "max_tokens": 1200, "stream": True, "messages": [{"role": "user", "content": "Say hello"}]})
+        direct_small = orjson.dumps({"model": "bench/model", "max_tokens": 256, "messages": [{"role": "user", "content": "Say hello"}]})
+        direct_stream = orjson.dumps({"model": "bench/model", "max_tokens": 1200, "stream": True, "messages": [{"role": "user", "content": "Say hello"}]})
+        await drive(gw_port, "/v1/messages", small, 8, 400)  # warm-up (imports, pools, caches)
+        await drive(gw_port, "/v1/messages", stream, 4, 40)
+        print(f"gateway pid {gateway.pid} on core {server_core}; upstream and client on core {other_core}; python {sys.version.split()[0]}")
+        print("\nnon-streaming (JSON)             p50 ms  p99 ms   req/s   server CPU ms/req   floor p50 ms  floor req/s")
+        for c, n in ((1, int(1000 * scale)), (16, int(4000 * scale)), (64, int(6000 * scale))):
+            floor, floor_s = await drive(up_port, "/v1/chat/completions", direct_small, c, n)
+            cpu0 = cpu_seconds(gateway.pid)
+            timings, secs = await drive(gw_port, "/v1/messages", small, c, n)
+            cpu = (cpu_seconds(gateway.pid) - cpu0) / n
+            lat = [t.total for t in timings]
+            f50 = pct([t.total for t in floor], 50)
+            print(f"  c={c:<3d}                         {ms(pct(lat, 50))}  {ms(pct(lat, 99))}  {n / secs:7.0f}   {cpu * 1000:8.3f}            {ms(f50)}     {n / floor_s:7.0f}")
+            if c == 1:
+                print(f"    added p50 latency at c=1: {(pct(lat, 50) - f50) * 1000:.3f} ms")
+        print("\nstreaming, 200 chunks             first event  first text   total ms  chunks/s  server CPU ms/stream   floor total ms")
+        for c, n in ((1, int(200 * scale)), (64, int(640 * scale))):
+            floor, _ = await drive(up_port, "/v1/chat/completions", direct_stream, c, n)
+            cpu0 = cpu_seconds(gateway.pid)
+            timings, secs = await drive(gw_port, "/v1/messages", stream, c, n)
+            cpu = (cpu_seconds(gateway.pid) - cpu0) / n
+            chunks = sum(t.chunks for t in timings)
+            print(
+                f"  c={c:<3d}                          {ms(pct([t.first_event or 0 for t in timings], 50))}      {ms(pct([t.first_text or 0 for t in timings], 50))}    "
+                f"{ms(pct([t.total for t in timings], 50))}  {chunks / secs:8.0f}   {cpu * 1000:8.3f} ({cpu * 1e6 / 200:5.1f} us/chunk)   {ms(pct([t.total for t in floor], 50))}"
+            )
+        body = FIXTURE.read_bytes()
+        n = int(400 * scale)
+        cpu0 = cpu_seconds(gateway.pid)
+        timings, secs = await drive(gw_port, "/v1/messages?beta=true", body, 16, n)
+        cpu = (cpu_seconds(gateway.pid) - cpu0) / n
+        print(f"\nClaude Code first_turn.json ({len(body) // 1024} KB, streamed), c=16: p50 {ms(pct([t.total for t in timings], 50))} ms, p99 {ms(pct([t.total for t in timings], 99))} ms, {n / secs:.0f} req/s, server CPU {cpu * 1000:.3f} ms/req")
+        print(f"\ngateway peak RSS {rss_kb(gateway.pid) / 1024:.1f} MB")
+    finally:
+        for proc in (gateway, upstream):
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a fifth of the requests (a rough look)")
+    asyncio.run(main(parser.parse_args().quick))
