@@ -342,7 +342,7 @@ class StreamReply(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         reply, outcome = self.reply, "ok"
-        lock = anyio.Lock()
+        writing = False
         sent: list[Any] | None = [] if self.ctx.recorder is not None else None
         finished = False
         active = metrics.ACTIVE_STREAMS.labels(self.ctx.pipeline)
@@ -361,13 +361,20 @@ class StreamReply(Response):
                             return
 
                 async def heartbeat() -> None:
+                    # No lock on the hot path: items and beats never interleave because a beat
+                    # is written only when no item is being written and none has been for a
+                    # whole interval (both tasks run on one event loop).
+                    nonlocal writing
                     interval = reply.heartbeat_interval
                     while True:
                         await anyio.sleep(max(0.0, self.last_write + interval - time.monotonic()))
-                        if time.monotonic() - self.last_write >= interval:
-                            async with lock:
+                        if not writing and time.monotonic() - self.last_write >= interval:
+                            writing = True
+                            try:
                                 await send({"type": "http.response.body", "body": reply.heartbeat, "more_body": True})
-                                self.last_write = time.monotonic()
+                            finally:
+                                writing = False
+                            self.last_write = time.monotonic()
 
                 tg.start_soon(watch_disconnect)
                 await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -377,17 +384,23 @@ class StreamReply(Response):
                 try:
                     async for item in reply.stream:  # type: ignore[union-attr]
                         data = item if isinstance(item, bytes) else item.encode()
-                        async with lock:
+                        while writing:  # a beat is being written: let it finish
+                            await anyio.sleep(0)
+                        writing = True
+                        try:
                             await send({"type": "http.response.body", "body": data, "more_body": True})
-                            self.last_write = time.monotonic()
+                        finally:
+                            writing = False
+                        self.last_write = time.monotonic()
                         if sent is not None:
                             sent.append([self.ctx.recorder.offset(), data.decode("utf-8", errors="replace")])
                 except Exception:
                     outcome = "error"
                     structlog.get_logger("engine").exception("stream failed after the response started")
                 finished = True
-                async with lock:
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                while writing:
+                    await anyio.sleep(0)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
                 tg.cancel_scope.cancel()
         finally:
             active.dec()
