@@ -24,13 +24,9 @@ HEARTBEAT_INTERVAL = 10.0
 CLOSE_TIMEOUT = 5.0
 """Longest wait for the upstream iterator to close after the client left or the stream ended."""
 
-OUTCOME_ATTRIBUTE = "stream_outcome"
-"""The run attribute (access log field) naming how a committed stream failed.
-
-It should be the access log's `outcome` itself (RELIABILITY §2.1: `outcome=upstream_cut`),
-but engine/http.py passes `outcome=` and `**ctx.attributes` to one call, so an `outcome`
-attribute would raise TypeError there; until the engine lets attributes override its
-outcome, the domain's verdict goes in this separate field."""
+OUTCOME_ATTRIBUTE = "outcome"
+"""The run attribute naming how a committed stream failed: the access log's `outcome`
+(engine/http.py lets `ctx.attributes` override its own), e.g. `upstream_cut` (RELIABILITY §2.1)."""
 
 STREAM_OUTCOMES = {
     "cut": "upstream_cut",  # the upstream connection closed or reset mid-stream
