@@ -29,6 +29,7 @@ import orjson
 import structlog
 
 from engine import logs
+from engine.errors import StepError
 
 _log = structlog.get_logger("engine.capture")
 FORMAT = "engine-capture/1"
@@ -124,6 +125,8 @@ def rebuild_error(record: dict[str, Any]) -> BaseException:
         return RuntimeError(record.get("message", "recorded error"))
     exc = cls.__new__(cls)
     BaseException.__init__(exc, record.get("message", ""))
+    if isinstance(exc, StepError):  # what StepError.__init__ would have set; attrs may override
+        exc.step, exc.attempts = None, 0
     for k, v in (record.get("attrs") or {}).items():
         try:
             setattr(exc, k, from_jsonable(v))
@@ -197,9 +200,12 @@ async def recording_stream(it: Any, entry: dict[str, Any], recorder: RunRecorder
     except GeneratorExit:
         entry["end"] = "closed"
         raise
-    except BaseException as exc:
+    except Exception as exc:
         entry["end"] = "error"
         entry["error"] = error_record(exc)
+        raise
+    except BaseException:  # cancelled: the client went away; what was read stays recorded
+        entry["end"] = "cancelled"
         raise
     finally:
         await aclose_quietly(it)

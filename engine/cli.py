@@ -195,12 +195,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
     utf8 = (sys.stdout.encoding or "").lower().startswith("utf")
     same_mark, diff_mark = ("✓", "✗") if utf8 else ("ok", "CHANGED")
     print(f"replaying {len(runs)} run{'s' if len(runs) != 1 else ''} {'live against the upstream' if args.live else 'offline'}")
-    counts = {"same": 0, "changed": 0}
+    counts = {"same": 0, "changed": 0, "skipped": 0}
 
     async def go() -> None:
         for n, captured in enumerate(runs, 1):
             result = await replay_one(engine, captured, realtime=args.realtime, live=args.live)
             progress = f"[{n}/{len(runs)}]"
+            if result.skipped:
+                counts["skipped"] += 1
+                if not args.quiet:
+                    print(f"  - {progress} {captured.label} skipped: {result.skipped}")
+                continue
             if result.same:
                 counts["same"] += 1
                 if not args.quiet:
@@ -218,7 +223,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     anyio.run(go)
     for problem in problems:
         print(f"  {problem}", file=sys.stderr)
-    print(f"{counts['same']} same, {counts['changed']} changed" + (f", {len(problems)} unreadable" if problems else ""))
+    print(f"{counts['same']} same, {counts['changed']} changed" + (f", {counts['skipped']} skipped" if counts["skipped"] else "") + (f", {len(problems)} unreadable" if problems else ""))
     if counts["changed"]:
         return 1
     return 2 if problems else 0

@@ -408,7 +408,7 @@ class StreamReply(Response):
                 await aclose_quietly(reply.stream)
                 await self.ctx.aclose()
             _log_access(self.ctx, self.status_code, outcome, self.start, stream=True)
-            _finish_capture(self.ctx, self, outcome, chunks=sent)
+            _finish_capture(self.ctx, self, self.ctx.attributes.get("outcome", outcome), chunks=sent)
 
 
 def app_from_env() -> Starlette:
