@@ -178,8 +178,8 @@ class RunRecorder:
         self.record["duration"] = self.offset()
         if trace is not None:
             self.record["trace"] = [
-                {"step": s, "outcome": o, "attempts": a, "start": round(b - self.t0, 6), "end": round(e - self.t0, 6)}
-                for s, o, a, b, e in trace
+                {"pipeline": p, "step": s, "outcome": o, "attempts": a, "start": round(max(b - self.t0, 0.0), 6), "end": round(max(e - self.t0, 0.0), 6)}
+                for p, s, o, a, b, e in trace
             ]
         if self.writer is not None:
             self.writer.submit(self.record)

@@ -175,13 +175,15 @@ def _trace(capture: str, run: str | None, pipeline: str) -> Any:
 
     chosen = None
     for item in read_captures([capture]):
-        if isinstance(item, Captured) and item.record.get("pipeline") == pipeline:
-            if run is None or item.record.get("request_id") == run:
-                chosen = item
+        if not isinstance(item, Captured):
+            continue
+        ran = {t.get("pipeline", item.record.get("pipeline")) for t in item.record.get("trace") or []}
+        if pipeline in ran and (run is None or item.record.get("request_id") == run):
+            chosen = item
     if chosen is None:
-        which = f"run '{run}'" if run else f"a run of pipeline '{pipeline}'"
+        which = f"run '{run}' of pipeline '{pipeline}'" if run else f"a run of pipeline '{pipeline}'"
         raise EngineError(f"{capture} holds no {which}")
-    return graphs.Trace.from_record(chosen.record)
+    return graphs.Trace.from_record(chosen.record, pipeline)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

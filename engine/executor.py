@@ -152,6 +152,8 @@ class Engine:
             streams=parent.streams if parent is not None else [],
             recorder=parent.recorder if parent is not None else None,
             replayer=parent.replayer if parent is not None else None,
+            attributes=parent.attributes if parent is not None else {},
+            trace=parent.trace if parent is not None else [],
         )
 
     async def run(self, name: str, input: Any = None, *, parent: RunContext | None = None, ctx: RunContext | None = None, request_id: str | None = None) -> Any:
@@ -260,7 +262,7 @@ class _Run:
         results, ctx, input = self.results, self.ctx, self.ctx.input
         if node.cond is not None and not resolve_ref(node.cond, results, input):
             results[node.name] = materialize(node.else_value, results, input)
-            ctx.trace.append((node.name, "skipped", 0, 0.0, 0.0))
+            ctx.trace.append((self.plan.name, node.name, "skipped", 0, 0.0, 0.0))
             return
         kwargs = dict(node.static)
         for pname, ref in node.refs:
@@ -393,7 +395,7 @@ class _Run:
 
     def finished(self, node: Node, outcome: str, attempts: int, start: float, error: BaseException | None = None, items: int | None = None) -> None:
         end = time.perf_counter()
-        self.ctx.trace.append((node.name, outcome, attempts, start, end))
+        self.ctx.trace.append((self.plan.name, node.name, outcome, attempts, start, end))
         key = (self.plan.name, node.name, outcome)
         histogram = _step_histograms.get(key)
         if histogram is None:

@@ -31,10 +31,12 @@ class Trace:
     steps: dict[str, StepRun]
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> Trace:
+    def from_record(cls, record: dict[str, Any], pipeline: str) -> Trace:
+        """The steps of `pipeline` in one captured run (a sub-pipeline's too, when it ran)."""
         steps = {}
         for t in record.get("trace") or []:
-            steps[t["step"]] = StepRun(t["outcome"], int(t.get("attempts") or 0), (t["end"] - t["start"]) * 1000)
+            if t.get("pipeline", record.get("pipeline")) == pipeline:
+                steps[t["step"]] = StepRun(t["outcome"], int(t.get("attempts") or 0), (t["end"] - t["start"]) * 1000)
         return cls(record.get("request_id", "?"), steps)
 
     def describe(self, name: str) -> str:

@@ -88,7 +88,7 @@ class RunContext:
     parent: RunContext | None = None
     log: Any = field(default=None)
     attributes: dict[str, Any] = field(default_factory=dict)
-    trace: list[tuple[str, str, int, float, float]] = field(default_factory=list)
+    trace: list[tuple[str, str, str, int, float, float]] = field(default_factory=list)  # (pipeline, step, outcome, attempts, start, end); sub-runs add theirs
     streams: list[Any] = field(default_factory=list)
     recorder: Any = None  # engine.capture.RunRecorder while capturing
     replayer: Any = None  # engine.replay.Replayer while replaying

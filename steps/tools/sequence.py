@@ -65,10 +65,10 @@ class _Usage:
 async def execute_sequence(
     message: Any,
     plan: dict,
-    model: str,
     ctx: RunContext,
+    model: str = "",
     request: Any = None,
-    turn_pipeline: PipelineName = PipelineName("tool_turn"),
+    turn_pipeline: PipelineName = PipelineName("turn"),
     max_rounds: int = 25,
     concurrency: int = 4,
     workspace: str = "",

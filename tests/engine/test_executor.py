@@ -459,7 +459,7 @@ def test_trace_records_each_step() -> None:
     async def go() -> list[tuple[str, str, int]]:
         ctx = engine.context("skip", {"more": False})
         await engine.run("skip", {"more": False}, ctx=ctx)
-        return [(name, outcome, attempts) for name, outcome, attempts, _, _ in ctx.trace]
+        return [(name, outcome, attempts) for _, name, outcome, attempts, _, _ in ctx.trace]
 
     assert anyio.run(go) == [("base", "ok", 1), ("extra", "skipped", 0), ("last", "ok", 1)]
 

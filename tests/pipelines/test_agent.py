@@ -156,3 +156,16 @@ def test_default_route_never_runs_tools(agent: Agent) -> None:
     agent.fake.script(tool_mode("Read", {"file_path": "x"}))
     msg = agent.gw.client().messages.create(model="claude-sonnet-5-5", max_tokens=50, tools=tools, messages=[{"role": "user", "content": "r"}])
     assert msg.stop_reason == "tool_use" and msg.content[0].type == "tool_use"
+
+
+def test_default_route_answers_claude_codes_web_search(agent: Agent) -> None:
+    """Claude Code's WebSearch request on the default /v1/messages route is answered the Anthropic way
+    (server_tool_use + web_search_tool_result + cited text), streamed as Claude Code asks for it."""
+    tools = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 8}]
+    agent.fake.clear()
+    agent.fake.script(tool_mode("web_search", {"query": "pipeline engines"}), "ok")
+    with agent.gw.client().messages.stream(model="claude-sonnet-5-5", max_tokens=200, tools=tools, messages=[{"role": "user", "content": "Perform a web search for the query: pipeline engines"}]) as s:
+        msg = s.get_final_message()
+    assert [b.type for b in msg.content] == ["server_tool_use", "web_search_tool_result", "text"]
+    assert msg.usage.server_tool_use.web_search_requests == 1
+    assert len(agent.fake.requests) == 2

@@ -56,7 +56,7 @@ def test_model_map_change_shows_in_replay() -> None:
     env = {**capture_env(), "BIG_MODEL": "vendor/other-model"}
     results = replay_all(Engine.load([PIPELINES], env=env), CAPTURES)
     changed = [line for r in results for line in r.input_changes]
-    assert "messages.call input payload.model: 'test/big' -> 'vendor/other-model'" in changed
+    assert "turn.call input payload.model: 'test/big' -> 'vendor/other-model'" in changed
     assert not any("small" in line for line in changed)
 
 
@@ -101,12 +101,12 @@ def test_graph_trace_of_a_retried_run() -> None:
     """`engine graph --trace` shows which steps ran, were skipped or retried, and how long they took."""
     records = [json.loads(line) for line in CAPTURES.open()]
     retried = next(r for r in records if any(t["attempts"] > 1 for t in r["trace"]))
-    r = engine_cli("graph", "messages", "--trace", str(CAPTURES), "--run", retried["request_id"], env=capture_env())
+    r = engine_cli("graph", "turn", "--trace", str(CAPTURES), "--run", retried["request_id"], env=capture_env())
     assert r.returncode == 0, r.stderr
     call_line = next(line for line in r.stdout.splitlines() if line.strip().startswith("call ="))
     assert "-- ok" in call_line and "2 attempts" in call_line
     assert "-- skipped" in next(line for line in r.stdout.splitlines() if line.strip().startswith("events ="))
-    mermaid = engine_cli("graph", "messages", "--format", "mermaid", "--trace", str(CAPTURES), "--run", retried["request_id"], env=capture_env())
+    mermaid = engine_cli("graph", "turn", "--format", "mermaid", "--trace", str(CAPTURES), "--run", retried["request_id"], env=capture_env())
     assert "class s_call retried" in mermaid.stdout and "class s_events skipped" in mermaid.stdout
 
 

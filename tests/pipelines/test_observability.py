@@ -24,8 +24,8 @@ def test_metrics_count_requests_steps_and_streams(gateway: Gateway) -> None:
         assert http.post("/v1/messages", json={"model": "claude-opus-5-5", "max_tokens": 5, "messages": ASK}).status_code == 200
         text = http.get("/metrics").text
     assert 'engine_requests_total{outcome="ok",pipeline="messages",status="200"}' in text
-    assert 'engine_step_duration_seconds_count{outcome="ok",pipeline="messages",step="call"}' in text
-    assert 'engine_step_retries_total{kind="status",pipeline="messages",step="call"}' in text
+    assert 'engine_step_duration_seconds_count{outcome="ok",pipeline="turn",step="call"}' in text
+    assert 'engine_step_retries_total{kind="status",pipeline="turn",step="call"}' in text
     assert "engine_active_streams" in text
 
 
