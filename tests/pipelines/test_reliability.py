@@ -206,3 +206,73 @@ def test_refuses_pipelines_writable_by_others(tmp_path: Path) -> None:
     os.chmod(d / "messages.yaml", 0o666)
     r = serve_cli("--pipelines", str(d), "--port", "1")
     assert r.returncode == 1 and "writable by group or others" in r.stderr
+
+
+def test_overload_is_anthropic_529_not_plain_503() -> None:
+    """With the upstream limit full past its queue timeout, requests get 529 overloaded_error JSON."""
+    from tests.pipelines.conftest import start_gateway
+
+    for gw in start_gateway({"UPSTREAM_CONCURRENCY": "2", "UPSTREAM_QUEUE_TIMEOUT": "0.3", "UPSTREAM_COOLDOWN": "0"}):
+        gw.fake.default_mode = "slow_drip;delay_ms=100;chunks=10"
+
+        async def go() -> list[httpx.Response]:
+            import anyio
+
+            out: list[httpx.Response] = []
+            async with httpx.AsyncClient(base_url=gw.url, headers={"x-api-key": "k"}, timeout=30) as client:
+
+                async def one() -> None:
+                    out.append(await client.post("/v1/messages", json={"model": "claude-opus-5-5", "max_tokens": 5, "messages": ASK}))
+
+                async with anyio.create_task_group() as tg:
+                    for _ in range(6):
+                        tg.start_soon(one)
+            return out
+
+        import anyio
+
+        responses = anyio.run(go)
+        statuses = sorted(r.status_code for r in responses)
+        assert statuses.count(200) >= 2 and 529 in statuses
+        for r in responses:
+            if r.status_code == 529:
+                assert r.headers["content-type"].startswith("application/json")
+                assert r.json()["error"]["type"] == "overloaded_error" and r.headers["x-should-retry"] == "true"
+        assert max(len([x for x in gw.fake.requests if x.outcome is None]), 0) <= 2
+
+
+def test_graceful_shutdown_drains_in_flight_streams(tmp_path: Path) -> None:
+    """SIGTERM while a stream is in flight: the stream still ends with message_stop, then the process exits."""
+    import signal
+
+    from tests.support.servers import free_port
+
+    with FakeOpenRouter() as fake:
+        fake.default_mode = "slow_drip;delay_ms=150;chunks=12"
+        port = free_port()
+        env = {**os.environ, "OPENROUTER_BASE_URL": fake.base_url, "ENGINE_LOG_FORMAT": "json", "PING_INTERVAL": "30"}
+        proc = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--port", str(port)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            assert fake.wait_for(lambda: _healthy(url), timeout=30)
+            text = ""
+            with httpx.Client(base_url=url, headers={"x-api-key": "k"}, timeout=30) as http:
+                with http.stream("POST", "/v1/messages", json={"model": "claude-opus-5-5", "max_tokens": 5, "stream": True, "messages": ASK}) as r:
+                    for line in r.iter_lines():
+                        text += line + "\n"
+                        if "text_delta" in line and proc.poll() is None and "SIGTERM" not in text:
+                            proc.send_signal(signal.SIGTERM)
+                            text += "SIGTERM\n"
+            assert "event: message_stop" in text and text.count("text_delta") == 12
+            # uvicorn re-raises the signal once it has drained, so the exit status is SIGTERM's.
+            assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
