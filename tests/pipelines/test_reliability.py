@@ -276,3 +276,37 @@ def _healthy(url: str) -> bool:
         return httpx.get(f"{url}/health", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_canaries_never_reach_logs_or_error_bodies() -> None:
+    """Client keys, cookies and the upstream key appear in no log line (debug included) and no error body."""
+    import io
+
+    import structlog
+
+    from engine import logs
+    from tests.pipelines.conftest import start_gateway
+
+    canaries = ["sk-ant-CANARY1-4a1f", "CANARY2-bearer-77", "CANARY3-cookie-99", "sk-or-CANARY4-up-12"]
+    buf = io.StringIO()
+    logs.register_secret(canaries[3])
+    logs.configure("json", "debug", stream=buf, cache=False)
+    bodies = []
+    try:
+        for gw in start_gateway({"OPENROUTER_API_KEY": canaries[3], "UPSTREAM_COOLDOWN": "0"}):
+            with httpx.Client(base_url=gw.url, timeout=30) as http:
+                headers = {"x-api-key": canaries[0], "authorization": f"Bearer {canaries[1]}", "cookie": f"s={canaries[2]}"}
+                for mode in ("ok", "401", "html", "malformed_chunk;bad=garbage;after=1", "500"):
+                    gw.fake.script(mode)
+                    stream = mode.startswith("malformed")
+                    r = http.post("/v1/messages", json={"model": "claude-opus-5-5", "max_tokens": 5, "stream": stream, "messages": ASK}, headers=headers)
+                    bodies.append(r.text)
+                bodies.append(http.post("/v1/messages", content=b"{", headers=headers).text)
+    finally:
+        logs.configure("console", "warning", cache=False)
+        structlog.reset_defaults()
+        logs.configure("console", "warning", cache=False)
+    text = buf.getvalue() + "\n".join(bodies)
+    assert "step.end" in text and "request" in text  # the logs really were captured
+    for canary in canaries:
+        assert canary not in text
