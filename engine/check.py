@@ -72,6 +72,7 @@ class Plan:
     limits: dict[str, LimitSpec]
     graph: nx.DiGraph
     retry_budget: Any = None
+    sequential: bool = False  # no two steps that may await could ever run at the same time
 
 
 def iter_refs(value: Any) -> Iterator[Ref]:
@@ -281,6 +282,7 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
             if d in nodes:
                 nodes[d].dependents.append(name)
     roots = [n for n in order if n in nodes and not nodes[n].deps]
+    sequential = not cycles and len(nodes) == len(spec.steps) and _totally_ordered(graph, [n for n in order if not nodes[n].info_inline])
     return Plan(
         name=spec.name,
         file=lp.file,
@@ -295,7 +297,17 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
         limits=dict(spec.limits),
         graph=graph,
         retry_budget=spec.retry_budget,
+        sequential=sequential,
     )
+
+
+def _totally_ordered(graph: nx.DiGraph, names: list[str]) -> bool:
+    """Whether each of `names` (in topological order) depends on the one before it.
+
+    Then running the plan step by step in topological order loses no concurrency: steps that
+    never await (inline sync steps) cannot overlap with anything anyway.
+    """
+    return all(a in nx.ancestors(graph, b) for a, b in zip(names, names[1:]))
 
 
 def _check_literal(value: Any, param: Any, lp: LoadedPipeline, step_name: str, pname: str, pipeline_names: set[str], errors: list[SpecError]) -> Any:

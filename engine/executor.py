@@ -138,7 +138,7 @@ class Engine:
         """A fresh context for a run of pipeline `name` (the HTTP layer creates it early)."""
         plan = self.plans[name]
         ids = parent.ids if parent is not None else self.ids
-        deadline = None if plan.deadline is None else anyio.current_time() + plan.deadline
+        deadline = None if plan.deadline is None else time.monotonic() + plan.deadline
         if parent is not None and parent.deadline is not None:
             deadline = parent.deadline if deadline is None else min(deadline, parent.deadline)
         return RunContext(
@@ -214,8 +214,8 @@ class _Run:
     async def execute(self) -> dict[str, Any]:
         roots = self.plan.roots
         try:
-            if len(roots) == 1 and len(self.plan.nodes) == len(self.plan.order) and _is_chain(self.plan):
-                # A straight line needs no task group at all.
+            if self.plan.sequential:
+                # Nothing here could overlap: no task group needed, just the order.
                 for name in self.plan.order:
                     await self.step(self.plan.nodes[name])
             else:
@@ -415,10 +415,6 @@ class _Run:
             getattr(_log, level)("step.end", **fields)
         finally:
             logs._scope.reset(token)
-
-
-def _is_chain(plan: Plan) -> bool:
-    return all(len(plan.nodes[n].dependents) <= 1 for n in plan.order) and all(len(plan.nodes[n].deps) <= 1 for n in plan.order)
 
 
 def _reason(exc: BaseException) -> str:
