@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--live", action="store_true", help="send the captured requests to the real upstream instead of answering from the capture")
     p.add_argument("--quiet", action="store_true", help="print only runs that changed")
 
-    add("steps", "list every registered step with its parameters", ["engine steps", "engine steps | grep anthropic"])
+    p = add("steps", "list every registered step with its parameters", ["engine steps", "engine steps | grep anthropic", "engine steps --format markdown   # the README's step catalogue"])
+    p.add_argument("--format", default="text", choices=["text", "markdown"])
 
     p = add("doctor", "check the configuration, the pipelines and the upstream, and say what clients need", ["engine doctor", "OPENROUTER_API_KEY=sk-or-... engine doctor"])
     p.add_argument("--pipelines", default=None, metavar="DIR")
@@ -278,6 +279,16 @@ def _print_item(item: Any) -> None:
     sys.stdout.flush()
 
 
+def catalogue_markdown() -> str:
+    """The step catalogue as a Markdown table (the README's copy is checked against it)."""
+    rows = ["| step | what it does |", "| --- | --- |"]
+    for info in registry.catalogue():
+        params = ", ".join(info.params)
+        flags = "".join(f" *({f})*" for f, on in (("stream", info.streams), ("side effects", info.side_effects)) if on)
+        rows.append(f"| `{info.name}({params})` | {info.summary.replace('|', '/')}{flags} |")
+    return "\n".join(rows) + "\n"
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Run the engine's own checks (pipelines load) and every check the step packages register."""
     import inspect
@@ -313,6 +324,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_steps(args: argparse.Namespace) -> int:
+    if args.format == "markdown":
+        print(catalogue_markdown(), end="")
+        return 0
     for info in registry.catalogue():
         params = ", ".join(p.describe() for p in info.params.values())
         flags = [f for f, on in (("stream", info.streams), ("side effects", info.side_effects)) if on]

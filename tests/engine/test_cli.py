@@ -131,3 +131,11 @@ def test_serve_starts_and_answers_health(tmp_path: Path) -> None:
     assert f"engine serving http://127.0.0.1:{port}" in err
     assert "POST /v1/messages -> messages" in err
     assert "upstream http://127.0.0.1:9/v1" in err
+
+
+def test_readme_step_catalogue_is_current() -> None:
+    """The README's step catalogue is exactly what `engine steps --format markdown` prints."""
+    repo = Path(__file__).resolve().parents[2]
+    r = engine("steps", "--format", "markdown", cwd=repo)
+    assert r.returncode == 0 and r.stdout.count("\n") > 20
+    assert r.stdout in (repo / "README.md").read_text()
