@@ -232,3 +232,15 @@ def test_rate_limit_passes_retry_after_on(gateway: Gateway) -> None:
     assert r.status_code == 429 and r.headers["retry-after"] == "60"
     assert r.json()["error"]["type"] == "rate_limit_error"
     assert len(gateway.fake.requests) == 1
+
+
+def test_no_key_anywhere_is_a_clear_authentication_error(gateway: Gateway) -> None:
+    """With no OPENROUTER_API_KEY and no client key, the answer is a 401 saying how to fix it."""
+    import httpx
+
+    with httpx.Client(base_url=gateway.url, timeout=30) as http:
+        r = http.post("/v1/messages", json={"model": "claude-opus-5-5", "max_tokens": 5, "messages": ask("hi")})
+    assert r.status_code == 401
+    assert r.json()["error"]["type"] == "authentication_error"
+    assert "OPENROUTER_API_KEY" in r.json()["error"]["message"]
+    assert gateway.fake.requests == []
