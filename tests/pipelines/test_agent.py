@@ -169,3 +169,15 @@ def test_default_route_answers_claude_codes_web_search(agent: Agent) -> None:
     assert [b.type for b in msg.content] == ["server_tool_use", "web_search_tool_result", "text"]
     assert msg.usage.server_tool_use.web_search_requests == 1
     assert len(agent.fake.requests) == 2
+
+
+def test_agent_prefix_serves_the_whole_api(agent: Agent) -> None:
+    """A client whose base URL ends in /agent also gets count_tokens, models and the warm-up."""
+    import httpx
+
+    with httpx.Client(base_url=agent.gw.url, headers={"x-api-key": "k"}) as http:
+        assert http.head("/agent").status_code == 200
+        assert http.head("/agent/api/hello").status_code == 200
+        assert http.get("/agent/v1/models").json()["data"]
+        r = http.post("/agent/v1/messages/count_tokens", json={"model": "claude-opus-5-5", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200 and r.json()["input_tokens"] > 0
