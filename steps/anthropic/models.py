@@ -59,6 +59,9 @@ THINKING_TYPES: tuple[str, ...] = ("enabled", "disabled", "adaptive")
 
 # custom error types the formatter in validate.py recognises -> the tags it lists
 UNION_ERRORS: dict[str, tuple[str, ...]] = {
+    "invalid_image_source": ("base64", "url"),
+    "invalid_document_source": ("base64", "url", "text", "content"),
+    "invalid_source_block": ("text", "image"),
     "invalid_block": BLOCK_TYPES,
     "invalid_tool_choice": TOOL_CHOICE_TYPES,
     "invalid_thinking": THINKING_TYPES,
@@ -95,16 +98,78 @@ class TextBlock(_Model):
     text: str
 
 
-class _SourceBlock(_Model):
-    source: dict[str, Any]
+IMAGE_SOURCE_TYPES: tuple[str, ...] = ("base64", "url")
+DOCUMENT_SOURCE_TYPES: tuple[str, ...] = ("base64", "url", "text", "content")
+"""Sources the converter can carry upstream. `file` (Anthropic's Files API) has no
+OpenAI-compatible counterpart, so it is refused with a 400 rather than silently dropped."""
 
 
-class ImageBlock(_SourceBlock):
+def _source_tag(allowed: tuple[str, ...]):
+    tags = {t: TAG_MARK + t for t in allowed}
+
+    def tag(value: Any) -> str | None:
+        if type(value) is dict:
+            t = value.get("type")
+            if type(t) is str:
+                return tags.get(t)
+        return None
+
+    return tag
+
+
+class Base64Source(_Model):
+    type: Literal["base64"]
+    media_type: str
+    data: str
+
+
+class UrlSource(_Model):
+    type: Literal["url"]
+    url: str
+
+
+class TextSource(_Model):
+    type: Literal["text"]
+    data: str
+    media_type: str | None = None
+
+
+ImageSource = Annotated[
+    Union[Annotated[Base64Source, Tag("#base64")], Annotated[UrlSource, Tag("#url")]],
+    Discriminator(_source_tag(IMAGE_SOURCE_TYPES), custom_error_type="invalid_image_source", custom_error_message="invalid image source"),
+]
+
+
+class ImageBlock(_Model):
     type: Literal["image"]
+    source: ImageSource
 
 
-class DocumentBlock(_SourceBlock):
+_ContentSourceBlock = Annotated[
+    Union[Annotated[TextBlock, Tag("#text")], Annotated[ImageBlock, Tag("#image")]],
+    Discriminator(_source_tag(("text", "image")), custom_error_type="invalid_source_block", custom_error_message="invalid content block"),
+]
+
+
+class ContentSource(_Model):
+    type: Literal["content"]
+    content: Annotated[list[_ContentSourceBlock], BeforeValidator(_text_or_list)]
+
+
+DocumentSource = Annotated[
+    Union[
+        Annotated[Base64Source, Tag("#base64")],
+        Annotated[UrlSource, Tag("#url")],
+        Annotated[TextSource, Tag("#text")],
+        Annotated[ContentSource, Tag("#content")],
+    ],
+    Discriminator(_source_tag(DOCUMENT_SOURCE_TYPES), custom_error_type="invalid_document_source", custom_error_message="invalid document source"),
+]
+
+
+class DocumentBlock(_Model):
     type: Literal["document"]
+    source: DocumentSource
 
 
 class SearchResultBlock(_Model):
