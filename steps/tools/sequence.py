@@ -3,8 +3,8 @@
 After each upstream turn the calls are split by `tools.detect`'s plan: client calls stay
 `tool_use` blocks for the client, server-side calls run here (independent ones concurrently,
 bounded) and appear to the client as `server_tool_use` + a result block. Their results go
-back to the upstream through a sub-pipeline (`turn_pipeline`, e.g. tool_turn.yaml: convert,
-call, convert back), and the loop repeats until a turn has no server-side call, a turn also
+back to the upstream through a sub-pipeline (`turn_pipeline`: pipelines/turn.yaml, the same
+upstream turn every route runs), and the loop repeats until a turn has no server-side call, a turn also
 has client calls (the client must answer those: `stop_reason: tool_use`), or `max_rounds`
 upstream turns have run; then a final text block says the bound was reached and the reply
 ends with `end_turn`.
