@@ -59,18 +59,18 @@ async def follow(
 ) -> AsyncIterator[Any]:
     """Yield `first`, then the rest of `it`, enforcing `idle_timeout` between items.
 
-    A stream may time its own gaps by offering `enforce_idle_timeout(seconds)`; it must then
-    raise `StepTimeout` (or an error of its own) when that long passes without an item.
+    A stream may time its own gaps by offering `enforce_idle_timeout(seconds)` and returning
+    True; it must then raise `StepTimeout` (or an error of its own) when that long passes
+    without an item. Returning False leaves the timing to this function.
 
     `on_end(outcome, items)` runs exactly once: "ok", "error", "timeout" or "closed" (the
     consumer stopped early).
     """
     outcome, count = "closed", 0
     enforce = getattr(it, "enforce_idle_timeout", None)
-    if idle_timeout is not None and enforce is not None:
+    if idle_timeout is not None and enforce is not None and enforce(idle_timeout):
         # The stream times its own gaps (cheaper than a cancel scope per item): it raises
         # StepTimeout itself when `idle_timeout` passes without an item.
-        enforce(idle_timeout)
         idle_timeout = None
     try:
         count = 1

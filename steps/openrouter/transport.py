@@ -62,6 +62,10 @@ class _Body(httpx.AsyncByteStream):
                 return
             yield chunk
 
+    def abort(self) -> None:
+        """Drop the connection now (sync: an idle watchdog's timer calls it); a pending read fails."""
+        self.response.close()
+
     async def aclose(self) -> None:
         await self.inner.aclose()
 

@@ -33,6 +33,7 @@ is bounded by the first-item timeout. Converters ignore the marker (no `choices`
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
@@ -42,6 +43,7 @@ import anyio
 import httpx
 import orjson
 
+from engine.errors import StepTimeout
 from engine.registry import step
 from engine.run import RunContext
 from engine.types import Request
@@ -487,6 +489,46 @@ class ChunkStream(AsyncIterator[dict]):
         self.finished = False  # a finish_reason was seen
         self._gen = self._run() if response is not None else None
         self._items: list[dict] = []
+        self._idle: float | None = None  # set by the engine through enforce_idle_timeout
+        self._last_item = time.monotonic()
+        self._idle_fired = False
+        self._watchdog: asyncio.TimerHandle | None = None
+
+    def enforce_idle_timeout(self, seconds: float) -> bool:
+        """Time the gaps between items here (the engine's hook), instead of a cancel scope per item.
+
+        A timer checks a few times per `seconds` whether an item arrived; when none did for
+        `seconds`, it aborts the upstream connection, which wakes the pending read, and the
+        stream raises StepTimeout. Per item this costs one clock read. Only possible when the
+        response can be aborted synchronously (the aiohttp transport); otherwise the engine
+        keeps timing the gaps itself.
+        """
+        body = getattr(self._response, "stream", None)
+        if self._gen is None or not hasattr(body, "abort"):
+            return False
+        self._idle = seconds
+        self._last_item = time.monotonic()
+        self._arm(seconds)
+        return True
+
+    def _arm(self, delay: float) -> None:
+        self._watchdog = asyncio.get_running_loop().call_later(max(delay, 0.01), self._check_idle)
+
+    def _check_idle(self) -> None:
+        idle = self._idle
+        if idle is None or self._response is None or self._response.is_closed:
+            return
+        silent = time.monotonic() - self._last_item
+        if silent >= idle:
+            self._idle_fired = True
+            self._response.stream.abort()  # type: ignore[union-attr]
+            return
+        self._arm(min(idle - silent, idle / 4) + 0.001)
+
+    def _disarm(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     @classmethod
     def of_completion(cls, completion: dict) -> ChunkStream:
@@ -504,9 +546,26 @@ class ChunkStream(AsyncIterator[dict]):
                 self.chunks += 1
                 return self._items.pop(0)
             raise StopAsyncIteration
-        return await self._gen.__anext__()
+        try:
+            item = await self._gen.__anext__()
+        except StopAsyncIteration:
+            self._disarm()
+            raise
+        except httpx.TransportError as exc:  # not reached: _run maps these; kept for safety
+            raise self._idle_error() if self._idle_fired else exc
+        except UpstreamError as exc:
+            if self._idle_fired:
+                raise self._idle_error() from exc
+            raise
+        self._last_item = time.monotonic()
+        return item
+
+    def _idle_error(self) -> StepTimeout:
+        self._disarm()
+        return StepTimeout(f"the upstream sent nothing for {self._idle:g} s", retryable=False)
 
     async def aclose(self) -> None:
+        self._disarm()
         try:
             if self._gen is not None:
                 await self._gen.aclose()
