@@ -391,6 +391,10 @@ class _Peeked(AsyncIterator[dict]):
     async def aclose(self) -> None:
         await self._stream.aclose()
 
+    def enforce_idle_timeout(self, seconds: float) -> bool:
+        """The engine's idle-timeout hook, handed to the stream underneath."""
+        return self._stream.enforce_idle_timeout(seconds)
+
 
 async def _call_one(
     payload: dict,
