@@ -340,8 +340,14 @@ class _Run:
             else:
                 value = await self.call(node, kwargs)
             if streams.is_stream(value):
-                value = await self.primed(node, value, release, attempt, start)
-                release = None
+                if any(value is s for s in self.ctx.streams):
+                    # A stream this run already primed, passed on unchanged (a sub-pipeline's
+                    # output, a step with nothing to add): wrapping it again would only add a
+                    # layer per item.
+                    self.finished(node, "ok", attempt, start)
+                else:
+                    value = await self.primed(node, value, release, attempt, start)
+                    release = None
             return value
         finally:
             if release is not None:
