@@ -28,10 +28,6 @@ class Limits:
                 self._specs[name] = spec
                 self._sems[name] = anyio.Semaphore(spec.max)
 
-    def in_use(self, name: str) -> int:
-        spec, sem = self._specs[name], self._sems[name]
-        return spec.max - sem.value
-
     async def acquire(self, name: str) -> Callable[[], None]:
         """Wait for a slot; returns the function that gives it back (call it exactly once)."""
         sem = self._sems[name]

@@ -104,7 +104,7 @@ DOCUMENT_SOURCE_TYPES: tuple[str, ...] = ("base64", "url", "text", "content")
 OpenAI-compatible counterpart, so it is refused with a 400 rather than silently dropped."""
 
 
-def _source_tag(allowed: tuple[str, ...]):
+def _typed_tag(allowed: tuple[str, ...]):
     tags = {t: TAG_MARK + t for t in allowed}
 
     def tag(value: Any) -> str | None:
@@ -136,7 +136,7 @@ class TextSource(_Model):
 
 ImageSource = Annotated[
     Union[Annotated[Base64Source, Tag("#base64")], Annotated[UrlSource, Tag("#url")]],
-    Discriminator(_source_tag(IMAGE_SOURCE_TYPES), custom_error_type="invalid_image_source", custom_error_message="invalid image source"),
+    Discriminator(_typed_tag(IMAGE_SOURCE_TYPES), custom_error_type="invalid_image_source", custom_error_message="invalid image source"),
 ]
 
 
@@ -147,7 +147,7 @@ class ImageBlock(_Model):
 
 _ContentSourceBlock = Annotated[
     Union[Annotated[TextBlock, Tag("#text")], Annotated[ImageBlock, Tag("#image")]],
-    Discriminator(_source_tag(("text", "image")), custom_error_type="invalid_source_block", custom_error_message="invalid content block"),
+    Discriminator(_typed_tag(("text", "image")), custom_error_type="invalid_source_block", custom_error_message="invalid content block"),
 ]
 
 
@@ -163,7 +163,7 @@ DocumentSource = Annotated[
         Annotated[TextSource, Tag("#text")],
         Annotated[ContentSource, Tag("#content")],
     ],
-    Discriminator(_source_tag(DOCUMENT_SOURCE_TYPES), custom_error_type="invalid_document_source", custom_error_message="invalid document source"),
+    Discriminator(_typed_tag(DOCUMENT_SOURCE_TYPES), custom_error_type="invalid_document_source", custom_error_message="invalid document source"),
 ]
 
 
@@ -335,19 +335,6 @@ class ToolChoiceTool(_Model):
 
 class ToolChoiceNone(_Model):
     type: Literal["none"]
-
-
-def _typed_tag(allowed: tuple[str, ...]):
-    tags = {t: TAG_MARK + t for t in allowed}
-
-    def tag(value: Any) -> str | None:
-        if type(value) is dict:
-            t = value.get("type")
-            if type(t) is str:
-                return tags.get(t)
-        return None
-
-    return tag
 
 
 ToolChoice = Annotated[

@@ -299,12 +299,13 @@ def repair_json(text: str) -> dict | None:
     return None
 
 
-def close_json(s: str) -> str | None:
-    """The suffix that closes an unterminated JSON prefix (string, arrays, objects)."""
-    stack: list[str] = []
+def _outside_strings(s: str) -> tuple[list[tuple[int, str]], bool, bool]:
+    """The characters of a JSON prefix that are not inside string literals, as (index, char),
+    and whether the prefix ends inside a string (and right after a backslash there)."""
+    out: list[tuple[int, str]] = []
     in_str = False
     esc = False
-    for ch in s:
+    for i, ch in enumerate(s):
         if in_str:
             if esc:
                 esc = False
@@ -314,7 +315,17 @@ def close_json(s: str) -> str | None:
                 in_str = False
         elif ch == '"':
             in_str = True
-        elif ch == "{":
+        else:
+            out.append((i, ch))
+    return out, in_str, esc
+
+
+def close_json(s: str) -> str | None:
+    """The suffix that closes an unterminated JSON prefix (string, arrays, objects)."""
+    structure, in_str, esc = _outside_strings(s)
+    stack: list[str] = []
+    for _, ch in structure:
+        if ch == "{":
             stack.append("}")
         elif ch == "[":
             stack.append("]")
@@ -332,22 +343,7 @@ def close_json(s: str) -> str | None:
 
 
 def _comma_positions(s: str) -> list[int]:
-    out = []
-    in_str = False
-    esc = False
-    for i, ch in enumerate(s):
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == "\\":
-                esc = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch == ",":
-            out.append(i)
-    return out
+    return [i for i, ch in _outside_strings(s)[0] if ch == ","]
 
 
 def _loads_dict(s: str) -> dict | None:

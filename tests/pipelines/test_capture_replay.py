@@ -17,7 +17,6 @@ import pytest
 
 from engine.capture import CaptureWriter
 from engine.executor import Engine
-from engine.http import create_app
 from engine.replay import Captured, CaptureProblem, read_captures, replay_one
 from tests.pipelines.conftest import PIPELINES, REPO, start_gateway
 
