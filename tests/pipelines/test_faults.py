@@ -11,7 +11,7 @@ import anthropic
 import pytest
 
 from tests.pipelines.conftest import Gateway
-from tests.pipelines.faults import ASK, OK_TEXT, body, captured_logs, gateway_with, post, sse, without_pings
+from tests.pipelines.faults import ASK, OK_TEXT, body, captured_logs, gateway_with, post, reset, sse, without_pings
 from tests.support.servers import free_port
 
 FAST = {"UPSTREAM_RETRY_BACKOFF": "0.05", "OPENROUTER_MODELS_FETCH": "false"}
@@ -26,10 +26,7 @@ def gw() -> Iterator[Gateway]:
 @pytest.fixture(autouse=True)
 def _fresh(request: pytest.FixtureRequest) -> None:
     if "gw" in request.fixturenames:
-        g = request.getfixturevalue("gw")
-        g.fake.clear()
-        g.fake.default_mode = "ok"
-        g.fake.model_modes = {}
+        reset(request.getfixturevalue("gw"))
 
 
 def assert_error(r, status: int, error_type: str, retry: bool) -> dict:  # noqa: ANN001

@@ -26,7 +26,7 @@ from engine.capture import CaptureWriter
 from engine.executor import Engine
 from engine.replay import Captured, read_captures, replay_one
 from tests.pipelines.conftest import PIPELINES, REPO, Gateway
-from tests.pipelines.faults import ASK, OK_TEXT, body, captured_logs, gateway_with, post, sse, texts, without_pings
+from tests.pipelines.faults import ASK, OK_TEXT, body, captured_logs, gateway_with, post, reset, sse, texts, without_pings
 from tests.support.fake_openrouter import FakeOpenRouter, drip_text
 from tests.support.servers import free_port
 
@@ -43,9 +43,7 @@ def gw() -> Iterator[Gateway]:
 @pytest.fixture(autouse=True)
 def _fresh(request: pytest.FixtureRequest) -> None:
     if "gw" in request.fixturenames:
-        g = request.getfixturevalue("gw")
-        g.fake.clear()
-        g.fake.default_mode = "ok"
+        reset(request.getfixturevalue("gw"))
 
 
 def stream(gw: Gateway) -> tuple[httpx.Response, list[tuple[str, dict]]]:
