@@ -58,6 +58,8 @@ class _Body(httpx.AsyncByteStream):
                 raise httpx.ReadError(str(exc) or "connection reset") from exc
             except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
                 raise httpx.ReadTimeout(str(exc) or "read timed out") from exc
+            except aiohttp.ClientConnectionError as exc:  # closed under us: abort() or the pool
+                raise httpx.ReadError(str(exc) or "connection closed") from exc
             if not chunk:
                 return
             yield chunk
@@ -79,5 +81,9 @@ class UpstreamTransport(AiohttpTransport):
         except httpx.TransportError as exc:
             raise _remap(exc) from exc.__cause__
         inner = response.stream
-        response.stream = _Body(inner._aiohttp_response, inner)  # type: ignore[attr-defined,arg-type]
+        body = _Body(inner._aiohttp_response, inner)  # type: ignore[attr-defined,arg-type]
+        response.stream = body
+        # httpx's client wraps `response.stream` in its own BoundAsyncStream, which hides
+        # `abort`; the extensions dict is passed through untouched.
+        response.extensions["abort"] = body.abort
         return response

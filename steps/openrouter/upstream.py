@@ -507,8 +507,7 @@ class ChunkStream(AsyncIterator[dict]):
         response can be aborted synchronously (the aiohttp transport); otherwise the engine
         keeps timing the gaps itself.
         """
-        body = getattr(self._response, "stream", None)
-        if self._gen is None or not hasattr(body, "abort"):
+        if self._gen is None or self._response is None or "abort" not in self._response.extensions:
             return False
         self._idle = seconds
         self._last_item = time.monotonic()
@@ -525,7 +524,7 @@ class ChunkStream(AsyncIterator[dict]):
         silent = time.monotonic() - self._last_item
         if silent >= idle:
             self._idle_fired = True
-            self._response.stream.abort()  # type: ignore[union-attr]
+            self._response.extensions["abort"]()
             return
         self._arm(min(idle - silent, idle / 4) + 0.001)
 

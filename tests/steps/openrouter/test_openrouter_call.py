@@ -11,6 +11,7 @@ import anyio
 import orjson
 import pytest
 
+from engine.errors import StepTimeout
 from engine.registry import resolve
 from engine.run import Resources, RunContext
 from engine.types import Request
@@ -388,6 +389,31 @@ def test_no_done_completes(fake: FakeOpenRouter) -> None:
 def test_stall_mid_stream_read_timeout(fake: FakeOpenRouter) -> None:
     exc, got = call_error(fake, "stall_mid_stream;after=2", stream=True, read_timeout=0.4)
     assert (exc.kind, exc.mid_stream, exc.retryable) == ("timeout", True, False)
+    assert len(content_chunks(got)) == 2
+    assert fake.wait_for(lambda: fake.requests[0].outcome == "peer_closed", 1)
+
+
+def test_stream_times_its_own_idle_gaps(fake: FakeOpenRouter) -> None:
+    """The engine's idle-timeout hook is taken (no cancel scope per item): a silent upstream is
+    aborted by the stream's watchdog, which raises StepTimeout and closes the connection."""
+    fake.script("stall_mid_stream;after=2;seconds=30")
+
+    async def body(ctx: RunContext) -> tuple[bool, list[dict], BaseException]:
+        s = await call(payload(stream=True), req(), ctx, base_url=fake.base_url)
+        took = s.enforce_idle_timeout(0.3)
+        got: list[dict] = []
+        try:
+            async for c in s:
+                got.append(c)
+        except BaseException as exc:  # noqa: BLE001 - the error is what is checked
+            return took, got, exc
+        finally:
+            await s.aclose()
+        raise AssertionError("the stall did not end the stream")
+
+    took, got, exc = run(body)
+    assert took is True
+    assert isinstance(exc, StepTimeout) and "0.3 s" in str(exc)
     assert len(content_chunks(got)) == 2
     assert fake.wait_for(lambda: fake.requests[0].outcome == "peer_closed", 1)
 
