@@ -7,8 +7,9 @@ independent branches overlap. The first failure cancels the siblings and is rais
 (not wrapped in an exception group), after streams the run produced are closed.
 
 Each attempt of a step runs with the log scope bound (request id, pipeline, step, attempt),
-under its timeout (bounded by the run's deadline), inside its named limit, and is retried per
-its YAML policy. Sync steps marked blocking run in a worker thread, which anyio gives a copy
+under its own timeout, inside its named limit, and is retried per its YAML policy. The run's
+deadline is one cancel scope around the whole run, not one per step: a scope costs about as
+much as a cheap step, and most steps never await, so a scope of their own could never fire. Sync steps marked blocking run in a worker thread, which anyio gives a copy
 of the context, so their log lines carry the scope too.
 """
 
@@ -199,7 +200,7 @@ class Engine:
 class _Run:
     """The state of one run: results so far, the failure if any, the task group."""
 
-    __slots__ = ("engine", "plan", "ctx", "results", "pending", "failure", "tg", "scope_base")
+    __slots__ = ("engine", "plan", "ctx", "results", "pending", "failure", "tg", "scope_base", "current")
 
     def __init__(self, engine: Engine, plan: Plan, ctx: RunContext) -> None:
         self.engine = engine
@@ -210,8 +211,27 @@ class _Run:
         self.failure: BaseException | None = None
         self.tg: Any = None
         self.scope_base = (("request_id", ctx.request_id), ("pipeline", plan.name))
+        self.current: tuple[Node, int, float] | None = None  # the attempt in progress: node, attempt, start
 
     async def execute(self) -> dict[str, Any]:
+        remaining = self.ctx.remaining()
+        if remaining is None:
+            return await self._execute()
+        if remaining <= 0:
+            first = self.plan.order[0] if self.plan.order else "?"
+            raise DeadlineExceeded(f"the run's deadline passed before step '{first}'")
+        with anyio.move_on_after(remaining):
+            return await self._execute()
+        # The deadline cancelled whatever was running: report it as that step's failure.
+        exc = DeadlineExceeded("the run's deadline passed")
+        if self.current is not None:
+            node, attempt, start = self.current
+            exc = DeadlineExceeded(f"the run's deadline passed during step '{node.name}'")
+            exc.step, exc.attempts = node.name, attempt
+            self.finished(node, "error", attempt, start, exc)
+        raise exc
+
+    async def _execute(self) -> dict[str, Any]:
         roots = self.plan.roots
         try:
             if self.plan.sequential:
@@ -280,6 +300,7 @@ class _Run:
             while True:
                 attempt += 1
                 token = logs._scope.set(self.scope_base + (("step", node.name), ("attempt", attempt)))
+                self.current = (node, attempt, start)
                 try:
                     value = await self.attempt(node, kwargs, attempt, start)
                 except Exception as exc:
@@ -314,19 +335,13 @@ class _Run:
 
     async def attempt(self, node: Node, kwargs: dict[str, Any], attempt: int, start: float) -> Any:
         remaining = self.ctx.remaining()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceeded(f"the run's deadline passed before step '{node.name}'")
         timeout = node.timeout
-        by_deadline = False
-        if remaining is not None:
-            if remaining <= 0:
-                raise DeadlineExceeded(f"the run's deadline passed before step '{node.name}'")
-            if timeout is None or remaining < timeout:
-                timeout, by_deadline = remaining, True
-        if timeout is None:
+        if timeout is None or node.info_inline:  # a step that never awaits cannot be interrupted
             return await self.invoke(node, kwargs, attempt, start)
         with anyio.move_on_after(timeout):
             return await self.invoke(node, kwargs, attempt, start)
-        if by_deadline:
-            raise DeadlineExceeded(f"the run's deadline passed during step '{node.name}'")
         raise StepTimeout(f"step '{node.name}' took longer than {timeout:g} s")
 
     async def invoke(self, node: Node, kwargs: dict[str, Any], attempt: int, start: float) -> Any:

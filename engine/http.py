@@ -8,8 +8,9 @@ in the served protocol's format.
 
 The commit point is the first byte of a response body. A stream is primed before that (see
 `streams.py`), so the run has already succeeded or failed by the time headers go out. After
-it, the stream is written item by item; a `heartbeat` is written whenever the stream has been
-silent for its interval; a client disconnect cancels the stream at once (uvicorn's `send`
+it, the stream's items are written as they come, batched when several are ready at once
+(engine/outbox.py); a `heartbeat` is written whenever the stream has been silent for its
+interval; a client disconnect cancels the stream at once (uvicorn's `send`
 after a disconnect returns silently, so waiting for `send` to fail would read the upstream to
 its end).
 """
@@ -42,6 +43,7 @@ from engine.capture import RecordingIds, RunRecorder
 from engine.check import Plan
 from engine.errors import HttpError, SpecErrors
 from engine.executor import Engine, load_plans
+from engine.outbox import Outbox
 from engine.run import RunContext
 from engine.streams import aclose_quietly
 from engine.types import Reply, Request
@@ -338,15 +340,14 @@ class StreamReply(Response):
         self.media_type = reply.media_type
         self.background = None
         self.init_headers({**reply.headers, "x-request-id": ctx.request_id})
-        self.last_write = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         reply, outcome = self.reply, "ok"
-        writing = False
         sent: list[Any] | None = [] if self.ctx.recorder is not None else None
         finished = False
         active = metrics.ACTIVE_STREAMS.labels(self.ctx.pipeline)
         active.inc()
+        outbox = Outbox(send, reply.heartbeat, reply.heartbeat_interval)
         try:
             async with anyio.create_task_group() as tg:
 
@@ -360,49 +361,26 @@ class StreamReply(Response):
                             tg.cancel_scope.cancel()
                             return
 
-                async def heartbeat() -> None:
-                    # No lock on the hot path: items and beats never interleave because a beat
-                    # is written only when no item is being written and none has been for a
-                    # whole interval (both tasks run on one event loop).
-                    nonlocal writing
-                    interval = reply.heartbeat_interval
-                    while True:
-                        await anyio.sleep(max(0.0, self.last_write + interval - time.monotonic()))
-                        if not writing and time.monotonic() - self.last_write >= interval:
-                            writing = True
-                            try:
-                                await send({"type": "http.response.body", "body": reply.heartbeat, "more_body": True})
-                            finally:
-                                writing = False
-                            self.last_write = time.monotonic()
-
                 tg.start_soon(watch_disconnect)
                 await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-                self.last_write = time.monotonic()
-                if reply.heartbeat:
-                    tg.start_soon(heartbeat)
+                tg.start_soon(outbox.run)
+                outbox.start_heartbeat()
+                put, room = outbox.put, outbox.room
                 try:
                     async for item in reply.stream:  # type: ignore[union-attr]
                         data = item if isinstance(item, bytes) else item.encode()
-                        while writing:  # a beat is being written: let it finish
-                            await anyio.sleep(0)
-                        writing = True
-                        try:
-                            await send({"type": "http.response.body", "body": data, "more_body": True})
-                        finally:
-                            writing = False
-                        self.last_write = time.monotonic()
+                        put(data)
+                        await room()
                         if sent is not None:
                             sent.append([self.ctx.recorder.offset(), data.decode("utf-8", errors="replace")])
                 except Exception:
                     outcome = "error"
                     structlog.get_logger("engine").exception("stream failed after the response started")
                 finished = True
-                while writing:
-                    await anyio.sleep(0)
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await outbox.close()
                 tg.cancel_scope.cancel()
         finally:
+            outbox.cancel_timer()
             active.dec()
             with anyio.CancelScope(shield=True):
                 await aclose_quietly(reply.stream)

@@ -207,5 +207,5 @@ async def profiles(
         from steps.openrouter.upstream import _client_key, make_client
 
         client = await ctx.resource("openrouter.client:10.0:600.0:256", lambda: make_client(10.0, 600.0, 256))
-        await book.refresh(client, base_url, api_key or _client_key(request), ttl, fetch_timeout, ctx.log)
+        await book.refresh(client.http, base_url, api_key or _client_key(request), ttl, fetch_timeout, ctx.log)
     return {m: book.get(m) for m in models}

@@ -58,7 +58,7 @@ from steps.openrouter.errors import (
 )
 from steps.openrouter.cooldown import Cooldowns, cooldowns
 from steps.openrouter.sse import DONE, SSEDecoder, SSEError
-from steps.openrouter.transport import UpstreamTransport
+from steps.openrouter.transport import UpstreamClient, UpstreamTransport
 
 __all__ = ["KEEPALIVE_OBJECT", "ChunkStream", "call", "is_keepalive", "make_client"]
 
@@ -110,7 +110,7 @@ def is_meaningful(chunk: dict) -> bool:
     return False
 
 
-def make_client(connect_timeout: float, read_timeout: float, pool_size: int) -> httpx.AsyncClient:
+def make_client(connect_timeout: float, read_timeout: float, pool_size: int) -> UpstreamClient:
     """The pooled HTTP/1.1 client shared by every call with the same settings.
 
     httpx's API over aiohttp's transport (httpx-aiohttp): measured on this gateway, httpx's
@@ -130,15 +130,8 @@ def make_client(connect_timeout: float, read_timeout: float, pool_size: int) -> 
         transport = httpx.AsyncHTTPTransport(http1=True, http2=False, limits=limits, retries=0, trust_env=False)
     else:
         transport = UpstreamTransport(limits=limits, retries=0, trust_env=False)
-    return httpx.AsyncClient(
-        transport=transport,
-        timeout=httpx.Timeout(
-            connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
-        ),
-        trust_env=False,
-        follow_redirects=False,
-        headers={"user-agent": "engine-gateway"},
-    )
+    timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout)
+    return UpstreamClient(transport, timeout, {"user-agent": "engine-gateway"})
 
 
 @step("openrouter.call")
@@ -428,7 +421,7 @@ async def _call_one(
     if title:
         headers["x-title"] = title
         headers["x-openrouter-title"] = title
-    client: httpx.AsyncClient = await ctx.resource(
+    client: UpstreamClient = await ctx.resource(
         f"openrouter.client:{connect_timeout}:{read_timeout}:{pool_size}",
         lambda: make_client(connect_timeout, read_timeout, pool_size),
     )
@@ -439,20 +432,19 @@ async def _call_one(
         raise UpstreamError(
             f"payload is not JSON-serialisable: {exc}", kind="protocol", retryable=False
         ) from exc
-    req = client.build_request("POST", url, content=body, headers=headers)
 
     remaining = ctx.remaining()
     if remaining is not None and remaining <= 0:
         raise UpstreamError("deadline passed before the upstream call", kind="timeout", retryable=False)
     if not streaming:
         with _deadline(remaining):
-            response = await _send(client, req, key)
+            response = await _send(client, url, body, headers, key)
             try:
                 return await _read_json(response, key)
             finally:
                 await _close(response)
     with _deadline(remaining):
-        response = await _send(client, req, key)
+        response = await _send(client, url, body, headers, key)
     try:
         if response.status_code >= 400:
             with _deadline(ctx.remaining()):
@@ -748,10 +740,10 @@ class _deadline:
             ) from None
 
 
-async def _send(client: httpx.AsyncClient, req: httpx.Request, key: str) -> httpx.Response:
+async def _send(client: UpstreamClient, url: str, body: bytes, headers: dict[str, str], key: str) -> httpx.Response:
     """Send and wait for the response headers; map transport failures to UpstreamError."""
     try:
-        return await client.send(req, stream=True)
+        return await client.post(url, body, headers)
     except httpx.TimeoutException as exc:
         raise UpstreamError(
             f"upstream timed out ({type(exc).__name__})", kind="timeout", retryable=True
