@@ -17,6 +17,7 @@ its end).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hmac
@@ -253,18 +254,31 @@ async def _run_unless_disconnected(engine: Engine, plan: Plan, req: Request, ctx
     Starlette does not watch the connection while an endpoint runs, so without this a client
     that gives up would leave its upstream request running (and billed) to the end.
     """
-    result: Any = _DISCONNECTED
-    async with anyio.create_task_group() as tg:
+    with anyio.CancelScope() as scope:
+        watcher = watch_disconnect(receive, scope)
+        try:
+            return await engine.run(plan.name, req, ctx=ctx)
+        finally:
+            watcher.cancel()
+    return _DISCONNECTED
 
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            tg.cancel_scope.cancel()
 
-        tg.start_soon(watch)
-        result = await engine.run(plan.name, req, ctx=ctx)
-        tg.cancel_scope.cancel()
-    return result
+def watch_disconnect(receive: Receive, scope: anyio.CancelScope, on_disconnect: Callable[[], None] | None = None) -> asyncio.Task[None]:
+    """A task that cancels `scope` when the client disconnects; cancel the task when done.
+
+    A plain asyncio task, not an anyio task group: per request, a group's spawn and cancel
+    cost about 45 us (anyio formats the cancelling task's repr), a task about 5 us. The scope
+    is anyio's, so cancelling it reaches everything the run started.
+    """
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if on_disconnect is not None:
+            on_disconnect()
+        scope.cancel()
+
+    return asyncio.get_running_loop().create_task(watch())
 
 
 async def _render(engine: Engine, plan: Plan | None, error: Exception, ctx: RunContext | None) -> Response:
@@ -348,39 +362,43 @@ class StreamReply(Response):
         active = metrics.ACTIVE_STREAMS.labels(self.ctx.pipeline)
         active.inc()
         outbox = Outbox(send, reply.heartbeat, reply.heartbeat_interval)
+        writer: asyncio.Task[None] | None = None
+
+        def disconnected() -> None:
+            nonlocal outcome
+            if not finished:  # after the last byte, uvicorn reports a disconnect too
+                outcome = "client_disconnected"
+
         try:
-            async with anyio.create_task_group() as tg:
-
-                async def watch_disconnect() -> None:
-                    nonlocal outcome
-                    while True:
-                        message = await receive()
-                        if message["type"] == "http.disconnect":
-                            if not finished:  # after the last byte, uvicorn reports a disconnect too
-                                outcome = "client_disconnected"
-                            tg.cancel_scope.cancel()
-                            return
-
-                tg.start_soon(watch_disconnect)
-                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-                tg.start_soon(outbox.run)
-                outbox.start_heartbeat()
-                put, room = outbox.put, outbox.room
+            with anyio.CancelScope() as cancel:
+                watcher = watch_disconnect(receive, cancel, disconnected)
                 try:
-                    async for item in reply.stream:  # type: ignore[union-attr]
-                        data = item if isinstance(item, bytes) else item.encode()
-                        put(data)
-                        await room()
-                        if sent is not None:
-                            sent.append([self.ctx.recorder.offset(), data.decode("utf-8", errors="replace")])
-                except Exception:
-                    outcome = "error"
-                    structlog.get_logger("engine").exception("stream failed after the response started")
-                finished = True
-                await outbox.close()
-                tg.cancel_scope.cancel()
+                    await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                    writer = asyncio.get_running_loop().create_task(outbox.run())
+                    writer.add_done_callback(lambda task: task.cancelled() or task.exception() is None or cancel.cancel())
+                    outbox.start_heartbeat()
+                    put, room = outbox.put, outbox.room
+                    try:
+                        async for item in reply.stream:  # type: ignore[union-attr]
+                            data = item if isinstance(item, bytes) else item.encode()
+                            put(data)
+                            await room()
+                            if sent is not None:
+                                sent.append([self.ctx.recorder.offset(), data.decode("utf-8", errors="replace")])
+                    except Exception:
+                        outcome = "error"
+                        structlog.get_logger("engine").exception("stream failed after the response started")
+                    finished = True
+                    await outbox.close()
+                finally:
+                    watcher.cancel()
         finally:
             outbox.cancel_timer()
+            if writer is not None and not writer.done():
+                writer.cancel()
+            elif writer is not None and not writer.cancelled() and writer.exception() is not None:
+                outcome = "error"
+                structlog.get_logger("engine").error("writing the stream failed", error=repr(writer.exception()))
             active.dec()
             with anyio.CancelScope(shield=True):
                 await aclose_quietly(reply.stream)
