@@ -86,6 +86,7 @@ class UpstreamTransport(AiohttpTransport):
         # httpx's client wraps `response.stream` in its own BoundAsyncStream, which hides
         # `abort`; the extensions dict is passed through untouched.
         response.extensions["abort"] = body.abort
+        response.extensions["raw_body"] = body  # read without httpx's layers when not encoded
         return response
 
 

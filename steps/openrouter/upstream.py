@@ -3,9 +3,10 @@
 The step is deliberately thin: it sends the already-converted payload, turns every way the
 upstream can fail into an `UpstreamError` (steps/openrouter/errors.py) and, for a stream,
 returns a `ChunkStream` of parsed chunk dicts. It never retries (the engine's retry layer is the
-only one, so the HTTP client is built with `retries=0`) and keeps no idle timer of its own (the
-engine wraps streams with first-item and gap timeouts); the run's deadline, when there is one,
-bounds the wait for the response headers (and, without streaming, for the whole body).
+only one, so the HTTP client is built with `retries=0`). The engine bounds the first chunk
+with the step's timeout and hands the gap timeout to the stream (`enforce_idle_timeout`, a
+watchdog timer); the run's deadline, when there is one, bounds the wait for the response
+headers (and, without streaming, for the whole body).
 
 Error kinds raised (see UpstreamError): "status" (HTTP error status, retryable per
 RETRYABLE_STATUSES), "connect" (refused, reset or closed before the response headers: the
@@ -36,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import anyio
@@ -493,9 +494,10 @@ class ChunkStream(AsyncIterator[dict]):
     def enforce_idle_timeout(self, seconds: float) -> bool:
         """Time the gaps between items here (the engine's hook), instead of a cancel scope per item.
 
-        A timer checks a few times per `seconds` whether an item arrived; when none did for
+        A timer checks a few times per `seconds` whether bytes arrived (comments count: the
+        upstream is not silent, as Claude Code counts every byte); when none did for
         `seconds`, it aborts the upstream connection, which wakes the pending read, and the
-        stream raises StepTimeout. Per item this costs one clock read. Only possible when the
+        stream raises StepTimeout. Per network read this costs one clock read. Only possible when the
         response can be aborted synchronously (the aiohttp transport); otherwise the engine
         keeps timing the gaps itself.
         """
@@ -535,25 +537,18 @@ class ChunkStream(AsyncIterator[dict]):
     def __aiter__(self) -> ChunkStream:
         return self
 
-    async def __anext__(self) -> dict:
+    def __anext__(self) -> Awaitable[dict]:
+        # The generator's own awaitable, not a coroutine wrapping it: one frame less for every
+        # chunk (each frame between the event loop and the read costs on every resumption).
         if self._gen is None:
-            if self._items:
-                self.chunks += 1
-                return self._items.pop(0)
-            raise StopAsyncIteration
-        try:
-            item = await self._gen.__anext__()
-        except StopAsyncIteration:
-            self._disarm()
-            raise
-        except httpx.TransportError as exc:  # not reached: _run maps these; kept for safety
-            raise self._idle_error() if self._idle_fired else exc
-        except UpstreamError as exc:
-            if self._idle_fired:
-                raise self._idle_error() from exc
-            raise
-        self._last_item = time.monotonic()
-        return item
+            return self._next_item()
+        return self._gen.__anext__()
+
+    async def _next_item(self) -> dict:
+        if self._items:
+            self.chunks += 1
+            return self._items.pop(0)
+        raise StopAsyncIteration
 
     def _idle_error(self) -> StepTimeout:
         self._disarm()
@@ -601,7 +596,7 @@ class ChunkStream(AsyncIterator[dict]):
         assert response is not None
         decoder = SSEDecoder()
         parse = self._parse
-        raw_iter = response.aiter_bytes()
+        raw_iter = _body_chunks(response)
         done = False
         held: list[dict] = []  # chunks without meaning, before the first meaningful one
         hold = self.commit_after
@@ -610,6 +605,7 @@ class ChunkStream(AsyncIterator[dict]):
         try:
             try:
                 async for raw in raw_iter:
+                    self._last_item = clock()  # bytes arrived: items follow, or a keepalive does
                     try:
                         events = decoder.feed(raw)
                     except SSEError as exc:
@@ -674,7 +670,12 @@ class ChunkStream(AsyncIterator[dict]):
                             pass
                     except httpx.HTTPError:
                         pass
+        except UpstreamError as exc:
+            if self._idle_fired:  # the watchdog aborted the connection: that is a timeout
+                raise self._idle_error() from exc
+            raise
         finally:
+            self._disarm()
             await _close(response)
 
     def _chunk_error(self, chunk: dict) -> UpstreamError:
@@ -696,6 +697,15 @@ class ChunkStream(AsyncIterator[dict]):
                 length=len(line),
                 chunks=self.chunks,
             )
+
+
+def _body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body's bytes as they arrive: straight from the transport when nothing needs decoding
+    (one generator instead of httpx's four layers, on every chunk), else through httpx."""
+    raw = response.extensions.get("raw_body")
+    if raw is not None and response.headers.get("content-encoding", "identity").lower() in ("", "identity"):
+        return raw.__aiter__()
+    return response.aiter_bytes()
 
 
 def _client_key(request: Request | None) -> str:
