@@ -255,7 +255,7 @@ async def _run_unless_disconnected(engine: Engine, plan: Plan, req: Request, ctx
     that gives up would leave its upstream request running (and billed) to the end.
     """
     with anyio.CancelScope() as scope:
-        watcher = watch_disconnect(receive, scope)
+        watcher = watch_disconnect(receive, scope.cancel)
         try:
             return await engine.run(plan.name, req, ctx=ctx)
         finally:
@@ -263,20 +263,19 @@ async def _run_unless_disconnected(engine: Engine, plan: Plan, req: Request, ctx
     return _DISCONNECTED
 
 
-def watch_disconnect(receive: Receive, scope: anyio.CancelScope, on_disconnect: Callable[[], None] | None = None) -> asyncio.Task[None]:
-    """A task that cancels `scope` when the client disconnects; cancel the task when done.
+def watch_disconnect(receive: Receive, on_disconnect: Callable[[], None]) -> asyncio.Task[None]:
+    """A task that calls `on_disconnect` (typically an anyio scope's `cancel`) when the client
+    disconnects; cancel the task when done.
 
     A plain asyncio task, not an anyio task group: per request, a group's spawn and cancel
-    cost about 45 us (anyio formats the cancelling task's repr), a task about 5 us. The scope
-    is anyio's, so cancelling it reaches everything the run started.
+    cost about 45 us (anyio formats the cancelling task's repr), a task about 5 us. Cancelling
+    an anyio scope from it reaches everything the run started.
     """
 
     async def watch() -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
-        if on_disconnect is not None:
-            on_disconnect()
-        scope.cancel()
+        on_disconnect()
 
     return asyncio.get_running_loop().create_task(watch())
 
@@ -356,55 +355,72 @@ class StreamReply(Response):
         self.init_headers({**reply.headers, "x-request-id": ctx.request_id})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Produce in a task of its own, write in this one.
+
+        The producer (the pipeline's stream: upstream read, conversion, encoding) resumes once
+        per upstream chunk, and every resumption passes through each frame between the event
+        loop and the read: in uvicorn's task that is a dozen ASGI middleware frames more. So the
+        producer gets a fresh, shallow task, and this (deep) task only wakes per write batch.
+        """
         reply, outcome = self.reply, "ok"
-        sent: list[Any] | None = [] if self.ctx.recorder is not None else None
+        ctx = self.ctx
+        sent: list[Any] | None = [] if ctx.recorder is not None else None
         finished = False
-        active = metrics.ACTIVE_STREAMS.labels(self.ctx.pipeline)
+        active = metrics.ACTIVE_STREAMS.labels(ctx.pipeline)
         active.inc()
         outbox = Outbox(send, reply.heartbeat, reply.heartbeat_interval)
-        writer: asyncio.Task[None] | None = None
+        producing = anyio.CancelScope()  # entered by the producer task
+        producer: asyncio.Task[None] | None = None
 
-        def disconnected() -> None:
-            nonlocal outcome
-            if not finished:  # after the last byte, uvicorn reports a disconnect too
-                outcome = "client_disconnected"
+        async def produce() -> None:
+            nonlocal outcome, finished
+            put, room = outbox.put, outbox.room
+            with producing:
+                try:
+                    async for item in reply.stream:  # type: ignore[union-attr]
+                        data = item if isinstance(item, bytes) else item.encode()
+                        put(data)
+                        await room()
+                        if sent is not None:
+                            sent.append([ctx.recorder.offset(), data.decode("utf-8", errors="replace")])
+                except Exception:
+                    outcome = "error"
+                    structlog.get_logger("engine").exception("stream failed after the response started")
+                finished = True
+                outbox.end()
 
         try:
-            with anyio.CancelScope() as cancel:
-                watcher = watch_disconnect(receive, cancel, disconnected)
+            with anyio.CancelScope() as writing:
+
+                def disconnected() -> None:
+                    nonlocal outcome
+                    if not finished:  # after the last byte, uvicorn reports a disconnect too
+                        outcome = "client_disconnected"
+                    producing.cancel()
+                    writing.cancel()
+
+                watcher = watch_disconnect(receive, disconnected)
                 try:
                     await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-                    writer = asyncio.get_running_loop().create_task(outbox.run())
-                    writer.add_done_callback(lambda task: task.cancelled() or task.exception() is None or cancel.cancel())
+                    producer = asyncio.get_running_loop().create_task(produce())
                     outbox.start_heartbeat()
-                    put, room = outbox.put, outbox.room
-                    try:
-                        async for item in reply.stream:  # type: ignore[union-attr]
-                            data = item if isinstance(item, bytes) else item.encode()
-                            put(data)
-                            await room()
-                            if sent is not None:
-                                sent.append([self.ctx.recorder.offset(), data.decode("utf-8", errors="replace")])
-                    except Exception:
-                        outcome = "error"
-                        structlog.get_logger("engine").exception("stream failed after the response started")
-                    finished = True
-                    await outbox.close()
+                    await outbox.run()
+                except Exception as exc:  # the client socket failed under us
+                    outcome = "error"
+                    structlog.get_logger("engine").error("writing the stream failed", error=repr(exc))
                 finally:
                     watcher.cancel()
         finally:
             outbox.cancel_timer()
-            if writer is not None and not writer.done():
-                writer.cancel()
-            elif writer is not None and not writer.cancelled() and writer.exception() is not None:
-                outcome = "error"
-                structlog.get_logger("engine").error("writing the stream failed", error=repr(writer.exception()))
             active.dec()
             with anyio.CancelScope(shield=True):
+                if producer is not None and not producer.done():
+                    producing.cancel()
+                    await asyncio.wait([producer])
                 await aclose_quietly(reply.stream)
-                await self.ctx.aclose()
-            _log_access(self.ctx, self.status_code, outcome, self.start, stream=True)
-            _finish_capture(self.ctx, self, self.ctx.attributes.get("outcome", outcome), chunks=sent)
+                await ctx.aclose()
+            _log_access(ctx, self.status_code, outcome, self.start, stream=True)
+            _finish_capture(ctx, self, ctx.attributes.get("outcome", outcome), chunks=sent)
 
 
 def app_from_env() -> Starlette:

@@ -96,10 +96,14 @@ class Outbox:
             self._first = False
             await asyncio.sleep(0)
 
-    async def close(self) -> None:
-        """Send what is queued and end the response body; returns when the writer has done so."""
+    def end(self) -> None:
+        """No more items: the writer sends what is queued, ends the body, and returns."""
         self._closing = True
         self._wake.set()
+
+    async def close(self) -> None:
+        """`end`, then wait until the writer has done so."""
+        self.end()
         await self._done.wait()
 
     def cancel_timer(self) -> None:
