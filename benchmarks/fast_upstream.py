@@ -3,8 +3,11 @@
     python -m benchmarks.fast_upstream PORT
 
 POST .../chat/completions answers a fixed completion, or, with "stream": true, a stream of
-`chunks` content chunks (default 200; a `max_tokens` of 1000+N asks for N chunks, N ≤ 10000), with usage and [DONE]. Keep-alive, Content-Length requests only. Its own cost must
-stay far below the gateway's, so everything is built once.
+`chunks` content chunks (default 200; a `max_tokens` of 1000+N asks for N chunks, N ≤ 10000),
+with usage and [DONE]. A `max_tokens` of 999 asks for an idle stream: the first content chunk,
+then nothing until the client hangs up (a model thinking for a long time). Keep-alive,
+Content-Length requests only. Its own cost must stay far below the gateway's, so everything
+is built once.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def stream_parts(chunks: int) -> list[bytes]:
     return parts
 
 
+IDLE_MAX_TOKENS = 999
 JSON_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
 SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 
@@ -67,7 +71,13 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                     if 1000 < mt <= 11000:
                         chunks = mt - 1000
                 except orjson.JSONDecodeError:
-                    pass
+                    mt = 0
+                if mt == IDLE_MAX_TOKENS:
+                    writer.write(SSE_HEAD)
+                    writer.write(stream_parts(1)[1] + stream_parts(1)[2])  # role chunk, one word
+                    await writer.drain()
+                    await reader.read()  # until the gateway closes the connection
+                    return
                 writer.write(SSE_HEAD)
                 for part in stream_parts(chunks):
                     writer.write(part)

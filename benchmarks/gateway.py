@@ -16,13 +16,18 @@ import asyncio
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
+from benchmarks.fast_upstream import IDLE_MAX_TOKENS
+
 REPO = Path(__file__).resolve().parents[1]
+IDLE_STREAMS = 1000
 FIXTURE = REPO.parent / "shared" / "fixtures" / "claude-code" / "first_turn.json"
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -114,6 +119,33 @@ async def drive(port: int, path: str, body: bytes, concurrency: int, total: int)
     return timings, time.perf_counter() - t0
 
 
+async def idle_streams(port: int, count: int) -> tuple[list[asyncio.StreamWriter], float]:
+    """Open `count` streams whose upstream goes quiet after the first word; keep them open."""
+    body = orjson.dumps({"model": "claude-opus-5-5", "max_tokens": IDLE_MAX_TOKENS, "stream": True, "messages": [{"role": "user", "content": "Think"}]})
+    request = b"POST /v1/messages HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\nx-api-key: bench\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    opening = asyncio.Semaphore(64)  # connection set-up in waves, not one SYN flood
+
+    async def one() -> asyncio.StreamWriter:
+        async with opening:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            seen = b""
+            while b"text_delta" not in seen:
+                data = await reader.read(65536)
+                if not data:
+                    raise RuntimeError("idle stream ended early")
+                seen = seen[-64:] + data
+            return writer
+
+    t0 = time.perf_counter()
+    writers = await asyncio.gather(*(one() for _ in range(count)))
+    return list(writers), time.perf_counter() - t0
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(p / 100 * len(values)))]
@@ -123,8 +155,8 @@ def ms(x: float | None) -> str:
     return "   -  " if x is None else f"{x * 1000:6.2f}"
 
 
-def start(cmd: list[str], core: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=lambda: os.sched_setaffinity(0, {core}))
+def start(cmd: list[str], core: int, env: dict[str, str], log: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=log, preexec_fn=lambda: os.sched_setaffinity(0, {core}))
 
 
 async def wait_port(port: int, timeout: float = 30.0) -> None:
@@ -147,8 +179,11 @@ async def main(quick: bool) -> None:
     up_port, gw_port = free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     upstream = start([sys.executable, "-m", "benchmarks.fast_upstream", str(up_port)], other_core, env)
-    gw_env = {**env, "OPENROUTER_BASE_URL": f"http://127.0.0.1:{up_port}/v1", "ENGINE_LOG_LEVEL": "warning", "ENGINE_LOG_FORMAT": "json", "BIG_MODEL": "bench/model", "OPENROUTER_MODELS_FETCH": "false"}
-    gateway = start([sys.executable, "-m", "engine", "serve", "--port", str(gw_port)], server_core, gw_env)
+    gw_env = {**env, "OPENROUTER_BASE_URL": f"http://127.0.0.1:{up_port}/v1", "ENGINE_LOG_FORMAT": "json", "BIG_MODEL": "bench/model", "OPENROUTER_MODELS_FETCH": "false",
+              "UPSTREAM_CONCURRENCY": str(IDLE_STREAMS + 100)}  # fmt: skip
+    # Logging as in production (info: one JSON access line per request), into a file.
+    log_file = tempfile.NamedTemporaryFile(prefix="gateway-bench-", suffix=".log", delete=False)  # noqa: SIM115
+    gateway = start([sys.executable, "-m", "engine", "serve", "--port", str(gw_port)], server_core, gw_env, log_file)
     try:
         await wait_port(up_port)
         await wait_port(gw_port)
@@ -158,7 +193,7 @@ async def main(quick: bool) -> None:
         direct_stream = orjson.dumps({"model": "bench/model", "max_tokens": 1200, "stream": True, "messages": [{"role": "user", "content": "Say hello"}]})
         await drive(gw_port, "/v1/messages", small, 8, 400)  # warm-up (imports, pools, caches)
         await drive(gw_port, "/v1/messages", stream, 4, 40)
-        print(f"gateway pid {gateway.pid} on core {server_core}; upstream and client on core {other_core}; python {sys.version.split()[0]}")
+        print(f"gateway pid {gateway.pid} on core {server_core}, logging at info to {log_file.name}; upstream and client on core {other_core}; python {sys.version.split()[0]}")
         print("\nnon-streaming (JSON)             p50 ms  p99 ms   req/s   server CPU ms/req   floor p50 ms  floor req/s")
         for c, n in ((1, int(1000 * scale)), (16, int(4000 * scale)), (64, int(6000 * scale))):
             floor, floor_s = await drive(up_port, "/v1/chat/completions", direct_small, c, n)
@@ -188,6 +223,17 @@ async def main(quick: bool) -> None:
         cpu = (cpu_seconds(gateway.pid) - cpu0) / n
         print(f"\nClaude Code first_turn.json ({len(body) // 1024} KB, streamed), c=16: p50 {ms(pct([t.total for t in timings], 50))} ms, p99 {ms(pct([t.total for t in timings], 99))} ms, {n / secs:.0f} req/s, server CPU {cpu * 1000:.3f} ms/req")
         print(f"\ngateway peak RSS {rss_kb(gateway.pid) / 1024:.1f} MB")
+        n = IDLE_STREAMS if not quick else IDLE_STREAMS // 5
+        before, fds_before = rss_kb(gateway.pid, "VmRSS"), open_fds(gateway.pid)
+        writers, secs = await idle_streams(gw_port, n)
+        await asyncio.sleep(1.0)
+        during, fds_during = rss_kb(gateway.pid, "VmRSS"), open_fds(gateway.pid)
+        for w in writers:
+            w.close()
+        print(
+            f"{n} concurrent idle streams (first word sent, then silence; opened in {secs:.1f} s): RSS {during / 1024:.1f} MB "
+            f"({before / 1024:.1f} MB before, {(during - before) / n:.1f} KB per stream), descriptors {fds_before} -> {fds_during}"
+        )
     finally:
         for proc in (gateway, upstream):
             proc.terminate()
@@ -195,6 +241,10 @@ async def main(quick: bool) -> None:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        log_file.close()
+        lines = Path(log_file.name).read_text(errors="replace").count("\n")
+        os.unlink(log_file.name)
+        print(f"(the gateway wrote {lines} log lines)")
 
 
 if __name__ == "__main__":

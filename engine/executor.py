@@ -15,6 +15,7 @@ of the context, so their log lines carry the scope too.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -239,11 +240,18 @@ class _Run:
                 for name in self.plan.order:
                     await self.step(self.plan.nodes[name])
             else:
-                async with anyio.create_task_group() as tg:
-                    self.tg = tg
-                    for extra in roots[1:]:
-                        tg.start_soon(self.drive, self.plan.nodes[extra])
-                    await self.drive(self.plan.nodes[roots[0]])
+                # asyncio's TaskGroup, not anyio's: a task costs ~2.4 us against ~15 us. The
+                # run's cancellation still comes from anyio scopes (deadline, disconnect); the
+                # group passes it on to its tasks and waits for them.
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        self.tg = tg
+                        for extra in roots[1:]:
+                            tg.create_task(self.drive(self.plan.nodes[extra]))
+                        await self.drive(self.plan.nodes[roots[0]])
+                except BaseExceptionGroup:
+                    if self.failure is None:
+                        raise
                 if self.failure is not None:
                     raise self.failure
         except BaseException:
@@ -272,11 +280,11 @@ class _Run:
                             queue.append(ready)
                             waiting = waiting or not ready.info_inline
                         else:
-                            self.tg.start_soon(self.drive, ready)
+                            self.tg.create_task(self.drive(ready))
         except Exception as exc:
             if self.failure is None:
                 self.failure = exc
-            self.tg.cancel_scope.cancel()
+            raise  # the group cancels the other branches; the run raises the first failure
 
     async def step(self, node: Node) -> None:
         results, ctx, input = self.results, self.ctx, self.ctx.input
