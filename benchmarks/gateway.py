@@ -1,12 +1,15 @@
 """The gateway benchmark: latency, throughput, stream timing and server CPU, with a floor.
 
-    uv run python -m benchmarks.gateway [--quick]
+    uv run python -m benchmarks.gateway [--quick] [--rounds N]
 
 Starts a fast fake upstream (benchmarks/fast_upstream.py) and `engine serve` on loopback as
 separate processes, the gateway pinned to core 0 and the upstream and this load client to
 core 1, and drives them with a raw asyncio HTTP/1.1 client (keep-alive, no library parsing
 cost). Every figure is printed next to the same measurement sent straight to the upstream
-(the floor), and server CPU time comes from /proc/PID/stat. Not a test: it asserts nothing.
+(the floor), and server CPU time comes from /proc/PID/stat. The gateway logs as in
+production (info, one JSON access line per request) into a temporary file. Last, it opens
+1,000 streams whose upstream falls silent after the first word and reads the gateway's RSS.
+Not a test: it asserts nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -146,6 +150,38 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+@dataclass
+class Compared:
+    """One load, in rounds, each sent straight to the upstream (the floor) and then through
+    the gateway: every timing, the wall time, and per-round medians (noise on a shared
+    machine moves single rounds by several per cent)."""
+
+    floor: list[Timing]
+    floor_secs: float
+    timings: list[Timing]
+    secs: float
+    cpu: float  # median over rounds of server CPU seconds per request
+    added_p50: float  # median over rounds of (gateway p50 - floor p50)
+
+
+async def compare(pid: int, port: int, up_port: int, body: bytes, direct: bytes, c: int, n: int, rounds: int) -> Compared:
+    out = Compared([], 0.0, [], 0.0, 0.0, 0.0)
+    cpus: list[float] = []
+    added: list[float] = []
+    for _ in range(rounds):
+        floor, floor_secs = await drive(up_port, "/v1/chat/completions", direct, c, n)
+        cpu0 = cpu_seconds(pid)
+        timings, secs = await drive(port, "/v1/messages", body, c, n)
+        cpus.append((cpu_seconds(pid) - cpu0) / n)
+        added.append(pct([t.total for t in timings], 50) - pct([t.total for t in floor], 50))
+        out.floor += floor
+        out.floor_secs += floor_secs
+        out.timings += timings
+        out.secs += secs
+    out.cpu, out.added_p50 = statistics.median(cpus), statistics.median(added)
+    return out
+
+
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(p / 100 * len(values)))]
@@ -171,7 +207,7 @@ async def wait_port(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-async def main(quick: bool) -> None:
+async def main(quick: bool, rounds: int) -> None:
     scale = 0.2 if quick else 1.0
     cores = sorted(os.sched_getaffinity(0))
     server_core, other_core = cores[0], cores[-1]
@@ -194,27 +230,24 @@ async def main(quick: bool) -> None:
         await drive(gw_port, "/v1/messages", small, 8, 400)  # warm-up (imports, pools, caches)
         await drive(gw_port, "/v1/messages", stream, 4, 40)
         print(f"gateway pid {gateway.pid} on core {server_core}, logging at info to {log_file.name}; upstream and client on core {other_core}; python {sys.version.split()[0]}")
+        print(f"each line: {rounds} round(s), alternating straight-to-upstream (the floor) and through the gateway; CPU and added latency are medians over rounds")
         print("\nnon-streaming (JSON)             p50 ms  p99 ms   req/s   server CPU ms/req   floor p50 ms  floor req/s")
         for c, n in ((1, int(1000 * scale)), (16, int(4000 * scale)), (64, int(6000 * scale))):
-            floor, floor_s = await drive(up_port, "/v1/chat/completions", direct_small, c, n)
-            cpu0 = cpu_seconds(gateway.pid)
-            timings, secs = await drive(gw_port, "/v1/messages", small, c, n)
-            cpu = (cpu_seconds(gateway.pid) - cpu0) / n
-            lat = [t.total for t in timings]
-            f50 = pct([t.total for t in floor], 50)
-            print(f"  c={c:<3d}                         {ms(pct(lat, 50))}  {ms(pct(lat, 99))}  {n / secs:7.0f}   {cpu * 1000:8.3f}            {ms(f50)}     {n / floor_s:7.0f}")
+            r = await compare(gateway.pid, gw_port, up_port, small, direct_small, c, n, rounds)
+            lat = [t.total for t in r.timings]
+            f50 = pct([t.total for t in r.floor], 50)
+            total = n * rounds
+            print(f"  c={c:<3d}                         {ms(pct(lat, 50))}  {ms(pct(lat, 99))}  {total / r.secs:7.0f}   {r.cpu * 1000:8.3f}            {ms(f50)}     {total / r.floor_secs:7.0f}")
             if c == 1:
-                print(f"    added p50 latency at c=1: {(pct(lat, 50) - f50) * 1000:.3f} ms")
+                print(f"    added p50 latency at c=1: {r.added_p50 * 1000:.3f} ms")
         print("\nstreaming, 200 chunks             first event  first text   total ms  chunks/s  server CPU ms/stream   floor total ms")
         for c, n in ((1, int(200 * scale)), (64, int(640 * scale))):
-            floor, _ = await drive(up_port, "/v1/chat/completions", direct_stream, c, n)
-            cpu0 = cpu_seconds(gateway.pid)
-            timings, secs = await drive(gw_port, "/v1/messages", stream, c, n)
-            cpu = (cpu_seconds(gateway.pid) - cpu0) / n
+            r = await compare(gateway.pid, gw_port, up_port, stream, direct_stream, c, n, rounds)
+            timings = r.timings
             chunks = sum(t.chunks for t in timings)
             print(
                 f"  c={c:<3d}                          {ms(pct([t.first_event or 0 for t in timings], 50))}      {ms(pct([t.first_text or 0 for t in timings], 50))}    "
-                f"{ms(pct([t.total for t in timings], 50))}  {chunks / secs:8.0f}   {cpu * 1000:8.3f} ({cpu * 1e6 / 200:5.1f} us/chunk)   {ms(pct([t.total for t in floor], 50))}"
+                f"{ms(pct([t.total for t in timings], 50))}  {chunks / r.secs:8.0f}   {r.cpu * 1000:8.3f} ({r.cpu * 1e6 / 200:5.1f} us/chunk)   {ms(pct([t.total for t in r.floor], 50))}"
             )
         body = FIXTURE.read_bytes()
         n = int(400 * scale)
@@ -249,5 +282,7 @@ async def main(quick: bool) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a fifth of the requests (a rough look)")
-    asyncio.run(main(parser.parse_args().quick))
+    parser.add_argument("--quick", action="store_true", help="a fifth of the requests, one round (a rough look)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per load; figures are medians over them (default 3)")
+    args = parser.parse_args()
+    asyncio.run(main(args.quick, 1 if args.quick else max(1, args.rounds)))

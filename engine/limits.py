@@ -31,6 +31,11 @@ class Limits:
     async def acquire(self, name: str) -> Callable[[], None]:
         """Wait for a slot; returns the function that gives it back (call it exactly once)."""
         sem = self._sems[name]
+        try:
+            sem.acquire_nowait()  # the usual case: a free slot, no cancel scope, no checkpoint
+            return _releaser(sem)
+        except anyio.WouldBlock:
+            pass
         timeout = self._specs[name].queue_timeout
         if timeout is None:
             await sem.acquire()

@@ -1,47 +1,80 @@
-"""The upstream HTTP transport: httpx's API over aiohttp's connection handling.
+"""The upstream HTTP client: aiohttp's connection handling, speaking httpx's exception vocabulary.
 
-httpx-aiohttp maps every aiohttp connection error to `httpx.ConnectTimeout`, including a peer
-that closed or reset a pooled keep-alive connection, or cut a stream half way. The upstream
-step tells those apart (a reset before the response is a retryable connect failure; a cut
-stream is `cut`), so this transport restores the distinction httpx's own transport makes.
+Chosen on the benchmark (README "Performance"). httpx with its own transport spent more CPU per
+request than the whole Anthropic <-> OpenAI conversion (pool readability checks, anyio socket
+attributes on every request). httpx over aiohttp (httpx-aiohttp) fixed the connection cost,
+but httpx's request and response models (header normalisation, URL parsing with ipaddress
+checks, the cookie jar, four generator layers per body chunk) were still about a tenth of a
+JSON request's server CPU. So the per-request POST goes straight to an aiohttp session.
+
+The rest of the upstream code keeps speaking httpx's exceptions (`httpx.ConnectError`,
+`ReadTimeout`, `RemoteProtocolError`...), which say what failed better than aiohttp's: a reset
+of a pooled keep-alive connection before the response is a retryable connect failure, a cut
+stream is a read error. `httpx.AsyncClient` (`UpstreamClient.http`) remains for the occasional
+request: the model listing.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
+import certifi
 import httpx
-from httpx_aiohttp import AiohttpTransport
+from yarl import URL
+
+USER_AGENT = "engine-gateway"
 
 
-def _remap(exc: httpx.TransportError) -> httpx.TransportError:
-    cause = exc.__cause__
-    if isinstance(cause, aiohttp.ServerDisconnectedError):
-        return httpx.RemoteProtocolError(str(cause) or "server disconnected")
-    if isinstance(cause, aiohttp.ClientConnectorError):
-        return httpx.ConnectError(str(cause))
-    if isinstance(cause, aiohttp.ClientOSError):
-        return httpx.ReadError(str(cause) or "connection reset")
-    return exc
+def transport_error(exc: BaseException) -> httpx.TransportError:
+    """The httpx exception that says what an aiohttp failure means for the caller."""
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout(detail)  # connecting, or waiting for a free pooled connection
+    if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
+        return httpx.ReadTimeout(detail)
+    if isinstance(exc, aiohttp.NonHttpUrlClientError):
+        return httpx.UnsupportedProtocol(detail)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return httpx.ConnectError(f"invalid URL: {detail}")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return httpx.ConnectError(detail)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return httpx.RemoteProtocolError(detail)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return httpx.RemoteProtocolError(detail)
+    if isinstance(exc, aiohttp.ClientResponseError):  # a malformed status line or headers
+        return httpx.RemoteProtocolError(detail)
+    return httpx.ReadError(detail)  # resets, closed connections (abort), other OS errors
 
 
-class _Body(httpx.AsyncByteStream):
-    """The response body read straight from aiohttp, keeping what arrived before a cut.
+class UpstreamResponse:
+    """One upstream response: status, headers, and the body as it arrives.
 
-    aiohttp's StreamReader raises a stored exception before handing out data it had already
-    buffered, so when an upstream closes mid-stream the last chunks it sent would be lost;
-    Anthropic clients must see exactly what the upstream sent before the error. On a payload
-    error we hand out that buffer first (aiohttp keeps it in `_buffer`; pinned by uv.lock and
-    covered by the cut-stream tests), then raise.
+    Closing it before the body ended closes the connection (the upstream stops generating and
+    billing); a fully read body gives the connection back to the pool.
     """
 
-    def __init__(self, response: aiohttp.ClientResponse, inner: httpx.AsyncByteStream) -> None:
-        self.response = response
-        self.inner = inner
+    __slots__ = ("_response", "headers", "is_closed", "status_code")
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        content = self.response.content
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status_code = response.status
+        self.headers: Mapping[str, str] = response.headers  # case-insensitive
+        self.is_closed = False
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """The body's bytes (decompressed) as they arrive; failures as httpx exceptions.
+
+        aiohttp's StreamReader raises a stored exception before handing out data it had
+        already buffered, so when an upstream closes mid-stream the last chunks it sent would
+        be lost; Anthropic clients must see exactly what the upstream sent before the error.
+        On a payload error the buffer goes out first (aiohttp keeps it in `_buffer`; pinned by
+        uv.lock and covered by the cut-stream tests), then the error.
+        """
+        content = self._response.content
         while True:
             try:
                 chunk = await content.readany()
@@ -52,72 +85,80 @@ class _Body(httpx.AsyncByteStream):
                     buffered.clear()
                     yield leftover
                 raise httpx.ReadError(str(exc) or "upstream connection closed mid-stream") from exc
-            except aiohttp.ServerDisconnectedError as exc:
-                raise httpx.RemoteProtocolError(str(exc) or "server disconnected") from exc
-            except aiohttp.ClientOSError as exc:
-                raise httpx.ReadError(str(exc) or "connection reset") from exc
-            except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
-                raise httpx.ReadTimeout(str(exc) or "read timed out") from exc
-            except aiohttp.ClientConnectionError as exc:  # closed under us: abort() or the pool
-                raise httpx.ReadError(str(exc) or "connection closed") from exc
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                raise transport_error(exc) from exc
             if not chunk:
                 return
             yield chunk
 
+    async def aread(self) -> bytes:
+        return b"".join([part async for part in self.aiter_bytes()])
+
     def abort(self) -> None:
         """Drop the connection now (sync: an idle watchdog's timer calls it); a pending read fails."""
-        self.response.close()
+        self._response.close()
 
     async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-class UpstreamTransport(AiohttpTransport):
-    """AiohttpTransport with connection errors classified as httpx's transport would."""
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        try:
-            response = await super().handle_async_request(request)
-        except httpx.TransportError as exc:
-            raise _remap(exc) from exc.__cause__
-        inner = response.stream
-        body = _Body(inner._aiohttp_response, inner)  # type: ignore[attr-defined,arg-type]
-        response.stream = body
-        # httpx's client wraps `response.stream` in its own BoundAsyncStream, which hides
-        # `abort`; the extensions dict is passed through untouched.
-        response.extensions["abort"] = body.abort
-        response.extensions["raw_body"] = body  # read without httpx's layers when not encoded
-        return response
+        if self.is_closed:
+            return
+        self.is_closed = True
+        if self._response.content.at_eof():
+            self._response.release()  # read to the end: the connection goes back to the pool
+        else:
+            self._response.close()
 
 
 class UpstreamClient:
-    """The pooled upstream client: httpx's API, with the hot POST sent straight to its transport.
+    """The pooled upstream client (HTTP/1.1 keep-alive, no retries, no redirects, no proxies
+    or netrc from the environment). `post` is the per-request path; `http` an httpx client."""
 
-    `http` is a plain `httpx.AsyncClient` for the occasional request (the model listing, the
-    key check). `post` is the per-request path: measured on the benchmark, `AsyncClient.send`
-    (URL parsing and merging with ipaddress checks, the cookie jar, auth and redirect flows
-    this gateway never uses) cost about a fifth of a JSON request's server CPU. `post` keeps
-    httpx's `Request`/`Response` types and exceptions, and reuses the parsed URL.
-    """
+    def __init__(self, connect_timeout: float, read_timeout: float, pool_size: int) -> None:
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._pool_size = pool_size
+        self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout),
+            trust_env=False,
+            follow_redirects=False,
+            headers={"user-agent": USER_AGENT},
+        )
 
-    def __init__(self, transport: httpx.AsyncBaseTransport, timeout: httpx.Timeout, headers: dict[str, str]) -> None:
-        self.transport = transport
-        self.http = httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False, follow_redirects=False, headers=headers)
-        self._timeout = timeout.as_dict()
-        self._headers = headers
-        self._urls: dict[str, httpx.URL] = {}
+    def _open(self) -> aiohttp.ClientSession:
+        """The session, made on first use (it must be made inside the running event loop)."""
+        tls = ssl.create_default_context(cafile=certifi.where())  # the trust store httpx uses
+        connector = aiohttp.TCPConnector(limit=self._pool_size, keepalive_timeout=5.0, ssl=tls)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            # `connect` bounds the wait for a free pooled connection plus connecting; `sock_read`
+            # each read (the response headers, then every body chunk).
+            timeout=aiohttp.ClientTimeout(total=None, connect=self._connect_timeout, sock_connect=self._connect_timeout, sock_read=self._read_timeout),
+            headers={"user-agent": USER_AGENT},
+            trust_env=False,
+        )
+        return self._session
 
-    async def post(self, url: str, content: bytes, headers: dict[str, str]) -> httpx.Response:
+    async def post(self, url: str, content: bytes, headers: dict[str, str]) -> UpstreamResponse:
         """POST and return once the response headers are in; the body is read by the caller."""
+        session = self._session or self._open()
         parsed = self._urls.get(url)
         if parsed is None:
-            parsed = httpx.URL(url)
+            try:
+                parsed = URL(url)
+            except (ValueError, TypeError) as exc:
+                raise httpx.InvalidURL(f"{url!r}: {exc}") from exc
+            if parsed.scheme not in ("http", "https"):
+                raise httpx.UnsupportedProtocol(f"the URL must start with http:// or https://, got {url!r}")
             if len(self._urls) < 64:  # one per base_url in practice; never grow without bound
                 self._urls[url] = parsed
-        request = httpx.Request("POST", parsed, content=content, headers={**self._headers, **headers}, extensions={"timeout": self._timeout})
-        response = await self.transport.handle_async_request(request)
-        response.request = request
-        return response
+        try:
+            response = await session.post(parsed, data=content, headers=headers, allow_redirects=False)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            raise transport_error(exc) from exc
+        return UpstreamResponse(response)
 
     async def aclose(self) -> None:
-        await self.http.aclose()  # closes the transport (and its pool) too
+        await self.http.aclose()
+        if self._session is not None:
+            await self._session.close()

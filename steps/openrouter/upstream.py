@@ -35,7 +35,6 @@ is bounded by the first-item timeout. Converters ignore the marker (no `choices`
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
@@ -59,7 +58,7 @@ from steps.openrouter.errors import (
 )
 from steps.openrouter.cooldown import Cooldowns, cooldowns
 from steps.openrouter.sse import DONE, SSEDecoder, SSEError
-from steps.openrouter.transport import UpstreamClient, UpstreamTransport
+from steps.openrouter.transport import UpstreamClient, UpstreamResponse
 
 __all__ = ["KEEPALIVE_OBJECT", "ChunkStream", "call", "is_keepalive", "make_client"]
 
@@ -112,27 +111,13 @@ def is_meaningful(chunk: dict) -> bool:
 
 
 def make_client(connect_timeout: float, read_timeout: float, pool_size: int) -> UpstreamClient:
-    """The pooled HTTP/1.1 client shared by every call with the same settings.
-
-    httpx's API over aiohttp's transport (httpx-aiohttp): measured on this gateway, httpx's
-    default transport spent more CPU per request than the whole conversion (pool readability
-    checks, anyio socket attributes on every request), and aiohttp's connection handling is
-    several times cheaper. `UPSTREAM_HTTP_TRANSPORT=httpx` switches back, for comparison.
+    """The pooled client shared by every call with the same settings (steps/openrouter/transport.py).
 
     No retries (one retry layer: the engine's), no proxy or netrc from the environment, no
-    redirects. `write` uses the read timeout (a stalled peer while sending a large body);
-    `pool` the connect timeout (waiting for a free connection when all `pool_size` are busy).
+    redirects. `connect_timeout` also bounds the wait for a free connection when all
+    `pool_size` are busy; `read_timeout` each read.
     """
-    limits = httpx.Limits(
-        max_connections=pool_size, max_keepalive_connections=pool_size, keepalive_expiry=5.0
-    )
-    transport: httpx.AsyncBaseTransport
-    if os.environ.get("UPSTREAM_HTTP_TRANSPORT", "aiohttp") == "httpx":
-        transport = httpx.AsyncHTTPTransport(http1=True, http2=False, limits=limits, retries=0, trust_env=False)
-    else:
-        transport = UpstreamTransport(limits=limits, retries=0, trust_env=False)
-    timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout)
-    return UpstreamClient(transport, timeout, {"user-agent": "engine-gateway"})
+    return UpstreamClient(connect_timeout, read_timeout, pool_size)
 
 
 @step("openrouter.call")
@@ -475,7 +460,7 @@ class ChunkStream(AsyncIterator[dict]):
     """
 
     def __init__(
-        self, response: httpx.Response | None, ctx: RunContext | None, key: str = "", commit_after: float | None = None
+        self, response: UpstreamResponse | None, ctx: RunContext | None, key: str = "", commit_after: float | None = None
     ) -> None:
         self._response = response
         self._ctx = ctx
@@ -501,7 +486,7 @@ class ChunkStream(AsyncIterator[dict]):
         response can be aborted synchronously (the aiohttp transport); otherwise the engine
         keeps timing the gaps itself.
         """
-        if self._gen is None or self._response is None or "abort" not in self._response.extensions:
+        if self._gen is None or self._response is None:
             return False
         self._idle = seconds
         self._last_item = time.monotonic()
@@ -518,7 +503,7 @@ class ChunkStream(AsyncIterator[dict]):
         silent = time.monotonic() - self._last_item
         if silent >= idle:
             self._idle_fired = True
-            self._response.extensions["abort"]()
+            self._response.abort()
             return
         self._arm(min(idle - silent, idle / 4) + 0.001)
 
@@ -596,7 +581,7 @@ class ChunkStream(AsyncIterator[dict]):
         assert response is not None
         decoder = SSEDecoder()
         parse = self._parse
-        raw_iter = _body_chunks(response)
+        raw_iter = response.aiter_bytes()
         done = False
         held: list[dict] = []  # chunks without meaning, before the first meaningful one
         hold = self.commit_after
@@ -699,15 +684,6 @@ class ChunkStream(AsyncIterator[dict]):
             )
 
 
-def _body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The body's bytes as they arrive: straight from the transport when nothing needs decoding
-    (one generator instead of httpx's four layers, on every chunk), else through httpx."""
-    raw = response.extensions.get("raw_body")
-    if raw is not None and response.headers.get("content-encoding", "identity").lower() in ("", "identity"):
-        return raw.__aiter__()
-    return response.aiter_bytes()
-
-
 def _client_key(request: Request | None) -> str:
     if request is None:
         return ""
@@ -750,7 +726,7 @@ class _deadline:
             ) from None
 
 
-async def _send(client: UpstreamClient, url: str, body: bytes, headers: dict[str, str], key: str) -> httpx.Response:
+async def _send(client: UpstreamClient, url: str, body: bytes, headers: dict[str, str], key: str) -> UpstreamResponse:
     """Send and wait for the response headers; map transport failures to UpstreamError."""
     try:
         return await client.post(url, body, headers)
@@ -780,7 +756,7 @@ async def _send(client: UpstreamClient, url: str, body: bytes, headers: dict[str
         ) from exc
 
 
-async def _read_body(response: httpx.Response, limit: int | None = None) -> bytes:
+async def _read_body(response: UpstreamResponse, limit: int | None = None) -> bytes:
     """The (decoded) body; a transport failure while reading it is a retryable "cut"."""
     try:
         if limit is None:
@@ -801,7 +777,7 @@ async def _read_body(response: httpx.Response, limit: int | None = None) -> byte
         ) from exc
 
 
-async def _status_error(response: httpx.Response, key: str) -> UpstreamError:
+async def _status_error(response: UpstreamResponse, key: str) -> UpstreamError:
     """The UpstreamError for an HTTP error status, from its (bounded) body and headers."""
     status = response.status_code
     retry_after = retry_after_from_headers(response.headers)
@@ -830,7 +806,7 @@ async def _status_error(response: httpx.Response, key: str) -> UpstreamError:
     )
 
 
-async def _read_json(response: httpx.Response, key: str) -> dict:
+async def _read_json(response: UpstreamResponse, key: str) -> dict:
     """A 2xx JSON body as a dict; error statuses, non-JSON bodies and `{"error":...}` raise."""
     if response.status_code >= 400:
         raise await _status_error(response, key)
@@ -855,7 +831,7 @@ async def _read_json(response: httpx.Response, key: str) -> dict:
     return parsed
 
 
-async def _close(response: httpx.Response) -> None:
+async def _close(response: UpstreamResponse) -> None:
     """Close the response (and with it, if unfinished, the connection), even when cancelled."""
     if response.is_closed:
         return
