@@ -33,6 +33,7 @@ import anyio.to_thread
 import orjson
 import structlog
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
@@ -303,9 +304,15 @@ def _to_response(out: Any, ctx: RunContext, start: float | None) -> Response:
         response = Response(orjson.dumps(out), media_type="application/json", headers={"request-id": ctx.request_id})
     response.headers["x-request-id"] = ctx.request_id  # accepted from the client when it sent a sane one
     outcome = "ok" if response.status_code < 400 else "error"
-    if start is not None:
-        _log_access(ctx, response.status_code, outcome, start)
-    _finish_capture(ctx, response, outcome)
+
+    async def after_last_byte() -> None:
+        # Off the client's critical path (starlette runs it once the body is sent), and the
+        # logged duration then ends at the last byte, as engine_request_duration_seconds says.
+        if start is not None:
+            _log_access(ctx, response.status_code, outcome, start)
+        _finish_capture(ctx, response, outcome)
+
+    response.background = BackgroundTask(after_last_byte)
     return response
 
 
