@@ -146,6 +146,24 @@ async def idle_streams(port: int, count: int) -> tuple[list[asyncio.StreamWriter
     return list(writers), time.perf_counter() - t0
 
 
+def large_body(megabytes: float, tools: int = 300) -> bytes:
+    """A long agent session: `tools` tool definitions and about `megabytes` of history
+    (text, tool_use and tool_result turns), as Claude Code sends near its context limit."""
+    text = "lorem ipsum dolor sit amet " * 40  # about 1 KB
+    schema = {"type": "object", "properties": {"path": {"type": "string", "description": "a path"}, "count": {"type": "integer"}, "mode": {"type": "string", "enum": ["a", "b", "c"]}}, "required": ["path"]}
+    defs = [{"name": f"tool_{i}", "description": f"Tool number {i}: does a thing with files. " * 3, "input_schema": schema} for i in range(tools)]
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Start."}]
+    size, i = 0, 0
+    while size < megabytes * 1024 * 1024:
+        tid = f"toolu_{i:06d}"
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": text}, {"type": "tool_use", "id": tid, "name": f"tool_{i % tools}", "input": {"path": f"/src/file_{i}.py", "count": i}}]})
+        messages.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": tid, "content": text * 2}]})
+        size += len(text) * 3 + 200
+        i += 1
+    messages.append({"role": "user", "content": "Continue."})
+    return orjson.dumps({"model": "claude-opus-5-5", "max_tokens": 256, "tools": defs, "messages": messages})
+
+
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -267,6 +285,15 @@ async def main(quick: bool, rounds: int) -> None:
             f"{n} concurrent idle streams (first word sent, then silence; opened in {secs:.1f} s): RSS {during / 1024:.1f} MB "
             f"({before / 1024:.1f} MB before, {(during - before) / n:.1f} KB per stream), descriptors {fds_before} -> {fds_during}"
         )
+        print("\nlarge requests (300 tools + history, JSON, c=1)   body MB   server CPU ms/req   ms per MB")
+        for mb in (0.5, 1, 2, 4):
+            big = large_body(mb)
+            await drive(gw_port, "/v1/messages", big, 1, 2)  # warm-up
+            n = 5 if quick else 20
+            cpu0 = cpu_seconds(gateway.pid)
+            await drive(gw_port, "/v1/messages", big, 1, n)
+            cpu = (cpu_seconds(gateway.pid) - cpu0) / n
+            print(f"                                                  {len(big) / 1e6:6.2f}   {cpu * 1000:10.2f}          {cpu * 1000 / (len(big) / 1e6):6.2f}")
     finally:
         for proc in (gateway, upstream):
             proc.terminate()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import hmac
 import re
 import sys
@@ -430,12 +431,32 @@ class StreamReply(Response):
             _finish_capture(ctx, self, ctx.attributes.get("outcome", outcome), chunks=sent)
 
 
+GC_THRESHOLDS = (50_000, 20, 100)
+"""Young-generation allocations between collections (CPython's default is 700, 10, 10)."""
+
+
+def tune_gc() -> None:
+    """Collect cycles less often, and never walk what start-up loaded.
+
+    A 2 MB Claude Code history parses into a few hundred thousand objects. With CPython's
+    default thresholds every 700 allocations start a young collection and every hundred or so
+    a full one, which walks every live object: request cost grew faster than request size
+    (measured: 2.25 MB took 23 ms against 12 ms for 1.18 MB; 15 ms with these thresholds, so
+    cost is linear again). `gc.freeze()` moves the modules, plans and caches loaded at start-up
+    out of every future collection. Garbage without cycles is freed at once as always.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def app_from_env() -> Starlette:
     """The app `engine serve` runs in each worker: pipelines from `$ENGINE_PIPELINES`."""
     import os
 
     logs.configure()
     engine = Engine.load([os.environ.get("ENGINE_PIPELINES", "pipelines")])
+    tune_gc()
     capture_dir = os.environ.get("ENGINE_CAPTURE_DIR")
     if capture_dir:
         from engine.capture import CaptureWriter

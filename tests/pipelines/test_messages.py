@@ -244,3 +244,25 @@ def test_no_key_anywhere_is_a_clear_authentication_error(gateway: Gateway) -> No
     assert r.json()["error"]["type"] == "authentication_error"
     assert "OPENROUTER_API_KEY" in r.json()["error"]["message"]
     assert gateway.fake.requests == []
+
+
+def test_300_tools_and_a_2_mb_history_arrive_whole(gateway: Gateway) -> None:
+    """A long agent session near the context limit (300 tools, ~2 MB of history) goes through:
+    every tool and every turn reaches the upstream, converted (the benchmark times this size)."""
+    text = "lorem ipsum dolor sit amet " * 40
+    tools = [{"name": f"tool_{i}", "description": f"Tool {i}", "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}} for i in range(300)]
+    messages: list[dict] = [{"role": "user", "content": "Start."}]
+    for i in range(700):
+        tid = f"toolu_{i:06d}"
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": text}, {"type": "tool_use", "id": tid, "name": f"tool_{i % 300}", "input": {"path": f"/f{i}"}}]})
+        messages.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": tid, "content": text * 2}]})
+    messages.append({"role": "user", "content": "Continue."})
+    assert len(json.dumps(messages)) > 2_000_000
+    msg = gateway.client().messages.create(model="claude-sonnet-5-5", max_tokens=64, tools=tools, messages=messages)
+    assert msg.type == "message"
+    sent = gateway.fake.requests[0].json
+    assert [t["function"]["name"] for t in sent["tools"]] == [f"tool_{i}" for i in range(300)]
+    calls = [c["id"] for m in sent["messages"] if m["role"] == "assistant" for c in m.get("tool_calls", [])]
+    results = [m["tool_call_id"] for m in sent["messages"] if m["role"] == "tool"]
+    assert len(calls) == len(results) == 700 and len(set(calls)) == 700
+    assert sent["messages"][-1] == {"role": "user", "content": "Continue."}
