@@ -178,6 +178,14 @@ def _overlay(profile: Profile, entry: dict) -> Profile:
     return replace(profile, **changes) if changes else profile
 
 
+def _listing_client() -> httpx.AsyncClient:
+    """For the model listing: a request an hour, so plain httpx (the per-request upstream
+    path is steps/openrouter/transport.py)."""
+    from steps.openrouter.transport import USER_AGENT
+
+    return httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), trust_env=False, follow_redirects=False, headers={"user-agent": USER_AGENT})
+
+
 async def profile_book(ctx: RunContext, data: str = "") -> ProfileBook:
     """The engine-wide ProfileBook for a data file (shared by every step that needs profiles)."""
     return await ctx.resource(f"openrouter.profiles:{data or DEFAULT_DATA}", lambda: ProfileBook(load_rules(data)))
@@ -198,14 +206,14 @@ async def profiles(
     """Capability profiles (context, max output, parameters, vision, cache, schema rules) per model.
 
     From OpenRouter's `GET {base_url}/models` when `fetch` and reachable (once per `ttl`
-    seconds, through the upstream call's pooled client; a failed fetch is retried after a
-    minute and never fails the request), overlaid on the YAML rules in `data` (default
+    seconds, with an httpx client of its own; a failed fetch is retried after a minute and
+    never fails the request), overlaid on the YAML rules in `data` (default
     `pipelines/profiles/models.yaml`), which also say what no listing does.
     """
     book = await profile_book(ctx, data)
     if fetch and base_url:
-        from steps.openrouter.upstream import _client_key, make_client
+        from steps.openrouter.upstream import _client_key
 
-        client = await ctx.resource("openrouter.client:10.0:600.0:256", lambda: make_client(10.0, 600.0, 256))
-        await book.refresh(client.http, base_url, api_key or _client_key(request), ttl, fetch_timeout, ctx.log)
+        client = await ctx.resource("openrouter.models_client", _listing_client)
+        await book.refresh(client, base_url, api_key or _client_key(request), ttl, fetch_timeout, ctx.log)
     return {m: book.get(m) for m in models}

@@ -10,8 +10,8 @@ JSON request's server CPU. So the per-request POST goes straight to an aiohttp s
 The rest of the upstream code keeps speaking httpx's exceptions (`httpx.ConnectError`,
 `ReadTimeout`, `RemoteProtocolError`...), which say what failed better than aiohttp's: a reset
 of a pooled keep-alive connection before the response is a retryable connect failure, a cut
-stream is a read error. `httpx.AsyncClient` (`UpstreamClient.http`) remains for the occasional
-request: the model listing.
+stream is a read error. The occasional request (the model listing) uses a plain
+`httpx.AsyncClient`.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class UpstreamResponse:
 
 class UpstreamClient:
     """The pooled upstream client (HTTP/1.1 keep-alive, no retries, no redirects, no proxies
-    or netrc from the environment). `post` is the per-request path; `http` an httpx client."""
+    or netrc from the environment)."""
 
     def __init__(self, connect_timeout: float, read_timeout: float, pool_size: int) -> None:
         self._connect_timeout = connect_timeout
@@ -118,12 +118,6 @@ class UpstreamClient:
         self._pool_size = pool_size
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, URL] = {}
-        self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout),
-            trust_env=False,
-            follow_redirects=False,
-            headers={"user-agent": USER_AGENT},
-        )
 
     def _open(self) -> aiohttp.ClientSession:
         """The session, made on first use (it must be made inside the running event loop)."""
@@ -159,6 +153,5 @@ class UpstreamClient:
         return UpstreamResponse(response)
 
     async def aclose(self) -> None:
-        await self.http.aclose()
         if self._session is not None:
             await self._session.close()
