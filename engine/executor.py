@@ -141,7 +141,7 @@ class Engine:
         plan = self.plans[name]
         ids = parent.ids if parent is not None else self.ids
         deadline = None if plan.deadline is None else time.monotonic() + plan.deadline
-        if parent is not None and parent.deadline is not None:
+        if parent is not None and parent.deadline is not None and not parent.response_started():
             deadline = parent.deadline if deadline is None else min(deadline, parent.deadline)
         return RunContext(
             request_id=request_id or (parent.request_id if parent else ids.new_id("req_")),
@@ -175,6 +175,8 @@ class Engine:
             self.retry_budget.active_runs += 1
         try:
             results = await _Run(self, plan, ctx).execute()
+            if top:
+                ctx.committed = True  # what runs from here on runs inside the response
             return materialize(plan.output, results, input)
         except Exception as exc:
             if plan.errors is None:

@@ -90,12 +90,25 @@ class RunContext:
     attributes: dict[str, Any] = field(default_factory=dict)
     trace: list[tuple[str, str, str, int, float, float]] = field(default_factory=list)  # (pipeline, step, outcome, attempts, start, end); sub-runs add theirs
     streams: list[Any] = field(default_factory=list)
+    committed: bool = False  # a top-level run whose output is ready: the response has started
     recorder: Any = None  # engine.capture.RunRecorder while capturing
     replayer: Any = None  # engine.replay.Replayer while replaying
 
     def __post_init__(self) -> None:
         if self.log is None:
             self.log = structlog.get_logger("engine.step")
+
+    def response_started(self) -> bool:
+        """Whether the run this one belongs to has produced its output (the response started).
+
+        A sub-run started after that (a tool loop inside a stream) does not inherit the
+        deadline: it bounds the wait for the response to start, not the stream."""
+        ctx: RunContext | None = self
+        while ctx is not None:
+            if ctx.committed:
+                return True
+            ctx = ctx.parent
+        return False
 
     def remaining(self) -> float | None:
         """Seconds left before the run's deadline, or None when the run has none."""

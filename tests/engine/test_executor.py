@@ -402,6 +402,36 @@ def test_sub_pipeline_loop() -> None:
     assert run(engine, "outer", 0) == 12
 
 
+def test_sub_runs_after_the_response_started_have_no_deadline() -> None:
+    """The deadline bounds a run until its output is ready (the response starts); a stream
+    that runs sub-pipelines later (the tool loop) is not cut off by it."""
+    engine = make_engine(
+        """
+        name: streamer
+        deadline: 100ms
+        steps:
+          r: {uses: toy.rounds, with: {value: "${{ input }}", rounds: 2, gap: 0.12, body: inner}}
+        output: ${{ steps.r }}
+        """,
+        """
+        name: inner
+        steps:
+          inc: {uses: toy.add, with: {a: "${{ input.value }}", b: 1}}
+        output: ${{ steps.inc }}
+        """,
+    )
+
+    async def go() -> list[int]:
+        ctx = engine.context("streamer", 0)
+        try:
+            out = await engine.run("streamer", 0, ctx=ctx)
+            return [x async for x in out]
+        finally:
+            await ctx.aclose()
+
+    assert anyio.run(go) == [0, 1, 2]  # 240 ms of rounds under a 100 ms deadline
+
+
 def test_named_limit_is_shared_across_runs() -> None:
     """With `limit` max 1, two concurrent runs of a slow step never overlap."""
     engine = make_engine(

@@ -124,3 +124,14 @@ def render_error(error: BaseException, ctx: RunContext) -> dict[str, Any]:
 def who(ctx: RunContext) -> str:
     """Return the request id (shows the context reaches steps)."""
     return ctx.request_id
+
+
+@step("toy.rounds")
+async def rounds(value: int, rounds: int, gap: float, body: PipelineName, ctx: RunContext) -> AsyncIterator[int]:
+    """Stream `value`, then each `gap` seconds the result of running `body` on the last one
+    (a tool loop that keeps going after the response started)."""
+    yield value
+    for _ in range(rounds):
+        await anyio.sleep(gap)
+        value = await ctx.run_pipeline(body, {"value": value})
+        yield value
