@@ -146,10 +146,13 @@ def test_capture_is_private_and_holds_no_secret(tmp_path: Path) -> None:
     assert stream["items"] and all(isinstance(t, float) for t, _ in stream["items"])
 
 
-def test_concurrent_runs_make_whole_records(tmp_path: Path) -> None:
-    """64 concurrent captured requests give 64 complete records with unique request ids."""
+@pytest.mark.parametrize("max_bytes", [64 * 1024 * 1024, 16 * 1024], ids=["one-file", "rotating"])
+def test_concurrent_runs_make_whole_records(tmp_path: Path, max_bytes: int) -> None:
+    """64 concurrent captured requests give 64 complete records with unique request ids, also
+    when the files rotate every few records under that load (§6.5, §6.6): no record is split
+    across files or lost."""
     for gw in start_gateway({}):
-        gw.engine.capture = CaptureWriter(tmp_path / "c", fsync=False)
+        gw.engine.capture = CaptureWriter(tmp_path / "c", fsync=False, max_bytes=max_bytes, max_files=1000)
 
         async def one(client: httpx.AsyncClient, i: int) -> int:
             r = await client.post("/v1/messages", json={"model": "claude-opus-5-5", "max_tokens": 10, "stream": i % 2 == 0, "messages": [{"role": "user", "content": f"n{i}"}]})
@@ -173,7 +176,23 @@ def test_concurrent_runs_make_whole_records(tmp_path: Path) -> None:
         gw.engine.capture.close()
     items = list(read_captures([tmp_path / "c"]))
     assert not [i for i in items if isinstance(i, CaptureProblem)]
-    assert len({i.record["request_id"] for i in items}) == 64
+    assert len(items) == 64 and len({i.record["request_id"] for i in items}) == 64
+    files = list((tmp_path / "c").glob("capture-*.jsonl"))
+    assert len(files) > 3 if max_bytes < 1024 * 1024 else len(files) == 1
+    for f in files:  # every file holds whole lines only
+        assert f.read_bytes().endswith(b"\n")
+
+
+def test_rotation_keeps_the_newest_files(tmp_path: Path) -> None:
+    """With `max_files`, the oldest files go as new ones start; the survivors hold whole records."""
+    writer = CaptureWriter(tmp_path / "c", fsync=False, max_bytes=2000, max_files=3)
+    for i in range(40):
+        writer.submit({"request_id": f"req_{i:03d}", "pad": "x" * 500})
+    writer.close()
+    files = sorted((tmp_path / "c").glob("capture-*.jsonl"))
+    assert len(files) == 3
+    ids = [json.loads(line)["request_id"] for f in files for line in f.read_text().splitlines()]
+    assert ids == sorted(ids) and ids[-1] == "req_039" and len(ids) < 40
 
 
 def test_capture_failure_never_fails_a_request(tmp_path: Path) -> None:
