@@ -182,14 +182,14 @@ class Compared:
     added_p50: float  # median over rounds of (gateway p50 - floor p50)
 
 
-async def compare(pid: int, port: int, up_port: int, body: bytes, direct: bytes, c: int, n: int, rounds: int) -> Compared:
+async def compare(pid: int, port: int, up_port: int, body: bytes, direct: bytes, c: int, n: int, rounds: int, path: str = "/v1/messages") -> Compared:
     out = Compared([], 0.0, [], 0.0, 0.0, 0.0)
     cpus: list[float] = []
     added: list[float] = []
     for _ in range(rounds):
         floor, floor_secs = await drive(up_port, "/v1/chat/completions", direct, c, n)
         cpu0 = cpu_seconds(pid)
-        timings, secs = await drive(port, "/v1/messages", body, c, n)
+        timings, secs = await drive(port, path, body, c, n)
         cpus.append((cpu_seconds(pid) - cpu0) / n)
         added.append(pct([t.total for t in timings], 50) - pct([t.total for t in floor], 50))
         out.floor += floor
@@ -249,30 +249,32 @@ async def main(quick: bool, rounds: int) -> None:
         await drive(gw_port, "/v1/messages", stream, 4, 40)
         print(f"gateway pid {gateway.pid} on core {server_core}, logging at info to {log_file.name}; upstream and client on core {other_core}; python {sys.version.split()[0]}")
         print(f"each line: {rounds} round(s), alternating straight-to-upstream (the floor) and through the gateway; CPU and added latency are medians over rounds")
-        print("\nnon-streaming (JSON)             p50 ms  p99 ms   req/s   server CPU ms/req   floor p50 ms  floor req/s")
+        print("\nnon-streaming (JSON)   p50 ms  p99 ms    req/s  server CPU ms/req  |  floor p50 ms  floor req/s  |  p50 x floor  req/s / floor")
         for c, n in ((1, int(1000 * scale)), (16, int(4000 * scale)), (64, int(6000 * scale))):
             r = await compare(gateway.pid, gw_port, up_port, small, direct_small, c, n, rounds)
             lat = [t.total for t in r.timings]
-            f50 = pct([t.total for t in r.floor], 50)
-            total = n * rounds
-            print(f"  c={c:<3d}                         {ms(pct(lat, 50))}  {ms(pct(lat, 99))}  {total / r.secs:7.0f}   {r.cpu * 1000:8.3f}            {ms(f50)}     {total / r.floor_secs:7.0f}")
+            g50, f50 = pct(lat, 50), pct([t.total for t in r.floor], 50)
+            rate, floor_rate = n * rounds / r.secs, n * rounds / r.floor_secs
+            print(f"  c={c:<3d}               {ms(g50)}  {ms(pct(lat, 99))}  {rate:7.0f}  {r.cpu * 1000:10.3f}         |  {ms(f50)}       {floor_rate:7.0f}    |  {g50 / f50:8.1f}     {rate / floor_rate:8.3f}")
             if c == 1:
                 print(f"    added p50 latency at c=1: {r.added_p50 * 1000:.3f} ms")
-        print("\nstreaming, 200 chunks             first event  first text   total ms  chunks/s  server CPU ms/stream   floor total ms")
-        for c, n in ((1, int(200 * scale)), (64, int(640 * scale))):
-            r = await compare(gateway.pid, gw_port, up_port, stream, direct_stream, c, n, rounds)
+        print("\nstreams (200 chunks)   first event  first text  total ms  chunks/s  server CPU ms/stream      |  floor total ms  |  total x floor")
+        cc = FIXTURE.read_bytes()
+        loads = [(f"c={c}", stream, direct_stream, "/v1/messages", c, n) for c, n in ((1, int(200 * scale)), (64, int(640 * scale)))]
+        loads.append((f"Claude Code first_turn.json ({len(cc) // 1024} KB), c=16", cc, cc, "/v1/messages?beta=true", 16, int(400 * scale)))
+        for label, body, direct, path, c, n in loads:
+            r = await compare(gateway.pid, gw_port, up_port, body, direct, c, n, rounds, path)
             timings = r.timings
             chunks = sum(t.chunks for t in timings)
+            total, floor_total = pct([t.total for t in timings], 50), pct([t.total for t in r.floor], 50)
+            if label.startswith("Claude"):
+                print(f"  {label}: first event {ms(pct([t.first_event or 0 for t in timings], 50)).strip()} ms, total p50 {ms(total).strip()} ms, p99 {ms(pct([t.total for t in timings], 99)).strip()} ms, "
+                      f"{n * rounds / r.secs:.0f} req/s, server CPU {r.cpu * 1000:.3f} ms/req  |  floor total {ms(floor_total).strip()} ms  |  x{total / floor_total:.1f}")  # fmt: skip
+                continue
             print(
-                f"  c={c:<3d}                          {ms(pct([t.first_event or 0 for t in timings], 50))}      {ms(pct([t.first_text or 0 for t in timings], 50))}    "
-                f"{ms(pct([t.total for t in timings], 50))}  {chunks / r.secs:8.0f}   {r.cpu * 1000:8.3f} ({r.cpu * 1e6 / 200:5.1f} us/chunk)   {ms(pct([t.total for t in r.floor], 50))}"
+                f"  {label:<5s}                {ms(pct([t.first_event or 0 for t in timings], 50))}      {ms(pct([t.first_text or 0 for t in timings], 50))}    "
+                f"{ms(total)}  {chunks / r.secs:8.0f}   {r.cpu * 1000:8.3f} ({r.cpu * 1e6 / 200:5.1f} us/chunk)  |  {ms(floor_total)}          |  {total / floor_total:8.1f}"
             )
-        body = FIXTURE.read_bytes()
-        n = int(400 * scale)
-        cpu0 = cpu_seconds(gateway.pid)
-        timings, secs = await drive(gw_port, "/v1/messages?beta=true", body, 16, n)
-        cpu = (cpu_seconds(gateway.pid) - cpu0) / n
-        print(f"\nClaude Code first_turn.json ({len(body) // 1024} KB, streamed), c=16: p50 {ms(pct([t.total for t in timings], 50))} ms, p99 {ms(pct([t.total for t in timings], 99))} ms, {n / secs:.0f} req/s, server CPU {cpu * 1000:.3f} ms/req")
         print(f"\ngateway peak RSS {rss_kb(gateway.pid) / 1024:.1f} MB")
         n = IDLE_STREAMS if not quick else IDLE_STREAMS // 5
         before, fds_before = rss_kb(gateway.pid, "VmRSS"), open_fds(gateway.pid)
