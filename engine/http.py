@@ -394,7 +394,7 @@ class StreamReply(Response):
                 except Exception:
                     outcome = "error"
                     structlog.get_logger("engine").exception("stream failed after the response started")
-                finished = True
+                finished = True  # not reached when the client went away (the scope was cancelled)
                 outbox.end()
 
         try:

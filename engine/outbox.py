@@ -58,7 +58,6 @@ class Outbox:
         self._interval = heartbeat_interval
         self._last = time.monotonic()  # when something was last queued
         self._timer: asyncio.TimerHandle | None = None
-        self.writes = 0  # body writes so far (a batch is one)
 
     def start_heartbeat(self) -> None:
         if self._heartbeat and self._interval > 0:
@@ -129,7 +128,6 @@ class Outbox:
                 self._room.set()
                 last = self._closing  # close() comes after the producer's last put
                 await send({"type": "http.response.body", "body": data, "more_body": not last})
-                self.writes += 1
                 if last:
                     return
         finally:
