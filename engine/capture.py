@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import errno
 import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import structlog
 
-from engine import logs
+from engine import logs, metrics
 from engine.errors import StepError
 
 _log = structlog.get_logger("engine.capture")
@@ -230,9 +232,24 @@ class RecordingIds:
 
 
 class CaptureWriter:
-    """Appends records to rotating JSONL files in `directory`, from one background thread."""
+    """Appends records to rotating JSONL files in `directory`, from one background thread.
 
-    def __init__(self, directory: str | Path, *, max_bytes: int = 64 * 1024 * 1024, max_files: int = 20, fsync: bool = True) -> None:
+    A record that cannot be made durable is lost, never half-kept: on a failed write or fsync
+    the file is cut back to where the record began, and fsync is never retried (after a failed
+    fsync a second one can report success without the data being on disk). Failures are
+    counted (`engine_capture_failures_total`) and logged at most once every 10 s; requests
+    never fail because of capture.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        max_bytes: int = 64 * 1024 * 1024,
+        max_files: int = 20,
+        fsync: Callable[[int], None] | None = os.fsync,
+    ) -> None:
+        """`fsync` makes each record durable (None: leave it to the OS; tests pass a failing one)."""
         self.dir = Path(directory)
         self.max_bytes = max_bytes
         self.max_files = max_files
@@ -271,7 +288,8 @@ class CaptureWriter:
             try:
                 self._write(serialize(record))
             except OSError as exc:
-                self._failed(f"capture write failed: {exc.strerror or exc}")
+                name = errno.errorcode.get(exc.errno or 0, "")
+                self._failed(f"capture write failed: {name} ({exc.strerror})" if name else f"capture write failed: {exc}")
             except Exception as exc:  # a record that cannot be serialised must not stop capture
                 self._failed(f"capture write failed: {type(exc).__name__}: {exc}")
 
@@ -306,8 +324,8 @@ class CaptureWriter:
             n = os.write(fd, line)
             if n != len(line):
                 raise OSError(28, "short write")
-            if self.fsync:
-                os.fsync(fd)
+            if self.fsync is not None:
+                self.fsync(fd)
         except OSError:
             # Never leave half a record: cut the file back to where this one began.
             try:
@@ -319,6 +337,7 @@ class CaptureWriter:
 
     def _failed(self, message: str) -> None:
         self.failures += 1
+        metrics.CAPTURE_FAILURES.inc()
         now = time.monotonic()
         if now - self._last_error_log >= 10.0:
             self._last_error_log = now

@@ -18,6 +18,7 @@ REQUEST_SECONDS = Histogram("engine_request_duration_seconds", "Time from reques
 STEP_SECONDS = Histogram("engine_step_duration_seconds", "Step duration (a stream step: until its stream ends)", ["pipeline", "step", "outcome"], buckets=_STEP_BUCKETS)
 RETRIES = Counter("engine_step_retries_total", "Step attempts retried, by error kind", ["pipeline", "step", "kind"])
 ACTIVE_STREAMS = Gauge("engine_active_streams", "Responses currently streaming to clients", ["pipeline"])
+CAPTURE_FAILURES = Counter("engine_capture_failures_total", "Capture records lost (disk full, I/O error, queue full); requests are unaffected")
 RELOADS = Counter("engine_pipeline_reloads_total", "Pipeline reloads (--reload), by result", ["result"])
 
 

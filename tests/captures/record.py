@@ -55,7 +55,7 @@ def main() -> None:
     out = HERE / "gateway.jsonl"
     with tempfile.TemporaryDirectory() as tmp, FakeOpenRouter() as fake:
         engine = Engine.load([REPO / "pipelines"], env={**ENV, "OPENROUTER_BASE_URL": fake.base_url})
-        engine.capture = CaptureWriter(tmp, fsync=False)
+        engine.capture = CaptureWriter(tmp, fsync=None)
         with serve_asgi(create_app(engine)) as url:
             requests(url, fake)
         engine.capture.close()

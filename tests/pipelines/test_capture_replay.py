@@ -152,7 +152,7 @@ def test_concurrent_runs_make_whole_records(tmp_path: Path, max_bytes: int) -> N
     when the files rotate every few records under that load (§6.5, §6.6): no record is split
     across files or lost."""
     for gw in start_gateway({}):
-        gw.engine.capture = CaptureWriter(tmp_path / "c", fsync=False, max_bytes=max_bytes, max_files=1000)
+        gw.engine.capture = CaptureWriter(tmp_path / "c", fsync=None, max_bytes=max_bytes, max_files=1000)
 
         async def one(client: httpx.AsyncClient, i: int) -> int:
             r = await client.post("/v1/messages", json={"model": "claude-opus-5-5", "max_tokens": 10, "stream": i % 2 == 0, "messages": [{"role": "user", "content": f"n{i}"}]})
@@ -185,7 +185,7 @@ def test_concurrent_runs_make_whole_records(tmp_path: Path, max_bytes: int) -> N
 
 def test_rotation_keeps_the_newest_files(tmp_path: Path) -> None:
     """With `max_files`, the oldest files go as new ones start; the survivors hold whole records."""
-    writer = CaptureWriter(tmp_path / "c", fsync=False, max_bytes=2000, max_files=3)
+    writer = CaptureWriter(tmp_path / "c", fsync=None, max_bytes=2000, max_files=3)
     for i in range(40):
         writer.submit({"request_id": f"req_{i:03d}", "pad": "x" * 500})
     writer.close()
@@ -199,7 +199,7 @@ def test_capture_failure_never_fails_a_request(tmp_path: Path) -> None:
     """When the capture directory becomes unwritable, requests still succeed and failures are counted."""
     capture_dir = tmp_path / "c"
     for gw in start_gateway({}):
-        gw.engine.capture = writer = CaptureWriter(capture_dir, fsync=False)
+        gw.engine.capture = writer = CaptureWriter(capture_dir, fsync=None)
         shutil.rmtree(capture_dir)
         capture_dir.write_text("not a directory")  # every open() now fails
         client = gw.client()

@@ -237,7 +237,7 @@ def test_client_disconnect_cancels_upstream_logs_once_and_is_captured(gw: Gatewa
     closed at once (`peer_closed`: OpenRouter stops billing); one INFO line
     outcome=client_disconnected without a traceback; the capture holds the run with its
     partial output and that outcome."""
-    gw.engine.capture = writer = CaptureWriter(tmp_path, fsync=False)
+    gw.engine.capture = writer = CaptureWriter(tmp_path, fsync=None)
     try:
         gw.fake.script("slow_drip;delay_ms=200;chunks=150")
         with captured_logs() as sink:
@@ -382,7 +382,7 @@ def capture_runs(tmp_path: Path, *actions: str) -> tuple[list[dict], dict[str, s
     """Run each action ("failed", "cut", "disconnected") against a capturing gateway."""
     env = {**FAST, "UPSTREAM_COOLDOWN": "0"}
     with gateway_with(env) as g:
-        g.engine.capture = writer = CaptureWriter(tmp_path, fsync=False)
+        g.engine.capture = writer = CaptureWriter(tmp_path, fsync=None)
         full_env = {"OPENROUTER_BASE_URL": g.fake.base_url, "BIG_MODEL": "test/big", "SMALL_MODEL": "test/small",
                     "UPSTREAM_IDLE_TIMEOUT": "1", "PING_INTERVAL": "0.2", **env}
         for action in actions:
