@@ -13,7 +13,7 @@ the upstream remembers what it did.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 from engine.registry import step
 from steps.tools.web import decode_result
@@ -61,6 +61,13 @@ AGENT_TOOLS: dict[str, tuple[str, dict]] = {
                       "activeForm": _STR, "id": _STR, "priority": _STR}, "required": ["content"]}}}, ["todos"])),
 }
 
+AgentTool = Literal[
+    "Read", "Write", "Edit", "MultiEdit", "LS", "Glob", "Grep", "Bash", "WebFetch",
+    "NotebookRead", "NotebookEdit", "TodoRead", "TodoWrite",
+]  # fmt: skip
+"""The names `agent_tools` accepts: `engine check` refuses any other at load time, located."""
+assert set(get_args(AgentTool)) == set(AGENT_TOOLS), "AgentTool and AGENT_TOOLS must name the same tools"
+
 WEB_TOOLS: dict[str, tuple[str, dict]] = {
     "web_search": ("Search the web. Returns result titles, URLs and snippets.", _schema({"query": _STR}, ["query"])),
     "web_fetch": ("Fetch the content of a web page by URL.", _schema({"url": _STR}, ["url"])),
@@ -72,7 +79,7 @@ def _declare(name: str, description: str, schema: dict) -> dict:
 
 
 @step("tools.detect", blocking=False)
-def detect(body: dict, agent_tools: list[str] | None = None, web: bool = True) -> dict:
+def detect(body: dict, agent_tools: list[AgentTool] | None = None, web: bool = True) -> dict:
     """Split a request's tools into client and server-side tools; declare the server-side ones upstream.
 
     Returns `{"body": ..., "server": {name: kind}, "max_uses": {name: n}}`: `body` is the
