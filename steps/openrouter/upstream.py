@@ -274,8 +274,10 @@ async def _call_candidates(
                 payload, request, ctx, base_url, api_key, referer, title, connect_timeout, read_timeout, pool_size,
                 commit_after,
             )  # fmt: skip
-            if i < len(candidates) - 1 and isinstance(result, ChunkStream):
-                result = await _Peeked.start(result)
+            if isinstance(result, ChunkStream):
+                # Up to its first chunk a stream may still fail over to the next model, and
+                # only then has the model answered (for the circuit breaker too).
+                await result.peek()
         except UpstreamError as exc:
             exc = _with_context_figures(exc, payload, profiles, input_tokens, ctx)
             if breaker is not None:
@@ -339,40 +341,6 @@ def counts_against(exc: UpstreamError) -> bool:
     if status is None:
         return exc.kind == "error_chunk"
     return status in (408, 429) or status >= 500
-
-
-class _Peeked(AsyncIterator[dict]):
-    """A ChunkStream whose first chunk was already read (so its failure could still fall back)."""
-
-    def __init__(self, stream: ChunkStream, first: list[dict]) -> None:
-        self._stream = stream
-        self._first = first
-
-    @classmethod
-    async def start(cls, stream: ChunkStream) -> _Peeked:
-        try:
-            first = [await stream.__anext__()]
-        except StopAsyncIteration:
-            first = []
-        except BaseException:
-            await stream.aclose()
-            raise
-        return cls(stream, first)
-
-    def __aiter__(self) -> _Peeked:
-        return self
-
-    async def __anext__(self) -> dict:
-        if self._first:
-            return self._first.pop()
-        return await self._stream.__anext__()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-    def enforce_idle_timeout(self, seconds: float) -> bool:
-        """The engine's idle-timeout hook, handed to the stream underneath."""
-        return self._stream.enforce_idle_timeout(seconds)
 
 
 async def _call_one(
@@ -470,7 +438,8 @@ class ChunkStream(AsyncIterator[dict]):
         self.keepalives = 0  # keepalive markers yielded so far
         self.finished = False  # a finish_reason was seen
         self._gen = self._run() if response is not None else None
-        self._items: list[dict] = []
+        self._items: list[dict] = []  # a whole completion's one chunk (of_completion)
+        self._peeked: list[dict] = []  # the first chunk, read early by peek()
         self._idle: float | None = None  # set by the engine through enforce_idle_timeout
         self._last_item = time.monotonic()
         self._idle_fired = False
@@ -525,9 +494,24 @@ class ChunkStream(AsyncIterator[dict]):
     def __anext__(self) -> Awaitable[dict]:
         # The generator's own awaitable, not a coroutine wrapping it: one frame less for every
         # chunk (each frame between the event loop and the read costs on every resumption).
+        if self._peeked:
+            return self._take_peeked()
         if self._gen is None:
             return self._next_item()
         return self._gen.__anext__()
+
+    async def peek(self) -> None:
+        """Read the first chunk now; iteration still starts with it. Closes the stream on failure."""
+        try:
+            self._peeked.append(await self.__anext__())
+        except StopAsyncIteration:
+            pass
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _take_peeked(self) -> dict:
+        return self._peeked.pop()
 
     async def _next_item(self) -> dict:
         if self._items:

@@ -278,6 +278,19 @@ def test_cooldown_without_fallback_fails_fast_then_probes() -> None:
         assert len(g.fake.requests) == 5
 
 
+def test_a_stream_that_fails_before_its_first_chunk_counts_against_the_breaker() -> None:
+    """§1.11: a 200 whose stream breaks before any chunk is a failure of that model, also when
+    no fallback is left: three of them open the breaker (a stream succeeds at its first chunk,
+    not at its headers)."""
+    with gateway_with(COOL) as g:
+        g.fake.model_modes = {"test/big": "cut_mid_stream;after=0"}
+        first = post(g, body(stream=True))
+        assert first.status_code >= 500 and len(g.fake.requests) == 3
+        fast = post(g, body(stream=True))
+        assert_error(fast, 529, "overloaded_error", retry=True)
+        assert len(g.fake.requests) == 3  # none to the open model
+
+
 def test_cooldown_with_fallback_skips_the_failing_model() -> None:
     """§1.11: with A→B, A's 3rd consecutive failure opens its breaker: the next requests go
     straight to B (none to A); after the cooldown one probe tries A; a failed probe shuts it
