@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -163,11 +164,25 @@ async def call(
     Authorization is `Bearer {api_key}`, or the client's own key (`x-api-key`, or the bearer
     token of `authorization`) when `api_key` is empty.
     """
+    target = _Target(base_url, api_key, referer, title, connect_timeout, read_timeout, pool_size, commit_after)
     breaker = await cooldowns(ctx) if cooldown and cooldown > 0 else None
     return await _call_candidates(
-        [payload, *(fallbacks or ())], request, ctx, base_url, api_key, referer, title, connect_timeout,
-        read_timeout, pool_size, profiles, input_tokens, commit_after, breaker, cooldown, cooldown_failures,
-    )  # fmt: skip
+        [payload, *(fallbacks or ())], request, ctx, target, profiles, input_tokens, breaker, cooldown, cooldown_failures
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where and how one call talks to the upstream (the step's connection parameters)."""
+
+    base_url: str
+    api_key: str
+    referer: str
+    title: str
+    connect_timeout: float
+    read_timeout: float
+    pool_size: int
+    commit_after: float | None
 
 
 CONTEXT_ERROR_TYPES = frozenset({"context_length_exceeded", "max_tokens_exceeded", "token_limit_exceeded"})
@@ -239,16 +254,9 @@ async def _call_candidates(
     payloads: list[dict],
     request: Request,
     ctx: RunContext,
-    base_url: str,
-    api_key: str,
-    referer: str,
-    title: str,
-    connect_timeout: float,
-    read_timeout: float,
-    pool_size: int,
+    target: _Target,
     profiles: dict | None,
     input_tokens: int,
-    commit_after: float | None = None,
     breaker: Cooldowns | None = None,
     cooldown: float = 0.0,
     cooldown_failures: int = 3,
@@ -263,17 +271,14 @@ async def _call_candidates(
     skipped: list[str] = []
     for i, payload in enumerate(candidates):
         model = payload.get("model")
-        key = f"{base_url}|{model}"
+        key = f"{target.base_url}|{model}"
         if breaker is not None and not breaker.allow(key):
             skipped.append(str(model))
             ctx.log.info("openrouter.cooldown_skip", model=model, remaining_s=round(breaker.remaining(key), 3))
             continue
         settled = False
         try:
-            result = await _call_one(
-                payload, request, ctx, base_url, api_key, referer, title, connect_timeout, read_timeout, pool_size,
-                commit_after,
-            )  # fmt: skip
+            result = await _call_one(payload, request, ctx, target)
             if isinstance(result, ChunkStream):
                 # Up to its first chunk a stream may still fail over to the next model, and
                 # only then has the model answered (for the circuit breaker too).
@@ -313,7 +318,7 @@ async def _call_candidates(
     if last_exc is not None:
         raise last_exc
     assert breaker is not None
-    wait = min(breaker.remaining(f"{base_url}|{m}") for m in skipped) if skipped else None
+    wait = min(breaker.remaining(f"{target.base_url}|{m}") for m in skipped) if skipped else None
     raise UpstreamError(
         f"Overloaded: {', '.join(skipped)} cooling down after repeated failures",
         status=529,
@@ -343,20 +348,8 @@ def counts_against(exc: UpstreamError) -> bool:
     return status in (408, 429) or status >= 500
 
 
-async def _call_one(
-    payload: dict,
-    request: Request,
-    ctx: RunContext,
-    base_url: str,
-    api_key: str,
-    referer: str,
-    title: str,
-    connect_timeout: float,
-    read_timeout: float,
-    pool_size: int,
-    commit_after: float | None = None,
-) -> Any:
-    key = api_key or _client_key(request)
+async def _call_one(payload: dict, request: Request, ctx: RunContext, target: _Target) -> Any:
+    key = target.api_key or _client_key(request)
     if not key:
         raise UpstreamError(
             "no API key: set OPENROUTER_API_KEY or send x-api-key",
@@ -370,16 +363,16 @@ async def _call_one(
     }
     streaming = bool(payload.get("stream"))
     headers["accept"] = "text/event-stream" if streaming else "application/json"
-    if referer:
-        headers["http-referer"] = referer
-    if title:
-        headers["x-title"] = title
-        headers["x-openrouter-title"] = title
+    if target.referer:
+        headers["http-referer"] = target.referer
+    if target.title:
+        headers["x-title"] = target.title
+        headers["x-openrouter-title"] = target.title
     client: UpstreamClient = await ctx.resource(
-        f"openrouter.client:{connect_timeout}:{read_timeout}:{pool_size}",
-        lambda: make_client(connect_timeout, read_timeout, pool_size),
+        f"openrouter.client:{target.connect_timeout}:{target.read_timeout}:{target.pool_size}",
+        lambda: make_client(target.connect_timeout, target.read_timeout, target.pool_size),
     )
-    url = base_url.rstrip("/") + "/chat/completions"
+    url = target.base_url.rstrip("/") + "/chat/completions"
     try:
         body = orjson.dumps(payload)
     except TypeError as exc:
@@ -414,7 +407,7 @@ async def _call_one(
     except BaseException:
         await _close(response)
         raise
-    return ChunkStream(response, ctx, key, commit_after=commit_after)
+    return ChunkStream(response, ctx, key, commit_after=target.commit_after)
 
 
 class ChunkStream(AsyncIterator[dict]):
