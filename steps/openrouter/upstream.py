@@ -139,6 +139,7 @@ async def call(
     commit_after: float | None = None,
     cooldown: float = 0.0,
     cooldown_failures: int = 3,
+    first_byte_timeout: float | None = None,
 ) -> Any:
     """POST a chat-completions payload upstream; a dict, or a stream of chunk dicts.
 
@@ -157,6 +158,11 @@ async def call(
     skip it for `cooldown` seconds, going to the next fallback or failing fast with 529
     overloaded_error; then one probe request may try it again.
 
+    `first_byte_timeout` (seconds; None = none) bounds each model's wait for its response
+    headers and first chunk (for a JSON answer, the whole body). It lives here rather than in
+    the engine's step `timeout` so that a silent model is a failure like any other: it falls
+    back to the next model, counts against the breaker, and the attempt is retried.
+
     Returns the parsed response dict when `payload["stream"]` is falsy, else a `ChunkStream`
     (an AsyncIterator[dict] of parsed `chat.completion.chunk`s, without the `[DONE]` marker) once
     the upstream answered 200. Annotated `Any` because it is either: the registry would mark a
@@ -164,7 +170,7 @@ async def call(
     Authorization is `Bearer {api_key}`, or the client's own key (`x-api-key`, or the bearer
     token of `authorization`) when `api_key` is empty.
     """
-    target = _Target(base_url, api_key, referer, title, connect_timeout, read_timeout, pool_size, commit_after)
+    target = _Target(base_url, api_key, referer, title, connect_timeout, read_timeout, pool_size, commit_after, first_byte_timeout)
     breaker = await cooldowns(ctx) if cooldown and cooldown > 0 else None
     return await _call_candidates(
         [payload, *(fallbacks or ())], request, ctx, target, profiles, input_tokens, breaker, cooldown, cooldown_failures
@@ -183,6 +189,7 @@ class _Target:
     read_timeout: float
     pool_size: int
     commit_after: float | None
+    first_byte_timeout: float | None
 
 
 CONTEXT_ERROR_TYPES = frozenset({"context_length_exceeded", "max_tokens_exceeded", "token_limit_exceeded"})
@@ -278,11 +285,12 @@ async def _call_candidates(
             continue
         settled = False
         try:
-            result = await _call_one(payload, request, ctx, target)
-            if isinstance(result, ChunkStream):
-                # Up to its first chunk a stream may still fail over to the next model, and
-                # only then has the model answered (for the circuit breaker too).
-                await result.peek()
+            with _deadline(target.first_byte_timeout, first_byte=True):
+                result = await _call_one(payload, request, ctx, target)
+                if isinstance(result, ChunkStream):
+                    # Up to its first chunk a stream may still fail over to the next model,
+                    # and only then has the model answered (for the circuit breaker too).
+                    await result.peek()
         except UpstreamError as exc:
             exc = _with_context_figures(exc, payload, profiles, input_tokens, ctx)
             if breaker is not None:
@@ -676,12 +684,15 @@ def _client_key(request: Request | None) -> str:
 
 
 class _deadline:
-    """`anyio.fail_after(seconds)` (or nothing when None) that raises a timeout UpstreamError."""
+    """`anyio.fail_after(seconds)` (or nothing when None) that raises a timeout UpstreamError:
+    by default the run's deadline (not retryable); `first_byte=True` an upstream that sent
+    nothing in time (retryable, counted by the circuit breaker, falls back)."""
 
-    __slots__ = ("_scope", "_seconds")
+    __slots__ = ("_first_byte", "_scope", "_seconds")
 
-    def __init__(self, seconds: float | None) -> None:
+    def __init__(self, seconds: float | None, first_byte: bool = False) -> None:
         self._seconds = seconds
+        self._first_byte = first_byte
         self._scope: Any = None
 
     def __enter__(self) -> _deadline:
@@ -696,11 +707,9 @@ class _deadline:
         try:
             return bool(self._scope.__exit__(et, ev, tb))
         except TimeoutError:
-            raise UpstreamError(
-                "run deadline passed while waiting for the upstream",
-                kind="timeout",
-                retryable=False,
-            ) from None
+            if self._first_byte:
+                raise UpstreamError(f"upstream sent nothing for {self._seconds:g} s", kind="timeout", retryable=True) from None
+            raise UpstreamError("run deadline passed while waiting for the upstream", kind="timeout", retryable=False) from None
 
 
 async def _send(client: UpstreamClient, url: str, body: bytes, headers: dict[str, str], key: str) -> UpstreamResponse:

@@ -291,6 +291,23 @@ def test_a_stream_that_fails_before_its_first_chunk_counts_against_the_breaker()
         assert len(g.fake.requests) == 3  # none to the open model
 
 
+def test_a_silent_model_falls_back_at_its_first_byte_timeout_and_opens_its_breaker() -> None:
+    """§1.7 with §1.10/§1.11: a model that never answers is abandoned at the first-byte timeout
+    (0.5 s here) like any other failure: the request falls back to the next model, and three
+    such timeouts open the silent model's breaker, so later requests skip it."""
+    with gateway_with({**COOL, "UPSTREAM_TIMEOUT": "0.5", "ROUTER_FALLBACK_MODELS": "test/fallback"}) as g:
+        g.fake.model_modes = {"test/big": "stall_before_headers;seconds=30"}
+        models = lambda: [q.json["model"] for q in g.fake.requests]  # noqa: E731
+        for stream in (False, True, False):
+            r = post(g, body(stream=stream))
+            assert r.status_code == 200 and r.headers["x-upstream-model"] == "test/fallback"
+        assert models() == ["test/big", "test/fallback"] * 3
+        g.fake.clear()
+        assert post(g, body()).status_code == 200
+        assert models() == ["test/fallback"]  # the silent model is cooling down
+        g.fake.model_modes = {}
+
+
 def test_cooldown_with_fallback_skips_the_failing_model() -> None:
     """§1.11: with A→B, A's 3rd consecutive failure opens its breaker: the next requests go
     straight to B (none to A); after the cooldown one probe tries A; a failed probe shuts it
