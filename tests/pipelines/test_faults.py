@@ -11,7 +11,7 @@ import anthropic
 import pytest
 
 from tests.pipelines.conftest import Gateway
-from tests.pipelines.faults import ASK, OK_TEXT, body, captured_logs, gateway_with, post, reset, sse, without_pings
+from tests.pipelines.faults import ASK, OK_TEXT, body, captured_logs, gateway_with, post, sse, without_pings
 from tests.support.servers import free_port
 
 FAST = {"UPSTREAM_RETRY_BACKOFF": "0.05", "OPENROUTER_MODELS_FETCH": "false"}
@@ -21,12 +21,6 @@ FAST = {"UPSTREAM_RETRY_BACKOFF": "0.05", "OPENROUTER_MODELS_FETCH": "false"}
 def gw() -> Iterator[Gateway]:
     with gateway_with(FAST) as g:
         yield g
-
-
-@pytest.fixture(autouse=True)
-def _fresh(request: pytest.FixtureRequest) -> None:
-    if "gw" in request.fixturenames:
-        reset(request.getfixturevalue("gw"))
 
 
 def assert_error(r, status: int, error_type: str, retry: bool) -> dict:  # noqa: ANN001
@@ -140,7 +134,8 @@ def test_reset_before_headers_then_ok(gw: Gateway) -> None:
     gw.fake.script("reset_before_headers", "ok")
     msg = gw.client().messages.create(model="claude-opus-5-5", max_tokens=64, messages=ASK)
     assert msg.content[0].text == OK_TEXT
-    assert [r.outcome for r in gw.fake.requests] == ["reset", "ok"]
+    # The fake records "ok" just after its last byte, which the client may read first.
+    assert gw.fake.wait_for(lambda: [r.outcome for r in gw.fake.requests] == ["reset", "ok"], timeout=5), [r.outcome for r in gw.fake.requests]
 
 
 def test_close_before_headers_on_a_reused_connection_then_ok(gw: Gateway) -> None:
@@ -153,7 +148,7 @@ def test_close_before_headers_on_a_reused_connection_then_ok(gw: Gateway) -> Non
     assert msg.content[0].text == OK_TEXT
     warm, closed, retried = gw.fake.requests
     assert closed.connection_id == warm.connection_id  # the failure hit the pooled connection
-    assert closed.outcome == "closed" and retried.outcome == "ok"
+    assert gw.fake.wait_for(lambda: closed.outcome == "closed" and retried.outcome == "ok", timeout=5)  # set after the last byte
     assert retried.connection_id != closed.connection_id
 
 
