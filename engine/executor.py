@@ -9,8 +9,9 @@ independent branches overlap. The first failure cancels the siblings and is rais
 Each attempt of a step runs with the log scope bound (request id, pipeline, step, attempt),
 under its own timeout, inside its named limit, and is retried per its YAML policy. The run's
 deadline is one cancel scope around the whole run, not one per step: a scope costs about as
-much as a cheap step, and most steps never await, so a scope of their own could never fire. Sync steps marked blocking run in a worker thread, which anyio gives a copy
-of the context, so their log lines carry the scope too.
+much as a cheap step, and most steps never await, so a scope of their own could never fire.
+Sync steps marked blocking run in a worker thread, which anyio gives a copy of the context,
+so their log lines carry the scope too.
 """
 
 from __future__ import annotations

@@ -378,6 +378,7 @@ class StreamReply(Response):
         active.inc()
         outbox = Outbox(send, reply.heartbeat, reply.heartbeat_interval)
         producing = anyio.CancelScope()  # entered by the producer task
+        writing = anyio.CancelScope()  # entered by this one
         producer: asyncio.Task[None] | None = None
 
         async def produce() -> None:
@@ -397,29 +398,25 @@ class StreamReply(Response):
                 finished = True  # not reached when the client went away (the scope was cancelled)
                 outbox.end()
 
+        def disconnected() -> None:
+            nonlocal outcome
+            if not finished:  # after the last byte, uvicorn reports a disconnect too
+                outcome = "client_disconnected"
+            producing.cancel()
+            writing.cancel()
+
+        watcher = watch_disconnect(receive, disconnected)
         try:
-            with anyio.CancelScope() as writing:
-
-                def disconnected() -> None:
-                    nonlocal outcome
-                    if not finished:  # after the last byte, uvicorn reports a disconnect too
-                        outcome = "client_disconnected"
-                    producing.cancel()
-                    writing.cancel()
-
-                watcher = watch_disconnect(receive, disconnected)
-                try:
-                    await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-                    producer = asyncio.get_running_loop().create_task(produce())
-                    outbox.start_heartbeat()
-                    await outbox.run()
-                except Exception as exc:  # the client socket failed under us
-                    outcome = "error"
-                    structlog.get_logger("engine").error("writing the stream failed", error=repr(exc))
-                finally:
-                    watcher.cancel()
+            with writing:
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                producer = asyncio.get_running_loop().create_task(produce())
+                outbox.start_heartbeat()
+                await outbox.run()
+        except Exception as exc:  # the client socket failed under us
+            outcome = "error"
+            structlog.get_logger("engine").error("writing the stream failed", error=repr(exc))
         finally:
-            outbox.cancel_timer()
+            watcher.cancel()
             active.dec()
             with anyio.CancelScope(shield=True):
                 if producer is not None and not producer.done():

@@ -53,7 +53,6 @@ class Outbox:
         self._room = asyncio.Event()  # set: the queue is below high water
         self._room.set()
         self._closing = False
-        self._done = asyncio.Event()
         self._heartbeat = heartbeat
         self._interval = heartbeat_interval
         self._last = time.monotonic()  # when something was last queued
@@ -100,12 +99,7 @@ class Outbox:
         self._closing = True
         self._wake.set()
 
-    async def close(self) -> None:
-        """`end`, then wait until the writer has done so."""
-        self.end()
-        await self._done.wait()
-
-    def cancel_timer(self) -> None:
+    def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -126,10 +120,9 @@ class Outbox:
                 parts.clear()
                 self._size = 0
                 self._room.set()
-                last = self._closing  # close() comes after the producer's last put
+                last = self._closing  # end() comes after the producer's last put
                 await send({"type": "http.response.body", "body": data, "more_body": not last})
                 if last:
                     return
         finally:
-            self.cancel_timer()
-            self._done.set()
+            self._cancel_timer()  # the timer lives as long as the writer

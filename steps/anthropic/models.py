@@ -14,6 +14,7 @@ Rules, from PROTOCOL §1 and RELIABILITY §3:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -104,17 +105,22 @@ DOCUMENT_SOURCE_TYPES: tuple[str, ...] = ("base64", "url", "text", "content")
 OpenAI-compatible counterpart, so it is refused with a 400 rather than silently dropped."""
 
 
-def _typed_tag(allowed: tuple[str, ...]):
-    tags = {t: TAG_MARK + t for t in allowed}
+def _type_tagger(tags: dict[str, str], other: str | None = None) -> Callable[[Any], str | None]:
+    """A discriminator: the tag of a dict's `type` (`other` for an unlisted type; None, which
+    pydantic reports as the custom error, for a non-dict or a `type` that is not a string)."""
 
     def tag(value: Any) -> str | None:
         if type(value) is dict:
             t = value.get("type")
             if type(t) is str:
-                return tags.get(t)
+                return tags.get(t, other)
         return None
 
     return tag
+
+
+def _typed_tag(allowed: tuple[str, ...]) -> Callable[[Any], str | None]:
+    return _type_tagger({t: TAG_MARK + t for t in allowed})
 
 
 class Base64Source(_Model):
@@ -247,12 +253,7 @@ _SERVER_RESULTS = frozenset(
 _BLOCK_TAGS = {t: TAG_MARK + ("server_tool_result" if t in _SERVER_RESULTS else t) for t in BLOCK_TYPES}
 
 
-def _block_tag(value: Any) -> str | None:
-    if type(value) is dict:
-        t = value.get("type")
-        if type(t) is str:
-            return _BLOCK_TAGS.get(t)
-    return None
+_block_tag = _type_tagger(_BLOCK_TAGS)
 
 
 Block = Annotated[
@@ -375,12 +376,7 @@ class ThinkingOther(_Model):
     type: str
 
 
-def _thinking_tag(value: Any) -> str | None:
-    if type(value) is dict:
-        t = value.get("type")
-        if type(t) is str:
-            return TAG_MARK + t if t in THINKING_TYPES else "#other"
-    return None
+_thinking_tag = _type_tagger({t: TAG_MARK + t for t in THINKING_TYPES}, other="#other")
 
 
 Thinking = Annotated[

@@ -109,8 +109,11 @@ class UpstreamResponse:
 
 
 class UpstreamClient:
-    """The pooled upstream client (HTTP/1.1 keep-alive, no retries, no redirects, no proxies
-    or netrc from the environment)."""
+    """The pooled upstream client, one per setting of the call step, shared by every run.
+
+    HTTP/1.1 keep-alive; no retries (one retry layer: the engine's), no redirects, no proxy or
+    netrc from the environment. `connect_timeout` also bounds the wait for a free connection
+    when all `pool_size` are busy; `read_timeout` each read."""
 
     def __init__(self, connect_timeout: float, read_timeout: float, pool_size: int) -> None:
         self._connect_timeout = connect_timeout

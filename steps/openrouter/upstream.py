@@ -61,7 +61,7 @@ from steps.openrouter.cooldown import Cooldowns, cooldowns
 from steps.openrouter.sse import DONE, SSEDecoder, SSEError
 from steps.openrouter.transport import UpstreamClient, UpstreamResponse
 
-__all__ = ["KEEPALIVE_OBJECT", "ChunkStream", "call", "is_keepalive", "make_client"]
+__all__ = ["KEEPALIVE_OBJECT", "ChunkStream", "call", "is_keepalive"]
 
 MAX_ERROR_BODY = 1024 * 1024  # bytes of an error (or non-SSE) body read before giving up
 DONE_DRAIN_SECONDS = 0.5  # after [DONE], wait this long for the body's end to keep the connection
@@ -109,16 +109,6 @@ def is_meaningful(chunk: dict) -> bool:
         elif delta:
             return True
     return False
-
-
-def make_client(connect_timeout: float, read_timeout: float, pool_size: int) -> UpstreamClient:
-    """The pooled client shared by every call with the same settings (steps/openrouter/transport.py).
-
-    No retries (one retry layer: the engine's), no proxy or netrc from the environment, no
-    redirects. `connect_timeout` also bounds the wait for a free connection when all
-    `pool_size` are busy; `read_timeout` each read.
-    """
-    return UpstreamClient(connect_timeout, read_timeout, pool_size)
 
 
 @step("openrouter.call")
@@ -378,7 +368,7 @@ async def _call_one(payload: dict, request: Request, ctx: RunContext, target: _T
         headers["x-openrouter-title"] = target.title
     client: UpstreamClient = await ctx.resource(
         f"openrouter.client:{target.connect_timeout}:{target.read_timeout}:{target.pool_size}",
-        lambda: make_client(target.connect_timeout, target.read_timeout, target.pool_size),
+        lambda: UpstreamClient(target.connect_timeout, target.read_timeout, target.pool_size),
     )
     url = target.base_url.rstrip("/") + "/chat/completions"
     try:
@@ -435,12 +425,11 @@ class ChunkStream(AsyncIterator[dict]):
         self._ctx = ctx
         self._key = key
         self.commit_after = commit_after if commit_after and commit_after > 0 else None
-        self.chunks = 0  # items yielded so far (keepalive markers included)
+        self.chunks = 0  # items produced so far (keepalive markers included; peeked or not)
         self.keepalives = 0  # keepalive markers yielded so far
         self.finished = False  # a finish_reason was seen
         self._gen = self._run() if response is not None else None
-        self._items: list[dict] = []  # a whole completion's one chunk (of_completion)
-        self._peeked: list[dict] = []  # the first chunk, read early by peek()
+        self._ready: list[dict] = []  # handed out before reading on: peek()'s chunk, or of_completion's
         self._idle: float | None = None  # set by the engine through enforce_idle_timeout
         self._last_item = time.monotonic()
         self._idle_fired = False
@@ -486,7 +475,8 @@ class ChunkStream(AsyncIterator[dict]):
     def of_completion(cls, completion: dict) -> ChunkStream:
         """A one-chunk stream equivalent to a whole non-streamed completion."""
         stream = cls(None, None)
-        stream._items = [_completion_as_chunk(completion)]
+        stream._ready = [_completion_as_chunk(completion)]
+        stream.chunks = 1
         return stream
 
     def __aiter__(self) -> ChunkStream:
@@ -495,29 +485,23 @@ class ChunkStream(AsyncIterator[dict]):
     def __anext__(self) -> Awaitable[dict]:
         # The generator's own awaitable, not a coroutine wrapping it: one frame less for every
         # chunk (each frame between the event loop and the read costs on every resumption).
-        if self._peeked:
-            return self._take_peeked()
-        if self._gen is None:
-            return self._next_item()
+        if self._ready or self._gen is None:
+            return self._take_ready()
         return self._gen.__anext__()
 
     async def peek(self) -> None:
         """Read the first chunk now; iteration still starts with it. Closes the stream on failure."""
         try:
-            self._peeked.append(await self.__anext__())
+            self._ready.append(await self.__anext__())
         except StopAsyncIteration:
             pass
         except BaseException:
             await self.aclose()
             raise
 
-    async def _take_peeked(self) -> dict:
-        return self._peeked.pop()
-
-    async def _next_item(self) -> dict:
-        if self._items:
-            self.chunks += 1
-            return self._items.pop(0)
+    async def _take_ready(self) -> dict:
+        if self._ready:
+            return self._ready.pop(0)
         raise StopAsyncIteration
 
     def _idle_error(self) -> StepTimeout:

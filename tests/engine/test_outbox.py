@@ -33,7 +33,7 @@ def test_items_ready_together_go_out_in_one_write_and_the_first_at_once() -> Non
         for i in range(50):  # a burst: the producer never waits for anything else
             box.put(b"%d;" % i)
             await box.room()
-        await box.close()
+        box.end()
         await writer
         return sink.writes
 
@@ -53,7 +53,7 @@ def test_items_arriving_apart_are_each_written_when_the_producer_waits() -> None
             await box.room()
             await asyncio.sleep(0.01)  # the upstream is slow: the writer runs meanwhile
             assert sink.writes[-1] == (b"%d;" % i, True)
-        await box.close()
+        box.end()
         await writer
         return sink.writes
 
@@ -70,7 +70,7 @@ def test_a_busy_producer_lets_the_writer_run_every_max_delay() -> None:
         while loop.time() < end:  # 50 ms of busy production, no waiting of its own
             box.put(b"x")
             await box.room()
-        await box.close()
+        box.end()
         await writer
         return len(sink.writes)
 
@@ -88,7 +88,7 @@ def test_heartbeat_after_silence_only() -> None:
             await box.room()
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.13)  # silence: two beats
-        await box.close()
+        box.end()
         await writer
         return sink.writes
 
@@ -119,7 +119,7 @@ def test_a_slow_client_makes_the_producer_wait_at_high_water() -> None:
         stalled_at = produced  # the client reads nothing: the producer stops at high water
         sink.block.set()
         await producer
-        await box.close()
+        box.end()
         await writer
         return stalled_at, sum(len(w) for w, _ in sink.writes)
 

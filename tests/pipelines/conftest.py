@@ -50,8 +50,16 @@ def gateway() -> Iterator[Gateway]:
     yield from start_gateway({})
 
 
+def reset(gw: Gateway) -> None:
+    """A module-scoped gateway's fake upstream back to its defaults, before each test."""
+    gw.fake.clear()
+    gw.fake.default_mode = "ok"
+    gw.fake.model_modes = {}
+
+
 @pytest.fixture(autouse=True)
 def _fresh_fake(request: pytest.FixtureRequest) -> None:
-    if "gateway" in request.fixturenames:
-        gw = request.getfixturevalue("gateway")
-        gw.fake.clear()
+    """Every test that uses a shared gateway (`gateway`, or a module's `gw`) starts clean."""
+    for name in ("gateway", "gw"):
+        if name in request.fixturenames:
+            reset(request.getfixturevalue(name))

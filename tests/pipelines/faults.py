@@ -32,13 +32,6 @@ def gateway_with(env: dict[str, str]) -> Iterator[Gateway]:
         gen.close()
 
 
-def reset(gw: Gateway) -> None:
-    """A module-scoped gateway's fake upstream back to its defaults, before each test."""
-    gw.fake.clear()
-    gw.fake.default_mode = "ok"
-    gw.fake.model_modes = {}
-
-
 def post(gw: Gateway, payload: dict, **kw: Any) -> httpx.Response:
     with httpx.Client(base_url=gw.url, timeout=30, headers={"x-api-key": "sk-ant-test-client-key"}) as http:
         return http.post("/v1/messages", json=payload, **kw)

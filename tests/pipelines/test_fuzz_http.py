@@ -14,19 +14,12 @@ from collections.abc import Iterator
 import httpx
 import orjson
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.pipelines.conftest import Gateway, start_gateway
-from tests.steps.test_properties import KNOWN_BAD, messages_requests, mutated_bodies
+from tests.steps.test_properties import KNOWN_BAD, SETTINGS, messages_requests, mutated_bodies
 
-SETTINGS = dict(
-    derandomize=True,
-    database=None,
-    deadline=None,
-    print_blob=False,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
-)
 ALLOWED = {200, 400, 413, 415}
 ROUTES = ["/v1/messages", "/v1/messages", "/v1/messages/count_tokens"]
 CONTENT_TYPES = ["application/json", "application/json", "application/json; charset=utf-8", None, "text/plain"]

@@ -26,7 +26,7 @@ from engine.capture import CaptureWriter
 from engine.executor import Engine
 from engine.replay import Captured, read_captures, replay_one
 from tests.pipelines.conftest import PIPELINES, REPO, Gateway
-from tests.pipelines.faults import ASK, OK_TEXT, body, captured_logs, gateway_with, post, reset, sse, texts, without_pings
+from tests.pipelines.faults import ASK, OK_TEXT, body, captured_logs, gateway_with, post, sse, texts, without_pings
 from tests.support.fake_openrouter import FakeOpenRouter, drip_text
 from tests.support.servers import free_port
 
@@ -38,12 +38,6 @@ CUT_MESSAGE = "upstream connection closed mid-stream"
 def gw() -> Iterator[Gateway]:
     with gateway_with(FAST) as g:
         yield g
-
-
-@pytest.fixture(autouse=True)
-def _fresh(request: pytest.FixtureRequest) -> None:
-    if "gw" in request.fixturenames:
-        reset(request.getfixturevalue("gw"))
 
 
 def stream(gw: Gateway) -> tuple[httpx.Response, list[tuple[str, dict]]]:

@@ -353,6 +353,16 @@ class _Body:
         if self.chunked:
             await self.conn.write(b"0\r\n\r\n")
 
+    async def finish(self) -> bool:
+        """End a complete answer; whether the connection stays open for the next request (a
+        close-delimited body ends by closing it)."""
+        await self.end()
+        if not self.chunked:
+            self.rec.outcome = "ok"
+            self.conn.close()
+            return False
+        return self.keep_alive
+
 
 class _Answer:
     """What an "ok"-style answer says: text, or one tool call."""
@@ -1065,12 +1075,7 @@ class FakeOpenRouter:
         if name != "no_done":
             await out.event(answer.chunk(None, usage=answer.usage(len(rec.body))))
             await out.part(b"data: [DONE]\n\n")
-        await out.end()
-        if not out.chunked:
-            rec.outcome = "ok"
-            conn.close()
-            return False
-        return out.keep_alive
+        return await out.finish()
 
 
 def _bad_line(kind: str, answer: _Answer) -> bytes:
@@ -1198,12 +1203,7 @@ async def _respond_with_clean_eof(self: FakeOpenRouter, conn: _Conn, rec: Reques
     await out.event(answer.role_chunk())
     for chunk in answer.content_chunks()[: mode.int("after", 3)]:
         await out.event(chunk)
-    await out.end()
-    if not out.chunked:
-        rec.outcome = "ok"
-        conn.close()
-        return False
-    return out.keep_alive
+    return await out.finish()
 
 
 FakeOpenRouter._serve = _serve_with_model_modes  # type: ignore[method-assign]
