@@ -1,7 +1,8 @@
-"""The real Claude Code CLI (2.1.x, from npm) through the gateway against the fake OpenRouter.
+"""The real Claude Code CLI, every pinned release, through the gateway against the fake upstream.
 
-`.ci/run` installs it; elsewhere set CLAUDE_CODE_BIN or put `claude` on PATH. The test is
-skipped only when no binary can be found and CLAUDE_CODE_REQUIRED is not set (CI sets it).
+`.ci/run` installs each release of PINNED; elsewhere set CLAUDE_CODE_BIN (or put `claude` on
+PATH) to a binary of one of them. A release is skipped only when no binary of it can be found
+and CLAUDE_CODE_REQUIRED is not set (CI sets it).
 """
 
 from __future__ import annotations
@@ -17,24 +18,37 @@ import pytest
 from tests.pipelines.conftest import REPO, Gateway
 
 
-def claude_bin() -> str | None:
-    for candidate in (
-        os.environ.get("CLAUDE_CODE_BIN"),
-        str(REPO / ".ci" / ".cache" / "claude" / "node_modules" / ".bin" / "claude"),
-        shutil.which("claude"),
-    ):
-        if candidate and Path(candidate).exists():
+PINNED = ("2.1.331", "2.1.332")
+"""The releases the suite runs (their request bodies are fixtures in tests/fixtures/); .ci/run
+installs each into .ci/.cache/claude-VERSION. Add the newest here when it is recorded."""
+
+
+def claude_bin(version: str) -> str | None:
+    """The `claude` of `version`: .ci/run's install, or $CLAUDE_CODE_BIN when it is that release."""
+    installed = REPO / ".ci" / ".cache" / f"claude-{version}" / "node_modules" / ".bin" / "claude"
+    if installed.exists():
+        return str(installed)
+    for candidate in (os.environ.get("CLAUDE_CODE_BIN"), shutil.which("claude")):
+        if candidate and Path(candidate).exists() and _version_of(candidate) == version:
             return candidate
     return None
 
 
-@pytest.fixture(name="claude")
-def _claude() -> str:
-    found = claude_bin()
+def _version_of(binary: str) -> str | None:
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.split()[0] if out.strip() else None
+
+
+@pytest.fixture(name="claude", params=PINNED)
+def _claude(request: pytest.FixtureRequest) -> str:
+    found = claude_bin(request.param)
     if found is None:
         if os.environ.get("CLAUDE_CODE_REQUIRED"):
-            pytest.fail("CLAUDE_CODE_REQUIRED is set but no Claude Code binary was found")
-        pytest.skip("Claude Code is not installed (bash .ci/run installs it)")
+            pytest.fail(f"CLAUDE_CODE_REQUIRED is set but Claude Code {request.param} was not found")
+        pytest.skip(f"Claude Code {request.param} is not installed (bash .ci/run installs it)")
     return found
 
 
