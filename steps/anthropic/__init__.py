@@ -3,7 +3,7 @@ streams and errors the way Anthropic clients (Claude Code, the SDKs) expect them
 
 Importing the package registers its steps (anthropic.parse, anthropic.clean,
 anthropic.validate, anthropic.validate_count_tokens, anthropic.error, anthropic.reply,
-anthropic.estimate_input_tokens, anthropic.count_tokens).
+anthropic.estimate_input_tokens, anthropic.count_tokens, anthropic.threads).
 """
 
-from steps.anthropic import clean, errors, models, parse, reply, sse, tokens, validate  # noqa: F401
+from steps.anthropic import clean, errors, models, parse, reply, sse, threads, tokens, validate  # noqa: F401

@@ -39,7 +39,8 @@ class AnthropicError(StepError):
     """An error already in Anthropic terms: raise it from a step and it is rendered as is.
 
     `status` is the HTTP status, `error_type` Anthropic's `error.type`, `message` the text the
-    client sees (it must be safe to show), `headers` extra response headers (e.g. `retry-after`).
+    client sees (it must be safe to show), `headers` extra response headers (e.g. `retry-after`),
+    `details` the body's `error.details` (the SDKs recover from some errors by its `error_code`).
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class AnthropicError(StepError):
         headers: dict[str, str] | None = None,
         *,
         retryable: bool | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         if retryable is None:
             retryable = status >= 500 or status == 429
@@ -57,6 +59,7 @@ class AnthropicError(StepError):
         self.status = status
         self.error_type = error_type
         self.headers = headers or {}
+        self.details = details
 
     def __repr__(self) -> str:
         return f"AnthropicError({self.status}, {self.error_type!r}, {self.message!r})"
@@ -264,8 +267,12 @@ def error(error: BaseException, ctx: RunContext) -> Reply:
         if log is not None:
             log.error("anthropic.unhandled_error", error_class=type(error).__name__, exc_info=error)
     headers["request-id"] = ctx.request_id
+    body: dict[str, Any] = {"type": etype, "message": message}
+    details = getattr(_unwrap(error), "details", None)
+    if isinstance(details, dict):
+        body["details"] = details
     return Reply(
-        body={"type": "error", "error": {"type": etype, "message": message}, "request_id": ctx.request_id},
+        body={"type": "error", "error": body, "request_id": ctx.request_id},
         status=status,
         headers=headers,
     )
