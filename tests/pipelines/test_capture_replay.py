@@ -17,7 +17,8 @@ import pytest
 
 from engine.capture import CaptureWriter
 from engine.executor import Engine
-from engine.replay import Captured, CaptureProblem, read_captures, replay_one
+from engine.capture_reader import Captured, CaptureProblem, read_captures
+from engine.replay import replay_one
 from tests.pipelines.conftest import PIPELINES, REPO, start_gateway
 
 CAPTURES = REPO / "tests" / "captures" / "gateway.jsonl"
@@ -47,15 +48,15 @@ def test_committed_captures_replay_unchanged() -> None:
     results = replay_all(Engine.load([PIPELINES], env=capture_env()), CAPTURES)
     assert len(results) >= 8
     for r in results:
-        assert r.same, f"{r.captured.label}: {r.input_changes + r.output_changes + [r.error or '']}"
+        assert r.same, f"{r.captured.label}: {r.changes}"
 
 
 def test_model_map_change_shows_in_replay() -> None:
     """Replaying with another model map reports exactly the changed upstream model, offline."""
     env = {**capture_env(), "BIG_MODEL": "vendor/other-model"}
     results = replay_all(Engine.load([PIPELINES], env=env), CAPTURES)
-    changed = [line for r in results for line in r.input_changes]
-    assert "turn.call input payload.model: 'test/big' -> 'vendor/other-model'" in changed
+    changed = [line for r in results for line in r.upstream]
+    assert "turn.call payload.model: 'test/big' -> 'vendor/other-model'" in changed
     assert not any("small" in line for line in changed)
 
 
@@ -69,8 +70,8 @@ def test_output_change_is_diffed_by_event(tmp_path: Path) -> None:
     path = tmp_path / "edited.jsonl"
     path.write_text(json.dumps(stream_run) + "\n")
     [result] = replay_all(Engine.load([PIPELINES], env=capture_env()), path)
-    assert len(result.output_changes) == 1
-    assert result.output_changes[0].startswith(f"events.{i}.data.delta.text: 'CHANGED ")
+    assert result.upstream == [] and len(result.client) == 1
+    assert result.client[0].startswith(f"event {i} (content_block_delta) delta.text: 'CHANGED ")
 
 
 def engine_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -82,17 +83,17 @@ def test_replay_command_exit_codes(tmp_path: Path) -> None:
     env = capture_env()
     same = engine_cli("replay", str(CAPTURES), env=env)
     assert same.returncode == 0, same.stdout + same.stderr
-    assert "8 same, 0 changed" in same.stdout or " same, 0 changed" in same.stdout
+    assert same.stdout.startswith("8 runs, 8 matched, 0 changed, 0 skipped")
     changed = engine_cli("replay", str(CAPTURES), "--quiet", env={**env, "BIG_MODEL": "vendor/x"})
-    assert changed.returncode == 1 and "payload.model: 'test/big' -> 'vendor/x'" in changed.stdout
+    assert changed.returncode == 1 and "upstream  turn.call payload.model: 'test/big' -> 'vendor/x'" in changed.stdout
     broken = tmp_path / "broken.jsonl"
     data = CAPTURES.read_bytes()
     first_line = data.split(b"\n", 1)[0] + b"\n"
     broken.write_bytes(first_line + data[len(first_line) : len(first_line) + 300])
     cut = engine_cli("replay", str(broken), env=env)
     assert cut.returncode == 2
-    assert f"{broken}:{len(first_line)}: truncated record" in cut.stderr
-    assert "1 same, 0 changed, 1 unreadable" in cut.stdout
+    assert f"{broken}: record 2 (byte {len(first_line)}): truncated: the file ends inside it" in cut.stderr
+    assert cut.stdout.startswith("1 run, 1 matched, 0 changed, 0 skipped, 1 unreadable record")
     assert "Traceback" not in cut.stderr
 
 
