@@ -237,14 +237,20 @@ async def _observe(out: Any) -> dict[str, Any]:
                 chunks.append([0.0, item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)])
             observed["stream"] = chunks
         else:
-            body = out.body
-            if isinstance(body, bytes):
-                body = body.decode("utf-8", errors="replace")
-            observed["body"] = jsonable(body)
+            observed["body"] = _as_sent(out.body)
         return observed
     if is_stream(out):
         return {"status": 200, "headers": {}, "stream": [[0.0, jsonable(item)] async for item in out]}
-    return {"status": 200, "headers": {"content-type": "application/json"}, "body": jsonable(out)}
+    return {"status": 200, "headers": {"content-type": "application/json"}, "body": _as_sent(out)}
+
+
+def _as_sent(body: Any) -> Any:
+    """A body as the capture holds what was sent: the bytes on the wire, parsed back when JSON."""
+    content = body if isinstance(body, bytes) else body.encode() if isinstance(body, str) else orjson.dumps(body, default=str)
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return content.decode("utf-8", errors="replace")
 
 
 def _events(chunks: list[Any]) -> list[Any]:
@@ -343,8 +349,10 @@ def plain(value: Any) -> Any:
         tag, inner = next(iter(value.items()))
         if tag in {"$bytes", "$base64", "$repr"}:
             return inner
-        if tag in {"$set", "$dict"}:
+        if tag == "$set":
             return plain(inner)
+        if tag == "$dict" and isinstance(inner, dict):  # data whose keys look like tags
+            return {k: plain(v) for k, v in inner.items()}
         if tag == "$stream":
             return "(a stream)"
     return {k: plain(v) for k, v in value.items() if k != "$type"}
