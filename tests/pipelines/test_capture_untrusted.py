@@ -154,5 +154,5 @@ def test_a_device_or_fifo_is_not_read(tmp_path: Path) -> None:
     """A capture path that is not a regular file (a FIFO would block, /dev/zero never ends)."""
     fifo = tmp_path / "pipe.jsonl"
     os.mkfifo(fifo)
-    [problem] = list(read_captures([fifo, ]))
+    [problem] = list(read_captures([fifo]))
     assert isinstance(problem, CaptureProblem) and str(problem) == f"{fifo}: the file: not a regular file"
