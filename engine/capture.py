@@ -12,11 +12,17 @@ opened `O_APPEND`, so concurrent runs never interleave and `kill -9` never leave
 a slow disk never slows a request, and a failed write is logged (at most every 10 s) and
 counted, never raised: capture must not fail the user's request. Files are 0600 in a 0700
 directory and rotate by size, keeping a bounded number.
+
+Reading is the other half (engine/capture_reader.py, engine/replay.py): a capture file may
+come from anywhere, so it is data. Values come back through `from_jsonable`, which knows the
+tags `jsonable` writes and rebuilds only the classes registered with `value_type`; nothing a
+record names is imported or called.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import dataclasses
 import errno
 import os
@@ -31,10 +37,60 @@ import orjson
 import structlog
 
 from engine import logs, metrics
+from engine import errors as engine_errors
 from engine.errors import StepError
+from engine.types import Request
 
 _log = structlog.get_logger("engine.capture")
 FORMAT = "engine-capture/1"
+
+
+# The tags `jsonable` writes for values JSON has no word for. A plain dict that happens to
+# have one of these keys (a tool schema with a "$type" property, say) is wrapped in "$dict",
+# so a reader never mistakes data for a tag.
+TAGS = frozenset({"$type", "$bytes", "$base64", "$set", "$repr", "$stream", "$dict"})
+
+_known: dict[str, type] = {}
+
+
+def type_name(cls: type) -> str:
+    """How captures name a class: `module:qualname`, a label the reader looks up, never imports."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def value_type(cls: type) -> type:
+    """Let captures hold instances of `cls` as themselves (a class decorator).
+
+    Use it on a dataclass that a `record: true` step takes or returns, and on an exception
+    class such a step raises. Replay rebuilds exactly the classes registered here: a capture
+    is a file from outside, so a class name in it is a label to look up, never a module to
+    import. A dataclass that is not registered makes its records unreplayable (replay says
+    which name to register); an unregistered exception comes back as a `RecordedError`.
+    """
+    _known[type_name(cls)] = cls
+    return cls
+
+
+def known_types() -> dict[str, type]:
+    """The registered value types and error classes, by capture name."""
+    return dict(_known)
+
+
+class RecordFormatError(ValueError):
+    """A capture record holds something replay will not rebuild; `path` says where in it."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class RecordedError(Exception):
+    """A recorded exception of a class replay does not rebuild; it keeps the name as text."""
+
+    def __init__(self, class_name: str, message: str) -> None:
+        super().__init__(message)
+        self.recorded_class = class_name
 
 
 def jsonable(value: Any) -> Any:
@@ -42,9 +98,17 @@ def jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        out = {str(k): jsonable(v) for k, v in value.items()}
+        return {"$dict": out} if not TAGS.isdisjoint(out) else out
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        items = [jsonable(v) for v in value]
+        try:
+            items.sort()
+        except TypeError:  # mixed types: any order is the same set
+            pass
+        return {"$set": items}
     if isinstance(value, bytes):
         try:
             return {"$bytes": value.decode("utf-8")}
@@ -54,7 +118,7 @@ def jsonable(value: Any) -> Any:
         fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
         if "headers" in fields:
             fields["headers"] = redact_headers(fields["headers"])
-        return {"$type": f"{type(value).__module__}:{type(value).__qualname__}", **jsonable(fields)}
+        return {"$type": type_name(type(value)), **{k: jsonable(v) for k, v in fields.items()}}
     if hasattr(value, "model_dump"):
         return jsonable(value.model_dump(mode="json"))
     if hasattr(value, "__anext__"):
@@ -62,36 +126,92 @@ def jsonable(value: Any) -> Any:
     return {"$repr": repr(value)[:200]}
 
 
-def from_jsonable(value: Any) -> Any:
-    """Undo `jsonable` for the shapes it writes (bytes; dataclasses rebuilt by type name)."""
+def from_jsonable(value: Any, path: str = "") -> Any:
+    """Undo `jsonable`: bytes, sets and registered dataclasses come back as themselves.
+
+    Only what `TAGS` names is interpreted, and a `$type` is only looked up among the
+    registered types (`value_type`); anything else is a `RecordFormatError` saying where.
+    `$repr` and `$stream` (values the writer could not represent) stay as the dicts they are.
+    """
+    try:
+        return _rebuild(value, path)
+    except RecursionError:
+        raise RecordFormatError(path, "nested too deeply to be a recorded value") from None
+
+
+def _rebuild(value: Any, path: str) -> Any:
     if isinstance(value, list):
-        return [from_jsonable(v) for v in value]
+        return [_rebuild(v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(value)]
     if not isinstance(value, dict):
         return value
-    if "$bytes" in value and len(value) == 1:
-        return value["$bytes"].encode("utf-8")
-    if "$base64" in value and len(value) == 1:
-        return base64.b64decode(value["$base64"])
-    if "$type" in value:
-        cls = _import(value["$type"])
-        data = {k: from_jsonable(v) for k, v in value.items() if k != "$type"}
-        if cls is not None and dataclasses.is_dataclass(cls):
-            return cls(**data)
-        return data
-    return {k: from_jsonable(v) for k, v in value.items()}
+    tags = TAGS.intersection(value)
+    if not tags:
+        return {k: _rebuild(v, f"{path}.{k}" if path else k) for k, v in value.items()}
+    if "$type" in tags:
+        return _rebuild_dataclass(value, path)
+    if len(value) != 1:
+        raise RecordFormatError(path, f"a '{sorted(tags)[0]}' value has other keys beside it ({', '.join(sorted(value)[:5])})")
+    tag, inner = next(iter(value.items()))
+    if tag == "$dict":
+        if not isinstance(inner, dict):
+            raise RecordFormatError(path, "'$dict' must hold an object")
+        return {k: _rebuild(v, f"{path}.{k}" if path else k) for k, v in inner.items()}
+    if tag == "$bytes":
+        if not isinstance(inner, str):
+            raise RecordFormatError(path, "'$bytes' must hold a string")
+        return inner.encode("utf-8")
+    if tag == "$base64":
+        try:
+            return base64.b64decode(inner, validate=True)
+        except (TypeError, ValueError, binascii.Error):
+            raise RecordFormatError(path, "'$base64' does not hold base64 text") from None
+    if tag == "$set":
+        if not isinstance(inner, list):
+            raise RecordFormatError(path, "'$set' must hold a list")
+        try:
+            return frozenset(_rebuild(inner, path))
+        except TypeError:
+            raise RecordFormatError(path, "'$set' holds items that cannot be in a set") from None
+    return value  # $repr, $stream: a description of a value, kept as data
 
 
-def _import(ref: str) -> Any:
-    import importlib
+def _rebuild_dataclass(value: dict[str, Any], path: str) -> Any:
+    name = value["$type"]
+    cls = _known.get(name) if isinstance(name, str) else None
+    if cls is None or not dataclasses.is_dataclass(cls):
+        shown = repr(name)[:120]
+        known = ", ".join(sorted(n for n, c in _known.items() if dataclasses.is_dataclass(c))) or "none"
+        raise RecordFormatError(
+            path,
+            f"unknown type {shown}: replay rebuilds only registered types ({known}); "
+            "if it is yours, register it with @engine.capture.value_type",
+        )
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    data = {}
+    for k, v in value.items():
+        if k == "$type":
+            continue
+        if k not in fields:
+            raise RecordFormatError(path, f"type '{name}' has no field '{k[:80]}'")
+        data[k] = _rebuild(v, f"{path}.{k}" if path else k)
+    missing = [f for f, spec in fields.items() if f not in data and spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING]
+    if missing:
+        raise RecordFormatError(path, f"type '{name}' is missing field(s) {', '.join(missing)}")
+    return cls(**data)
 
-    module, _, qual = ref.partition(":")
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in qual.split("."):
-            obj = getattr(obj, part)
-        return obj
-    except Exception:
-        return None
+
+# The engine's own values: a routed run's input, and the errors any step may raise.
+for _cls in (
+    Request,
+    StepError,
+    engine_errors.StepTimeout,
+    engine_errors.DeadlineExceeded,
+    engine_errors.LimitTimeout,
+    engine_errors.RunCancelled,
+    engine_errors.HttpError,
+    RecordedError,
+):
+    value_type(_cls)
 
 
 def redact_headers(headers: Any) -> dict[str, str]:
@@ -115,25 +235,37 @@ def error_record(exc: BaseException) -> dict[str, Any]:
     """Enough of an exception to raise an equivalent one in replay."""
     attrs = {k: jsonable(v) for k, v in vars(exc).items() if not k.startswith("_") and k not in {"step", "attempts"}}
     return {
-        "class": f"{type(exc).__module__}:{type(exc).__qualname__}",
+        "class": type_name(type(exc)),
         "message": logs.scrub_known(str(exc)),
         "attrs": attrs,
     }
 
 
-def rebuild_error(record: dict[str, Any]) -> BaseException:
-    cls = _import(record.get("class", ""))
+def rebuild_error(record: Any, path: str = "error") -> BaseException:
+    """The exception `error_record` described: its registered class, else a `RecordedError`.
+
+    The class is only looked up among registered classes; an instance is made without calling
+    its `__init__` and given the recorded public attributes."""
+    if not isinstance(record, dict) or not isinstance(record.get("class", ""), str) or not isinstance(record.get("message", ""), str):
+        raise RecordFormatError(path, "an error needs a 'class' and a 'message' string")
+    name, message = record.get("class", ""), record.get("message", "")
+    attrs = record.get("attrs") or {}
+    if not isinstance(attrs, dict):
+        raise RecordFormatError(f"{path}.attrs", "must be an object")
+    cls = _known.get(name)
     if not (isinstance(cls, type) and issubclass(cls, BaseException)):
-        return RuntimeError(record.get("message", "recorded error"))
+        return RecordedError(name, message)
     exc = cls.__new__(cls)
-    BaseException.__init__(exc, record.get("message", ""))
+    BaseException.__init__(exc, message)
     if isinstance(exc, StepError):  # what StepError.__init__ would have set; attrs may override
-        exc.step, exc.attempts = None, 0
-    for k, v in (record.get("attrs") or {}).items():
+        exc.message, exc.step, exc.attempts, exc.retry_after = message, None, 0, None
+    for k, v in attrs.items():
+        if not k.isidentifier() or k.startswith("_"):
+            raise RecordFormatError(f"{path}.attrs", f"'{k[:80]}' is not a public attribute name")
         try:
-            setattr(exc, k, from_jsonable(v))
-        except Exception:
-            pass
+            setattr(exc, k, from_jsonable(v, f"{path}.attrs.{k}"))
+        except (AttributeError, TypeError):
+            raise RecordFormatError(f"{path}.attrs", f"'{name}' takes no attribute '{k}'") from None
     return exc
 
 

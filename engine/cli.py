@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realtime", action="store_true", help="replay recorded streams with their recorded timing")
     p.add_argument("--live", action="store_true", help="send the captured requests to the real upstream instead of answering from the capture")
     p.add_argument("--quiet", action="store_true", help="print only runs that changed")
+    p.add_argument(
+        "--max-record-bytes",
+        type=_byte_size,
+        default="256M",
+        metavar="SIZE",
+        help="longest capture record read (default 256M); a longer one is reported and skipped unread",
+    )
 
     p = add("steps", "list every registered step with its parameters", ["engine steps", "engine steps | grep anthropic", "engine steps --format markdown   # the README's step catalogue"])
     p.add_argument("--format", default="text", choices=["text", "markdown"])
@@ -97,6 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("doctor", "check the configuration, the pipelines and the upstream, and say what clients need", ["engine doctor", "OPENROUTER_API_KEY=sk-or-... engine doctor"])
     p.add_argument("--pipelines", default=None, metavar="DIR")
     return parser
+
+
+def _byte_size(text: str) -> int:
+    """`1048576`, `512K`, `64M` or `1G` as a number of bytes (argparse type)."""
+    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+    number, unit = text.strip().upper().rstrip("B"), ""
+    if number[-1:] in units:
+        number, unit = number[:-1], number[-1]
+    try:
+        value = int(number) * units[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size (e.g. 1048576, 512K, 64M, 1G)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("the size must be positive")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,12 +193,14 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def _trace(capture: str, run: str | None, pipeline: str) -> Any:
-    """The step timeline of one captured run of `pipeline`."""
-    from engine.replay import Captured, read_captures
+    """The step timeline of one captured run of `pipeline` (records that cannot be read are
+    reported on stderr and passed over)."""
+    from engine.capture_reader import CaptureProblem, read_captures
 
     chosen = None
     for item in read_captures([capture]):
-        if not isinstance(item, Captured):
+        if isinstance(item, CaptureProblem):
+            print(f"engine: {item}", file=sys.stderr)
             continue
         ran = {t.get("pipeline", item.record.get("pipeline")) for t in item.record.get("trace") or []}
         if pipeline in ran and (run is None or item.record.get("request_id") == run):
@@ -188,48 +212,48 @@ def _trace(capture: str, run: str | None, pipeline: str) -> Any:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from engine.replay import CaptureProblem, read_captures, replay_one
+    """Replay, then print the summary first, then each run in request order with what changed."""
+    from engine.capture_reader import CaptureProblem, Captured, read_captures
+    from engine.replay import Summary, replay_all
 
     logs.configure(os.environ.get("ENGINE_LOG_FORMAT", "console"), os.environ.get("ENGINE_LOG_LEVEL", "error"))
     engine = Engine(load_plans([args.pipelines or default_pipelines()]))
-    items = list(read_captures(args.captures))
-    runs = [i for i in items if not isinstance(i, CaptureProblem)]
-    problems = [i for i in items if isinstance(i, CaptureProblem)]
+    runs: list[Captured] = []
+    problems: list[CaptureProblem] = []
+    for item in read_captures(args.captures, max_record_bytes=args.max_record_bytes):
+        (problems if isinstance(item, CaptureProblem) else runs).append(item)  # type: ignore[arg-type]
+
+    async def go() -> list[Any]:
+        try:
+            return await replay_all(engine, runs, realtime=args.realtime, live=args.live)
+        finally:
+            await engine.aclose()
+
+    results = anyio.run(go)
+    summary = Summary(unreadable=len(problems))
+    for result in results:
+        summary.add(result)
     utf8 = (sys.stdout.encoding or "").lower().startswith("utf")
     same_mark, diff_mark = ("✓", "✗") if utf8 else ("ok", "CHANGED")
-    print(f"replaying {len(runs)} run{'s' if len(runs) != 1 else ''} {'live against the upstream' if args.live else 'offline'}")
-    counts = {"same": 0, "changed": 0, "skipped": 0}
-
-    async def go() -> None:
-        for n, captured in enumerate(runs, 1):
-            result = await replay_one(engine, captured, realtime=args.realtime, live=args.live)
-            progress = f"[{n}/{len(runs)}]"
-            if result.skipped:
-                counts["skipped"] += 1
-                if not args.quiet:
-                    print(f"  - {progress} {captured.label} skipped: {result.skipped}")
-                continue
-            if result.same:
-                counts["same"] += 1
-                if not args.quiet:
-                    print(f"  {same_mark} {progress} {captured.label} same ({result.seconds * 1000:.1f} ms)")
-                continue
-            counts["changed"] += 1
-            changes = result.input_changes + result.output_changes + ([result.error] if result.error else [])
-            print(f"  {diff_mark} {progress} {captured.label}: {len(changes)} difference{'s' if len(changes) != 1 else ''}")
+    print(f"{summary} ({'live against the upstream' if args.live else 'offline'})")
+    for n, result in enumerate(results, 1):
+        where = f"[{n}/{len(results)}] {result.captured.label}"
+        if result.skipped:
+            if not args.quiet:
+                print(f"  - {where} skipped: {result.skipped}")
+        elif result.same:
+            if not args.quiet:
+                print(f"  {same_mark} {where} matched ({result.seconds * 1000:.1f} ms)")
+        else:
+            changes = result.changes
+            print(f"  {diff_mark} {where}: {len(changes)} difference{'s' if len(changes) != 1 else ''}")
             for line in changes[:40]:
                 print(f"      {line}")
             if len(changes) > 40:
                 print(f"      ... and {len(changes) - 40} more")
-        await engine.aclose()
-
-    anyio.run(go)
     for problem in problems:
-        print(f"  {problem}", file=sys.stderr)
-    print(f"{counts['same']} same, {counts['changed']} changed" + (f", {counts['skipped']} skipped" if counts["skipped"] else "") + (f", {len(problems)} unreadable" if problems else ""))
-    if counts["changed"]:
-        return 1
-    return 2 if problems else 0
+        print(f"engine: unreadable capture record: {problem}", file=sys.stderr)
+    return summary.exit_code
 
 
 def _read_input(path: str) -> Any:

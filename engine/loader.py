@@ -3,6 +3,13 @@
 Only plain YAML is read (PyYAML's safe composer; any `!!python/...` or other custom tag is an
 error, never constructed). Every scalar keeps its position so that every later error can
 name `file:line:col`. Loading collects every error in the file and raises them together.
+
+A pipeline file is input like any other, so reading it is bounded: a file larger than
+`MAX_DOCUMENT_BYTES` is refused unread, and aliases are counted as they are composed, before
+anything is expanded: more than `MAX_ALIASES` alias uses, or aliases standing for more than
+`MAX_ALIAS_NODES` nodes in all, is an error at the alias that crossed the line. That is what
+keeps a "billion laughs" file (ten aliases of ten aliases of ...) a located error in
+milliseconds instead of an expansion that eats the machine's memory.
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ _STANDARD_TAGS = {
 _ENV = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
 _RESOLVER = yaml.resolver.Resolver()
+MAX_DOCUMENT_BYTES = 1024 * 1024
+MAX_ALIASES = 1000
+MAX_ALIAS_NODES = 100_000
 _REF = re.compile(r"^\$\{\{\s*(!?)\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}$")
 
 Path_ = tuple[str | int, ...]
@@ -81,10 +91,57 @@ def load_file(path: str | Path, env: dict[str, str] | None = None) -> LoadedPipe
     """Load one pipeline file; raises `SpecErrors` with every problem found in it."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:
+            data = f.read(MAX_DOCUMENT_BYTES + 1)  # never more than the cap, whatever the file is
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecErrors([SpecError(f"cannot read pipeline file: {exc}", Location(str(p), 1, 1))]) from exc
     return load_text(text, str(p), env=env, default_name=p.stem)
+
+
+class _AliasLimit(yaml.MarkedYAMLError):
+    """Aliases beyond the caps: raised at the alias, before it is expanded."""
+
+
+class _CappedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, counting alias uses and the nodes they stand for while composing.
+
+    Composing never copies an alias's node (the tree shares it), so counting here is cheap;
+    the expansion a bomb relies on would only happen later, when the tree is walked."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+        self._alias_nodes = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> nodes it stands for, once composed
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if not self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            self._sizes[id(node)] = 1 + sum(self._sizes.get(id(child), 1) for child in _children(node))
+            return node
+        mark = self.peek_event().start_mark
+        node = super().compose_node(parent, index)
+        self._aliases += 1
+        size = self._sizes.get(id(node))
+        if size is None:
+            raise _AliasLimit(None, None, "an alias refers to a node that contains it (a recursive structure)", mark, "a pipeline is a tree: write the repeated part out instead")
+        self._alias_nodes += size
+        if self._aliases > MAX_ALIASES:
+            raise _AliasLimit(None, None, f"more than {MAX_ALIASES} YAML aliases", mark, "a pipeline file needs few anchors; write the values out")
+        if self._alias_nodes > MAX_ALIAS_NODES:
+            raise _AliasLimit(
+                None, None, f"YAML aliases expand to more than {MAX_ALIAS_NODES} values (an alias bomb?)", mark, "the file is refused rather than expanded; write the values out"
+            )
+        return node
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
 
 
 def load_text(
@@ -92,8 +149,14 @@ def load_text(
 ) -> LoadedPipeline:
     """Load a pipeline from YAML text (`file` is only used in messages)."""
     reader = _Reader(file, os.environ if env is None else env)
+    size = len(text.encode("utf-8"))
+    if size > MAX_DOCUMENT_BYTES:
+        raise SpecErrors([SpecError(f"the file is larger than {MAX_DOCUMENT_BYTES} bytes", Location(file, 1, 1), "a pipeline file is a page of YAML; split it into pipelines that run each other")])
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_CappedLoader)
+    except _AliasLimit as exc:
+        mark = exc.problem_mark
+        raise SpecErrors([SpecError(str(exc.problem), Location(file, mark.line + 1, mark.column + 1), exc.note or "")]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file, 1, 1)

@@ -55,6 +55,7 @@ class StepInfo:
     streams: bool
     accepts_any: bool
     doc: str = field(default="")
+    sends: tuple[str, ...] = ()  # the inputs that leave the process (what replay compares)
 
     @property
     def summary(self) -> str:
@@ -67,7 +68,7 @@ _loaded_entry_points = False
 
 
 def step(
-    name: str, *, blocking: bool | None = None, side_effects: bool = False
+    name: str, *, blocking: bool | None = None, side_effects: bool = False, sends: tuple[str, ...] = ()
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a function as the step `name`.
 
@@ -82,11 +83,13 @@ def step(
     (pure, fast conversions), in which case it runs inline on the event loop: a thread hop
     costs more than such a step. `side_effects=True` marks a step whose repetition is not
     harmless; the engine then refuses to retry it unless the YAML says `idempotent: true`.
+    `sends` names the inputs a step that talks to the outside world puts on the wire (the
+    request body, the URL): `engine replay` compares those, not the step's settings.
     The function itself is returned unchanged, so it stays testable without the engine.
     """
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        info = describe(name, fn, blocking=blocking, side_effects=side_effects)
+        info = describe(name, fn, blocking=blocking, side_effects=side_effects, sends=sends)
         existing = _registry.get(name)
         if existing is not None and existing.fn is not fn:
             where = f"{existing.fn.__module__}.{existing.fn.__qualname__}"
@@ -98,7 +101,7 @@ def step(
 
 
 def describe(
-    name: str, fn: Callable[..., Any], *, blocking: bool | None = None, side_effects: bool = False
+    name: str, fn: Callable[..., Any], *, blocking: bool | None = None, side_effects: bool = False, sends: tuple[str, ...] = ()
 ) -> StepInfo:
     """Read a function's signature into a `StepInfo` (also used for `module:function` steps)."""
     try:
@@ -124,6 +127,9 @@ def describe(
             continue
         required = p.default is inspect.Parameter.empty
         params[p.name] = Param(p.name, ann, required, None if required else p.default)
+    unknown = [s for s in sends if s not in params]
+    if unknown:
+        raise RegistryError(f"step '{name}': sends names {', '.join(unknown)}, which it has no parameter for")
     is_async = inspect.iscoroutinefunction(fn)
     is_gen = inspect.isasyncgenfunction(fn)
     ret = hints.get("return", sig.return_annotation)
@@ -139,6 +145,7 @@ def describe(
         streams=streams,
         accepts_any=accepts_any,
         doc=inspect.getdoc(fn) or "",
+        sends=tuple(sends),
     )
 
 

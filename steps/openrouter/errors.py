@@ -12,11 +12,13 @@ import time
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from engine.capture import value_type
 from engine.errors import StepError
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 
 
+@value_type
 class UpstreamError(StepError):
     """The upstream answered with an error, sent something unusable, or could not be reached.
 

@@ -23,6 +23,7 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict
 
+from engine.capture import value_type
 from engine.registry import step
 from engine.run import RunContext
 from engine.types import Request
@@ -31,6 +32,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "pipelines" / "profiles" / 
 RETRY_FAILED_FETCH = 60.0  # seconds before trying an unreachable listing again
 
 
+@value_type
 @dataclass(frozen=True, slots=True)
 class Profile:
     """What one upstream model takes; None means unknown (nothing is clamped or dropped)."""

@@ -111,7 +111,7 @@ def is_meaningful(chunk: dict) -> bool:
     return False
 
 
-@step("openrouter.call")
+@step("openrouter.call", sends=("payload", "fallbacks", "base_url", "referer", "title"))
 async def call(
     payload: dict,
     request: Request,

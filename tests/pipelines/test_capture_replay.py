@@ -17,7 +17,8 @@ import pytest
 
 from engine.capture import CaptureWriter
 from engine.executor import Engine
-from engine.replay import Captured, CaptureProblem, read_captures, replay_one
+from engine.capture_reader import Captured, CaptureProblem, read_captures
+from engine.replay import compare_outputs, replay_one
 from tests.pipelines.conftest import PIPELINES, REPO, start_gateway
 
 CAPTURES = REPO / "tests" / "captures" / "gateway.jsonl"
@@ -47,15 +48,15 @@ def test_committed_captures_replay_unchanged() -> None:
     results = replay_all(Engine.load([PIPELINES], env=capture_env()), CAPTURES)
     assert len(results) >= 8
     for r in results:
-        assert r.same, f"{r.captured.label}: {r.input_changes + r.output_changes + [r.error or '']}"
+        assert r.same, f"{r.captured.label}: {r.changes}"
 
 
 def test_model_map_change_shows_in_replay() -> None:
     """Replaying with another model map reports exactly the changed upstream model, offline."""
     env = {**capture_env(), "BIG_MODEL": "vendor/other-model"}
     results = replay_all(Engine.load([PIPELINES], env=env), CAPTURES)
-    changed = [line for r in results for line in r.input_changes]
-    assert "turn.call input payload.model: 'test/big' -> 'vendor/other-model'" in changed
+    changed = [line for r in results for line in r.upstream]
+    assert "turn.call payload.model: 'test/big' -> 'vendor/other-model'" in changed
     assert not any("small" in line for line in changed)
 
 
@@ -69,8 +70,8 @@ def test_output_change_is_diffed_by_event(tmp_path: Path) -> None:
     path = tmp_path / "edited.jsonl"
     path.write_text(json.dumps(stream_run) + "\n")
     [result] = replay_all(Engine.load([PIPELINES], env=capture_env()), path)
-    assert len(result.output_changes) == 1
-    assert result.output_changes[0].startswith(f"events.{i}.data.delta.text: 'CHANGED ")
+    assert result.upstream == [] and len(result.client) == 1
+    assert result.client[0].startswith(f"event {i} (content_block_delta) delta.text: 'CHANGED ")
 
 
 def engine_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -82,18 +83,72 @@ def test_replay_command_exit_codes(tmp_path: Path) -> None:
     env = capture_env()
     same = engine_cli("replay", str(CAPTURES), env=env)
     assert same.returncode == 0, same.stdout + same.stderr
-    assert "8 same, 0 changed" in same.stdout or " same, 0 changed" in same.stdout
+    assert same.stdout.startswith("8 runs, 8 matched, 0 changed, 0 skipped")
     changed = engine_cli("replay", str(CAPTURES), "--quiet", env={**env, "BIG_MODEL": "vendor/x"})
-    assert changed.returncode == 1 and "payload.model: 'test/big' -> 'vendor/x'" in changed.stdout
+    assert changed.returncode == 1 and "upstream  turn.call payload.model: 'test/big' -> 'vendor/x'" in changed.stdout
     broken = tmp_path / "broken.jsonl"
     data = CAPTURES.read_bytes()
     first_line = data.split(b"\n", 1)[0] + b"\n"
     broken.write_bytes(first_line + data[len(first_line) : len(first_line) + 300])
     cut = engine_cli("replay", str(broken), env=env)
     assert cut.returncode == 2
-    assert f"{broken}:{len(first_line)}: truncated record" in cut.stderr
-    assert "1 same, 0 changed, 1 unreadable" in cut.stdout
+    assert f"{broken}: record 2 (byte {len(first_line)}): truncated: the file ends inside it" in cut.stderr
+    assert cut.stdout.startswith("1 run, 1 matched, 0 changed, 0 skipped, 1 unreadable record")
     assert "Traceback" not in cut.stderr
+
+
+def test_replay_of_a_pipeline_edit_shows_only_what_is_sent_and_received(tmp_path: Path) -> None:
+    """Issue 14.6: after adding one model alias to a copy of the pipelines, `engine replay` prints
+    the summary first, then the changed runs in request order, each showing the upstream model
+    it would now send and what the client would now receive; never a step's internals (the
+    model profiles it was handed, its settings, capture tags)."""
+    pipelines = tmp_path / "pipelines"
+    shutil.copytree(PIPELINES, pipelines)
+    turn = pipelines / "turn.yaml"
+    original = turn.read_text()
+    edited = original.replace(
+        "      small_model: ${SMALL_MODEL:-anthropic/claude-haiku-4.5}\n",
+        "      small_model: ${SMALL_MODEL:-anthropic/claude-haiku-4.5}\n      aliases:\n        claude-opus-5-5: test/opus-alias\n",
+        1,
+    )
+    assert edited != original
+    turn.write_text(edited)
+    done = engine_cli("replay", str(CAPTURES), "--pipelines", str(pipelines), env=capture_env())
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "8 runs, 3 matched, 5 changed, 0 skipped (offline)"
+    records = [json.loads(line) for line in CAPTURES.open()]
+    in_order = [r["request_id"] for r in sorted(records, key=lambda r: r["started_at"])]
+    assert [next(rid for rid in in_order if rid in line) for line in lines[1:] if line.startswith("  ") and "[" in line] == in_order
+    plain = next(r for r in records if "body" in r["output"] and r["outcome"] == "ok" and len(r["calls"]) == 1)
+    at = next(i for i, line in enumerate(lines) if plain["request_id"] in line)
+    assert lines[at].endswith(": 1 difference")
+    assert lines[at + 1].strip() == "upstream  turn.call payload.model: 'test/big' -> 'test/opus-alias'"
+    retried = next(r for r in records if len(r["calls"]) == 2)
+    at = next(i for i, line in enumerate(lines) if retried["request_id"] in line)
+    assert lines[at + 1].strip() == "upstream  turn.call payload.model: 'test/big' -> 'test/opus-alias' (x2)"
+    upstream = [line.strip() for line in lines if line.strip().startswith("upstream")]
+    assert upstream and all("turn.call payload.model: 'test/big' -> 'test/opus-alias'" in line for line in upstream)
+    for internal in ("profiles", "$", "schema_drop", "frozenset", "base_url", "pool_size", "request.", "input_tokens:"):
+        assert not any(internal in line for line in upstream), internal
+    assert "$" not in done.stdout.replace("(x2)", "")
+
+
+def test_client_side_compares_status_headers_and_body() -> None:
+    """What the client receives: the status, each header the replayed reply sets (transport
+    headers and the HTTP layer's request id aside; content-type by media type) and the body."""
+    captured = {
+        "status": 200,
+        "headers": {"content-type": "application/json; charset=utf-8", "x-should-retry": "true", "date": "Mon", "x-request-id": "a", "x-upstream-model": "m"},
+        "body": {"content": [{"text": "hi"}]},
+    }
+    now = {"status": 529, "headers": {"content-type": "application/json", "x-should-retry": "false", "retry-after": "5"}, "body": {"content": [{"text": "ho"}]}}
+    assert compare_outputs(captured, now) == [
+        "status: 200 -> 529",
+        "header x-should-retry: 'true' -> 'false'",
+        "header retry-after: (absent) -> '5'",
+        "body.content.0.text: 'hi' -> 'ho'",
+    ]
 
 
 def test_graph_trace_of_a_retried_run() -> None:

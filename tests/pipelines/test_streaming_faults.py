@@ -409,14 +409,14 @@ def test_failed_and_cut_runs_are_captured_with_what_the_client_got(tmp_path: Pat
     assert cut["calls"][0]["end"] == "error"
     first = replay(tmp_path, env)[0]
     assert first.captured.record["request_id"] == cut["request_id"]
-    assert first.same, (first.output_changes, first.input_changes, first.error)
+    assert first.same, first.changes
 
 
 def test_failed_run_replays_the_same(tmp_path: Path) -> None:
     """§6.8: a run whose upstream failed every attempt replays to the same 529."""
     _, env = capture_runs(tmp_path, "failed")
     (result,) = replay(tmp_path, env)
-    assert result.same, (result.output_changes, result.input_changes, result.error)
+    assert result.same, result.changes
 
 
 def test_cut_run_is_captured_with_its_outcome(tmp_path: Path) -> None:
