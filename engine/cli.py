@@ -161,6 +161,8 @@ def _with_siblings(paths: list[str]) -> tuple[list[Path], set[Path]]:
 def _select(target: str, pipelines: str | None) -> tuple[list[Any], str]:
     """Load the pipeline set that contains `target` (a name or a file) and return its name."""
     path = Path(target)
+    if path.is_dir():
+        raise EngineError(f"{target} is a directory; name a pipeline file, or a pipeline with --pipelines {target} NAME")
     if path.suffix in {".yaml", ".yml"} or "/" in target:
         load, _ = _with_siblings([target])
         plans = load_plans(load)

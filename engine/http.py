@@ -4,7 +4,9 @@ The HTTP layer knows no protocol. It hands a routed pipeline an `engine.types.Re
 writes back what the pipeline returns: a `Reply` (status, headers, JSON body or a stream of
 bytes), or a bare value sent as JSON. Requests it refuses itself (no route, wrong method, body
 too large) become `HttpError`s rendered by the pipelines' own error step, so every error is
-in the served protocol's format.
+in the served protocol's format. A pipeline without an `errors:` step gets the engine's own
+JSON error, `{"error": MESSAGE, "request_id": ID}` (the id in the headers too), and a failure
+there is logged with its step, exception type and message.
 
 The commit point is the first byte of a response body. A stream is primed before that (see
 `streams.py`), so the run has already succeeded or failed by the time headers go out. After
