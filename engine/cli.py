@@ -18,7 +18,7 @@ import anyio
 from engine import graph as graphs
 from engine import logs, registry
 from engine.errors import EngineError, SpecErrors
-from engine.executor import Engine, load_plans, pipeline_files
+from engine.executor import Engine, failed_step, load_plans, pipeline_files
 from engine.streams import is_stream
 from engine.types import Reply
 
@@ -278,8 +278,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _read_input(path: str | None, plan: Any) -> Any:
     """The run's input from `--input`: for a routed pipeline, the request body of a `Request`
     built from its (first) route; otherwise the file's JSON or YAML value."""
-    import yaml
-
     from engine.types import Request
 
     if path is None:
@@ -293,15 +291,17 @@ def _read_input(path: str | None, plan: Any) -> Any:
     if plan.routes:
         method, route = plan.routes[0]
         if yaml_file:
-            data = json.dumps(_parse_input(path, data, yaml)).encode()
+            data = json.dumps(_parse_input(path, data)).encode()
         headers = {"content-type": "application/json", "content-length": str(len(data))} if data else {}
         return Request(method=method, path=route, headers=headers, query={}, body=data, client="127.0.0.1")
     if path is None:
         return None
-    return _parse_input(path, data, yaml)
+    return _parse_input(path, data)
 
 
-def _parse_input(path: str | None, data: bytes, yaml: Any) -> Any:
+def _parse_input(path: str | None, data: bytes) -> Any:
+    import yaml
+
     try:
         return json.loads(data)
     except ValueError:
@@ -314,10 +314,7 @@ def _parse_input(path: str | None, data: bytes, yaml: Any) -> Any:
 
 def _failure(ctx: Any, exc: BaseException) -> str:
     """A failed run in one line: the step (from the error or the run's trace) and the error."""
-    step = getattr(exc, "step", None)
-    if step is None:
-        failed = [f"{t[0]}.{t[1]}" for t in ctx.trace if t[2] in {"error", "timeout"}]
-        step = failed[-1] if failed else None
+    step = failed_step(ctx, exc)
     message = getattr(exc, "message", None) or str(exc)
     what = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     return f"step '{step}' failed: {what}" if step else f"the run failed: {what}"

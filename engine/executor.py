@@ -452,6 +452,17 @@ class _Run:
             logs._scope.reset(token)
 
 
+def failed_step(ctx: RunContext, exc: BaseException) -> str | None:
+    """Which step a run failed in, as `pipeline.step`: the first failure its trace records
+    (in a sub-pipeline, that is the inner step, not the `core.run` step around it), else the
+    step a `StepError` names."""
+    for entry in ctx.trace:
+        if entry[2] in {"error", "timeout"}:
+            return f"{entry[0]}.{entry[1]}"
+    step = getattr(exc, "step", None)
+    return f"{ctx.pipeline}.{step}" if step else None
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, StepError):
         status = getattr(exc, "status", None)

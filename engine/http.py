@@ -47,7 +47,7 @@ from engine import logs, metrics
 from engine.capture import RecordingIds, RunRecorder
 from engine.check import Plan
 from engine.errors import HttpError, SpecErrors, StepError
-from engine.executor import Engine, load_plans
+from engine.executor import Engine, failed_step, load_plans
 from engine.outbox import Outbox
 from engine.run import RunContext
 from engine.streams import aclose_quietly
@@ -308,13 +308,14 @@ def _log_failure(ctx: RunContext, exc: Exception) -> None:
     An error a step raised on purpose (`StepError`) says enough; anything else is a bug in a
     step, so its traceback comes too.
     """
-    step = getattr(exc, "step", None)
-    if step is None:
-        failed = [f"{t[0]}.{t[1]}" for t in ctx.trace if t[2] in {"error", "timeout"}]
-        step = failed[-1] if failed else None
     error = f"{type(exc).__name__}: {logs.scrub(str(exc))[:500]}"
     structlog.get_logger("engine").error(
-        "run.failed", request_id=ctx.request_id, pipeline=ctx.pipeline, step=step, error=error, exc_info=None if isinstance(exc, StepError) else exc
+        "run.failed",
+        request_id=ctx.request_id,
+        pipeline=ctx.pipeline,
+        step=failed_step(ctx, exc),
+        error=error,
+        exc_info=None if isinstance(exc, StepError) else exc,
     )
 
 
