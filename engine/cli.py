@@ -18,7 +18,7 @@ import anyio
 from engine import graph as graphs
 from engine import logs, registry
 from engine.errors import EngineError, SpecErrors
-from engine.executor import Engine, load_plans, pipeline_files
+from engine.executor import Engine, failed_step, load_plans, pipeline_files
 from engine.streams import is_stream
 from engine.types import Reply
 
@@ -75,10 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", default=None, metavar="CAPTURE", help="draw one captured run over the pipeline: what ran, was skipped or retried, and how long")
     p.add_argument("--run", default=None, metavar="REQUEST_ID", help="with --trace: which run (default: the last one of this pipeline)")
 
-    p = add("run", "run a pipeline once on an input file and print its output", ["engine run demo --input request.json", "engine run pipelines/demo.yaml --input input.yaml"])
+    p = add(
+        "run",
+        "run a pipeline once on an input file and print its output",
+        ["engine run demo --input input.yaml", "engine run count_tokens --input body.json   # a routed pipeline: the file is the request body", "engine run pipelines/demo.yaml --input -"],
+    )
     p.add_argument("pipeline", help="a pipeline name or file")
-    p.add_argument("--input", required=True, metavar="FILE", help="JSON or YAML file with the run input ('-' for stdin)")
+    p.add_argument(
+        "--input",
+        default=None,
+        metavar="FILE",
+        help="the run input ('-' for stdin): for a pipeline with a route, the request body (sent to its first route); otherwise a JSON or YAML value",
+    )
     p.add_argument("--pipelines", default=None, metavar="DIR")
+    p.add_argument("--traceback", action="store_true", help="on failure, show the Python traceback instead of one line")
 
     p = add(
         "replay",
@@ -141,15 +151,47 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _with_siblings(paths: list[str]) -> tuple[list[Path], set[Path]]:
+    """What to load for `paths`, and which pipeline files they name.
+
+    A directory stands for its pipelines; a file is loaded with the pipelines of its directory,
+    because pipelines run one another by name (messages.yaml runs turn.yaml), so a file is
+    only complete with its siblings. `engine check`, `graph`, `run` and `serve` all see the
+    same set that way.
+    """
+    load: list[Path] = []
+    named: set[Path] = set()
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            raise EngineError(f"no such file or directory: {raw}")
+        if p.is_dir():
+            files = pipeline_files([p])
+            named.update(f.resolve() for f in files)
+            if p.resolve() not in {x.resolve() for x in load}:
+                load.append(p)
+            continue
+        named.add(p.resolve())
+        directory = p.parent
+        if directory.resolve() not in {x.resolve() for x in load}:
+            load.append(directory)
+        if p.resolve() not in {f.resolve() for f in pipeline_files([directory])}:
+            load.append(p)  # named explicitly although its directory would not list it
+    return load, named
+
+
 def _select(target: str, pipelines: str | None) -> tuple[list[Any], str]:
     """Load the pipeline set that contains `target` (a name or a file) and return its name."""
     path = Path(target)
-    if path.suffix in {".yaml", ".yml"} and path.is_file():
-        directory = str(path.parent)
-        plans = load_plans([directory])
+    if path.is_dir():
+        raise EngineError(f"{target} is a directory; name a pipeline file, or a pipeline with --pipelines {target} NAME")
+    if path.suffix in {".yaml", ".yml"} or "/" in target:
+        load, _ = _with_siblings([target])
+        plans = load_plans(load)
         for plan in plans:
             if Path(plan.file).resolve() == path.resolve():
                 return plans, plan.name
+        raise EngineError(f"{target} was loaded but holds no pipeline")
     plans = load_plans([pipelines or default_pipelines()])
     names = [p.name for p in plans]
     if target not in names:
@@ -159,13 +201,14 @@ def _select(target: str, pipelines: str | None) -> tuple[list[Any], str]:
 
 def cmd_check(args: argparse.Namespace) -> int:
     paths = args.paths or [default_pipelines()]
-    files = pipeline_files(paths)
-    if not files:
+    load, named = _with_siblings(paths)
+    if not pipeline_files(load):
         print(f"no pipeline files in {', '.join(paths)}", file=sys.stderr)
         return 1
-    plans = load_plans(paths)
+    plans = load_plans(load)  # every error of every file, at once (SpecErrors)
     for plan in plans:
-        print(f"{plan.file}: OK ({len(plan.nodes)} steps{', ' + ', '.join(f'{m} {p}' for m, p in plan.routes) if plan.routes else ''})")
+        if Path(plan.file).resolve() in named:
+            print(f"{plan.file}: OK ({len(plan.nodes)} steps{', ' + ', '.join(f'{m} {p}' for m, p in plan.routes) if plan.routes else ''})")
     return 0
 
 
@@ -256,20 +299,56 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
-def _read_input(path: str) -> Any:
+def _read_input(path: str | None, plan: Any) -> Any:
+    """The run's input from `--input`: for a routed pipeline, the request body of a `Request`
+    built from its (first) route; otherwise the file's JSON or YAML value."""
+    from engine.types import Request
+
+    if path is None:
+        data = b""
+    else:
+        try:
+            data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        except OSError as exc:
+            raise EngineError(f"cannot read the input file {path}: {exc.strerror or exc}") from None
+    yaml_file = path is not None and Path(path).suffix in {".yaml", ".yml"}
+    if plan.routes:
+        method, route = plan.routes[0]
+        if yaml_file:
+            data = json.dumps(_parse_input(path, data)).encode()
+        headers = {"content-type": "application/json", "content-length": str(len(data))} if data else {}
+        return Request(method=method, path=route, headers=headers, query={}, body=data, client="127.0.0.1")
+    if path is None:
+        return None
+    return _parse_input(path, data)
+
+
+def _parse_input(path: str | None, data: bytes) -> Any:
     import yaml
 
-    text = sys.stdin.read() if path == "-" else Path(path).read_text()
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return yaml.safe_load(text)
+        return json.loads(data)
+    except ValueError:
+        pass
+    try:
+        return yaml.safe_load(data)
+    except yaml.YAMLError as exc:
+        raise EngineError(f"{path} is neither JSON nor YAML: {exc}") from None
+
+
+def _failure(ctx: Any, exc: BaseException) -> str:
+    """A failed run in one line: the step (from the error or the run's trace) and the error."""
+    step = failed_step(ctx, exc)
+    message = getattr(exc, "message", None) or str(exc)
+    what = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return f"step '{step}' failed: {what}" if step else f"the run failed: {what}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    logs.configure(os.environ.get("ENGINE_LOG_FORMAT", "console"), os.environ.get("ENGINE_LOG_LEVEL", "warning"))
+    logs.configure(os.environ.get("ENGINE_LOG_FORMAT", "console"), os.environ.get("ENGINE_LOG_LEVEL", "error"))
     plans, name = _select(args.pipeline, args.pipelines)
-    data = _read_input(args.input)
+    plan = next(p for p in plans if p.name == name)
+    data = _read_input(args.input, plan)
     engine = Engine(plans)
 
     async def go() -> int:
@@ -278,7 +357,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             out = await engine.run(name, data, ctx=ctx)
             status = 0
             if isinstance(out, Reply):
-                status = 0 if out.status < 400 else 1
+                if out.status >= 400:
+                    print(f"engine: {name} answered HTTP {out.status}", file=sys.stderr)
+                    status = 1
                 out = out.stream if out.stream is not None else out.body
             if is_stream(out):
                 async for item in out:
@@ -286,6 +367,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             else:
                 _print_item(out)
             return status
+        except Exception as exc:
+            if args.traceback:
+                raise
+            print(f"engine: {_failure(ctx, exc)} (--traceback shows where)", file=sys.stderr)
+            return 1
         finally:
             await ctx.aclose()
             await engine.aclose()

@@ -33,7 +33,7 @@ from engine import capture, logs, metrics, retry, streams
 from engine.check import Node, Plan, check
 from engine.errors import DeadlineExceeded, EngineError, SpecError, SpecErrors, StepError, StepTimeout
 from engine.limits import Limits
-from engine.loader import LoadedPipeline, Ref, load_file
+from engine.loader import LoadedPipeline, Ref, load_file, without_echoes
 from engine.run import IdSource, Resources, RunContext
 
 _log = structlog.get_logger("engine")
@@ -57,11 +57,14 @@ def load_plans(paths: Iterable[str | Path], env: dict[str, str] | None = None) -
     loaded: list[LoadedPipeline] = []
     for f in pipeline_files(paths):
         try:
-            loaded.append(load_file(f, env=env))
+            lp = load_file(f, env=env, lenient=True)  # an unset variable hides no other error
         except SpecErrors as exc:
             errors += exc.errors
+            continue
+        loaded.append(lp)
+        errors += lp.errors
     plans, check_errors = check(loaded)
-    errors += check_errors
+    errors += without_echoes(check_errors, errors)
     if errors:
         raise SpecErrors(errors)
     return plans
@@ -449,8 +452,20 @@ class _Run:
             logs._scope.reset(token)
 
 
+def failed_step(ctx: RunContext, exc: BaseException) -> str | None:
+    """Which step a run failed in, as `pipeline.step`: the first failure its trace records
+    (in a sub-pipeline, that is the inner step, not the `core.run` step around it), else the
+    step a `StepError` names."""
+    for entry in ctx.trace:
+        if entry[2] in {"error", "timeout"}:
+            return f"{entry[0]}.{entry[1]}"
+    step = getattr(exc, "step", None)
+    return f"{ctx.pipeline}.{step}" if step else None
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, StepError):
         status = getattr(exc, "status", None)
         return f"{exc.kind}{'=' + str(status) if status else ''}: {logs.scrub(exc.message)[:200]}"
-    return type(exc).__name__
+    text = logs.scrub(str(exc))[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -4,7 +4,9 @@ The HTTP layer knows no protocol. It hands a routed pipeline an `engine.types.Re
 writes back what the pipeline returns: a `Reply` (status, headers, JSON body or a stream of
 bytes), or a bare value sent as JSON. Requests it refuses itself (no route, wrong method, body
 too large) become `HttpError`s rendered by the pipelines' own error step, so every error is
-in the served protocol's format.
+in the served protocol's format. A pipeline without an `errors:` step gets the engine's own
+JSON error, `{"error": MESSAGE, "request_id": ID}` (the id in the headers too), and a failure
+there is logged with its step, exception type and message.
 
 The commit point is the first byte of a response body. A stream is primed before that (see
 `streams.py`), so the run has already succeeded or failed by the time headers go out. After
@@ -44,8 +46,8 @@ from starlette.types import Receive, Scope, Send
 from engine import logs, metrics
 from engine.capture import RecordingIds, RunRecorder
 from engine.check import Plan
-from engine.errors import HttpError, SpecErrors
-from engine.executor import Engine, load_plans
+from engine.errors import HttpError, SpecErrors, StepError
+from engine.executor import Engine, failed_step, load_plans
 from engine.outbox import Outbox
 from engine.run import RunContext
 from engine.streams import aclose_quietly
@@ -240,6 +242,7 @@ async def _serve(engine: Engine, plan: Plan, request: StarletteRequest, body_lim
         _log_access(ctx, response.status_code, "refused", start)
         return response
     except Exception as exc:
+        _log_failure(ctx, exc)
         response = await _render(engine, None, exc, ctx)
         _log_access(ctx, response.status_code, "error", start)
         _finish_capture(ctx, response, "error")
@@ -289,9 +292,31 @@ async def _render(engine: Engine, plan: Plan | None, error: Exception, ctx: RunC
             return _to_response(out, ctx, None)
         except Exception:
             structlog.get_logger("engine").exception("error renderer failed")
+    # The engine's own error body, for pipelines without an `errors:` step: never the
+    # exception's text (it may hold anything), always the id that finds the log lines.
     status = error.status if isinstance(error, HttpError) else 500
     message = error.message if isinstance(error, HttpError) else "Internal server error"
-    return Response(orjson.dumps({"error": message}), status_code=status, media_type="application/json")
+    rid = ctx.request_id if ctx is not None else engine.ids.new_id("req_")
+    headers = {**(error.headers if isinstance(error, HttpError) else {}), "request-id": rid, "x-request-id": rid}
+    body = {"error": message, "request_id": rid}
+    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
+
+
+def _log_failure(ctx: RunContext, exc: Exception) -> None:
+    """One line for a run that failed with nothing to render it: which step, what, and why.
+
+    An error a step raised on purpose (`StepError`) says enough; anything else is a bug in a
+    step, so its traceback comes too.
+    """
+    error = f"{type(exc).__name__}: {logs.scrub(str(exc))[:500]}"
+    structlog.get_logger("engine").error(
+        "run.failed",
+        request_id=ctx.request_id,
+        pipeline=ctx.pipeline,
+        step=failed_step(ctx, exc),
+        error=error,
+        exc_info=None if isinstance(exc, StepError) else exc,
+    )
 
 
 def _to_response(out: Any, ctx: RunContext, start: float | None) -> Response:

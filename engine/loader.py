@@ -70,6 +70,9 @@ class LoadedPipeline:
     file: str
     positions: dict[Path_, Location]
     sources: dict[Path_, str] = field(default_factory=dict)
+    errors: list[SpecError] = field(default_factory=list)
+    """Errors that left the file's structure intact (an unset environment variable), kept
+    when loading with `lenient=True` so the file is still checked with the others."""
 
     def shown(self, path: Path_, value: Any) -> str:
         """How to quote a value in a message: as written when it came from the environment,
@@ -87,8 +90,13 @@ class LoadedPipeline:
         return self.positions.get((), Location(self.file, 1, 1))
 
 
-def load_file(path: str | Path, env: dict[str, str] | None = None) -> LoadedPipeline:
-    """Load one pipeline file; raises `SpecErrors` with every problem found in it."""
+def load_file(path: str | Path, env: dict[str, str] | None = None, *, lenient: bool = False) -> LoadedPipeline:
+    """Load one pipeline file; raises `SpecErrors` with every problem found in it.
+
+    With `lenient`, an unset environment variable does not stop the load: its error is kept
+    in the result's `errors`, so the file can still be checked (and its other mistakes, and
+    those of the files that use it, reported in the same pass).
+    """
     p = Path(path)
     try:
         with p.open("rb") as f:
@@ -96,7 +104,7 @@ def load_file(path: str | Path, env: dict[str, str] | None = None) -> LoadedPipe
         text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecErrors([SpecError(f"cannot read pipeline file: {exc}", Location(str(p), 1, 1))]) from exc
-    return load_text(text, str(p), env=env, default_name=p.stem)
+    return load_text(text, str(p), env=env, default_name=p.stem, lenient=lenient)
 
 
 class _AliasLimit(yaml.MarkedYAMLError):
@@ -145,7 +153,7 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 
 
 def load_text(
-    text: str, file: str = "<string>", env: dict[str, str] | None = None, default_name: str | None = None
+    text: str, file: str = "<string>", env: dict[str, str] | None = None, default_name: str | None = None, *, lenient: bool = False
 ) -> LoadedPipeline:
     """Load a pipeline from YAML text (`file` is only used in messages)."""
     reader = _Reader(file, os.environ if env is None else env)
@@ -168,10 +176,10 @@ def load_text(
     if node is None:
         raise SpecErrors([SpecError("the file is empty", Location(file, 1, 1), "a pipeline needs `steps:` and `output:`")])
     data = reader.value(node, ())
-    errors = reader.errors
+    errors, unset = reader.errors, reader.unset
     if not isinstance(data, dict):
         errors.append(SpecError("a pipeline file must be a mapping", reader.positions.get(()), "start with `name:`, `steps:` and `output:`"))
-        raise SpecErrors(errors)
+        raise SpecErrors(unset + errors)
     if "name" not in data and default_name is not None:
         data["name"] = default_name
     loaded = LoadedPipeline(spec=None, file=file, positions=reader.positions, sources=reader.sources)  # type: ignore[arg-type]
@@ -180,8 +188,18 @@ def load_text(
     except ValidationError as exc:
         errors.extend(_explain(e, loaded) for e in exc.errors())
     if errors:
-        raise SpecErrors(errors)
+        raise SpecErrors(unset + without_echoes(errors, unset))
+    if unset and not lenient:
+        raise SpecErrors(unset)
+    loaded.errors = unset
     return loaded
+
+
+def without_echoes(errors: list[SpecError], causes: list[SpecError]) -> list[SpecError]:
+    """`errors` minus those at the position of one of `causes` (an unset variable reads as
+    "", so the value it was in may be reported again as mistyped: one message is enough)."""
+    at = {c.location for c in causes}
+    return [e for e in errors if e.location not in at]
 
 
 class _Reader:
@@ -193,6 +211,7 @@ class _Reader:
         self.positions: dict[Path_, Location] = {}
         self.sources: dict[Path_, str] = {}
         self.errors: list[SpecError] = []
+        self.unset: list[SpecError] = []  # unset environment variables
 
     def loc(self, node: yaml.Node) -> Location:
         return Location(self.file, node.start_mark.line + 1, node.start_mark.column + 1)
@@ -254,7 +273,7 @@ class _Reader:
             value = self.env.get(name)
             if value is None or (value == "" and ":-" in m.group(0)):
                 if default is None:
-                    self.errors.append(
+                    self.unset.append(
                         SpecError(
                             f"environment variable '{name}' is not set",
                             self.loc(node),

@@ -7,9 +7,13 @@ consumes it, and closed (``aclose``) when that consumer goes away.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NewType, TypeAlias
+
+from engine.errors import HttpError
+from engine.jsonbody import InvalidJson, loads
 
 JSON: TypeAlias = dict[str, Any] | list[Any] | str | int | float | bool | None
 """A value that came from, or will go to, JSON."""
@@ -27,12 +31,20 @@ That is how a step that runs a sub-pipeline (a loop, say) gets told which one, i
 """
 
 
-@dataclass(slots=True)
+@dataclass
 class Request:
     """What the HTTP layer hands a routed pipeline as its `input`.
 
-    The body stays bytes: parsing it is the domain's job, so that a malformed body is answered
-    in the served protocol's own error format.
+    A pipeline reads it with references: `${{ input.method }}`, `${{ input.path }}`,
+    `${{ input.headers.x-tenant }}` (names lower-case), `${{ input.query.page }}`,
+    `${{ input.path_params.id }}` (from a route such as `GET /items/{id}`), `${{ input.client }}`
+    (the peer's address), `${{ input.body }}` (bytes, as received) and `${{ input.json }}`,
+    the body parsed as JSON (`${{ input.json.text }}` is one field of it).
+
+    The body stays bytes so that a domain can parse it itself and answer a malformed one in
+    its protocol's own error format (the Anthropic steps do). `json` parses it once, on first
+    use; a body that is not JSON raises `HttpError` 400, which the pipeline's `errors:` step
+    renders like any other error, naming the field or byte offset that is wrong.
     """
 
     method: str
@@ -42,6 +54,16 @@ class Request:
     body: bytes = b""
     path_params: Mapping[str, str] = field(default_factory=dict)
     client: str = ""
+
+    @functools.cached_property
+    def json(self) -> JSON:
+        """The body parsed as JSON (strict: no NaN or Infinity); `HttpError` 400 if it is not."""
+        if not self.body:
+            raise HttpError(400, "The request body is empty: expected JSON")
+        try:
+            return loads(self.body)
+        except InvalidJson as exc:
+            raise HttpError(400, f"The request body is not valid JSON: {exc}") from None
 
 
 @dataclass(slots=True)

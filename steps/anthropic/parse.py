@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
+from engine import jsonbody
 from engine.registry import step
 from engine.types import Request
 from steps.anthropic.errors import invalid_request
@@ -63,9 +62,10 @@ def parse_body(body: bytes | bytearray | memoryview | str) -> dict[str, Any]:
     if body[:3] == b"\xef\xbb\xbf":
         raise invalid_request("The request body starts with a byte order mark (BOM): send UTF-8 JSON without it")
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        # orjson's text says what and where (line/column); it never holds a traceback.
+        data = jsonbody.loads(body)
+    except jsonbody.InvalidJson as exc:
+        # Names the field (NaN, Infinity, a lone surrogate) or the byte offset and what was
+        # expected there; never a traceback.
         raise invalid_request(f"The request body is not valid JSON: {exc}") from None
     if type(data) is not dict:
         raise invalid_request("The request body must be a JSON object")

@@ -23,10 +23,10 @@ from engine.executor import Engine
 from engine.http import create_app
 from tests.support.fake_openrouter import FakeOpenRouter
 from tests.support.servers import serve_asgi
+from tests.fixtures import CLAUDE_CODE as FIXTURES
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "claude-code"
 ENV = {"BIG_MODEL": "test/big", "SMALL_MODEL": "test/small", "PING_INTERVAL": "30"}
 
 

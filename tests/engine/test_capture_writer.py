@@ -20,7 +20,7 @@ from engine.capture import CaptureWriter
 REPO = Path(__file__).resolve().parents[2]
 
 
-def wait_until(condition, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+def wait_until(condition, timeout: float = 60.0) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -82,7 +82,7 @@ CHILD = textwrap.dedent(
     writer = CaptureWriter(os.path.join(root, "c"))
 
     def settle(n):
-        end = time.monotonic() + 10
+        end = time.monotonic() + 60
         while writer.written + writer.failures < n and time.monotonic() < end:
             time.sleep(0.01)
 

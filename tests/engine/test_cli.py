@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.servers import free_port
+from tests.support.servers import free_port, wait_healthy
 
 USER_STEPS = '''
 """A user's own steps."""
@@ -116,14 +115,7 @@ def test_serve_starts_and_answers_health(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        status = None
-        while time.monotonic() < deadline and status != 200:
-            try:
-                status = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        assert status == 200
+        wait_healthy(f"http://127.0.0.1:{port}", proc)
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)

@@ -15,10 +15,10 @@ from engine.executor import Engine
 from engine.http import create_app
 from tests.support.fake_openrouter import FakeOpenRouter
 from tests.support.servers import serve_asgi
+from tests.fixtures import CLAUDE_CODE as FIXTURES
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINES = REPO / "pipelines"
-FIXTURES = REPO.parent / "shared" / "fixtures" / "claude-code"
 
 
 @dataclass

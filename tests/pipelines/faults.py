@@ -81,7 +81,7 @@ class LogSink:
         with self._lock:
             return "".join(self._parts)
 
-    def wait_for(self, event: str, timeout: float = 5.0, **match: Any) -> list[dict]:
+    def wait_for(self, event: str, timeout: float = 60.0, **match: Any) -> list[dict]:
         """The matching lines once there is one (a stream's access line follows its last byte)."""
         end = time.monotonic() + timeout
         while not (found := self.lines(event, **match)) and time.monotonic() < end:

@@ -227,7 +227,7 @@ def test_concurrent_runs_make_whole_records(tmp_path: Path, max_bytes: int) -> N
 
         assert anyio.run(go) == [200] * 64
         # A stream's record is finished just after its last byte: give the last ones a moment.
-        assert gw.fake.wait_for(lambda: gw.engine.capture.written == 64, timeout=10)
+        assert gw.fake.wait_for(lambda: gw.engine.capture.written == 64)
         gw.engine.capture.close()
     items = list(read_captures([tmp_path / "c"]))
     assert not [i for i in items if isinstance(i, CaptureProblem)]

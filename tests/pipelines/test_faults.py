@@ -135,7 +135,7 @@ def test_reset_before_headers_then_ok(gw: Gateway) -> None:
     msg = gw.client().messages.create(model="claude-opus-5-5", max_tokens=64, messages=ASK)
     assert msg.content[0].text == OK_TEXT
     # The fake records "ok" just after its last byte, which the client may read first.
-    assert gw.fake.wait_for(lambda: [r.outcome for r in gw.fake.requests] == ["reset", "ok"], timeout=5), [r.outcome for r in gw.fake.requests]
+    assert gw.fake.wait_for(lambda: [r.outcome for r in gw.fake.requests] == ["reset", "ok"]), [r.outcome for r in gw.fake.requests]
 
 
 def test_close_before_headers_on_a_reused_connection_then_ok(gw: Gateway) -> None:
@@ -148,7 +148,7 @@ def test_close_before_headers_on_a_reused_connection_then_ok(gw: Gateway) -> Non
     assert msg.content[0].text == OK_TEXT
     warm, closed, retried = gw.fake.requests
     assert closed.connection_id == warm.connection_id  # the failure hit the pooled connection
-    assert gw.fake.wait_for(lambda: closed.outcome == "closed" and retried.outcome == "ok", timeout=5)  # set after the last byte
+    assert gw.fake.wait_for(lambda: closed.outcome == "closed" and retried.outcome == "ok")  # set after the last byte
     assert retried.connection_id != closed.connection_id
 
 
@@ -179,7 +179,7 @@ def test_stall_before_headers_is_cut_at_the_first_byte_timeout(stream: bool) -> 
         assert_error(r, 504, "timeout_error", retry=True)
         reqs = g.fake.requests
         assert len(reqs) == 3
-        assert g.fake.wait_for(lambda: all(q.outcome == "peer_closed" for q in g.fake.requests), timeout=5)
+        assert g.fake.wait_for(lambda: all(q.outcome == "peer_closed" for q in g.fake.requests))
         assert all(q.finished_at - q.at >= 0.9 for q in reqs)  # type: ignore[operator]
 
 

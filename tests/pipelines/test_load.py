@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 
 from tests.pipelines.conftest import PIPELINES, REPO
 from tests.support.fake_openrouter import FakeOpenRouter, drip_text
-from tests.support.servers import free_port
+from tests.support.servers import free_port, wait_healthy
 
 
 class ServedGateway:
@@ -48,14 +47,8 @@ def served() -> Iterator[ServedGateway]:
             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         try:
+            wait_healthy(url, proc)
             yield ServedGateway(url, proc, fake)
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -108,9 +101,9 @@ def test_256_concurrent_streams_five_rounds(served: ServedGateway) -> None:
         served.fake.default_mode = "ok"
     print(f"\nRSS after each round (KiB): {rss}; fds before {base_fds}, after {served.fds()}")
     assert rss[-1] <= rss[0] * 1.10
-    assert served.fake.wait_for(lambda: served.fake.active_requests == 0, timeout=5)
+    assert served.fake.wait_for(lambda: served.fake.active_requests == 0)
     # Client sockets close a moment after the client does: poll (bounded) rather than sample once.
-    assert served.fake.wait_for(lambda: served.fds() <= base_fds + 10, timeout=10), (base_fds, served.fds())
+    assert served.fake.wait_for(lambda: served.fds() <= base_fds + 10), (base_fds, served.fds())
 
 
 def test_10000_requests_reuse_upstream_connections(served: ServedGateway) -> None:

@@ -55,7 +55,7 @@ def test_live_reload_swaps_valid_sets_and_keeps_the_old_on_errors(tmp_path: Path
             before = ids()
             models.write_text(models.read_text().replace("limit: 1000", "limit: 1"))
 
-            def wait_until(predicate, timeout: float = 10.0) -> bool:
+            def wait_until(predicate, timeout: float = 60.0) -> bool:
                 deadline = time.monotonic() + timeout
                 while time.monotonic() < deadline:
                     if predicate():

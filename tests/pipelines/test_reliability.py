@@ -76,9 +76,9 @@ def test_client_disconnect_cancels_a_non_streaming_upstream_call(gateway: Gatewa
     body = json.dumps({"model": "claude-opus-5-5", "max_tokens": 5, "messages": ASK}).encode()
     sock = raw_socket(gateway.url)
     sock.sendall(b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: k\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
-    assert gateway.fake.wait_for(lambda: len(gateway.fake.requests) == 1, timeout=10)
+    assert gateway.fake.wait_for(lambda: len(gateway.fake.requests) == 1)
     sock.close()
-    assert gateway.fake.wait_for(lambda: gateway.fake.requests[0].outcome == "peer_closed", timeout=5)
+    assert gateway.fake.wait_for(lambda: gateway.fake.requests[0].outcome == "peer_closed")
 
 
 def test_client_disconnect_mid_stream_cancels_the_upstream_stream(gateway: Gateway) -> None:
@@ -89,7 +89,7 @@ def test_client_disconnect_mid_stream_cancels_the_upstream_stream(gateway: Gatew
             for line in r.iter_lines():
                 if "text_delta" in line:
                     break
-    assert gateway.fake.wait_for(lambda: gateway.fake.requests[0].outcome == "peer_closed", timeout=5)
+    assert gateway.fake.wait_for(lambda: gateway.fake.requests[0].outcome == "peer_closed")
 
 
 class TestBadInput:
@@ -245,7 +245,7 @@ def test_graceful_shutdown_drains_in_flight_streams(tmp_path: Path) -> None:
     """SIGTERM while a stream is in flight: the stream still ends with message_stop, then the process exits."""
     import signal
 
-    from tests.support.servers import free_port
+    from tests.support.servers import free_port, wait_healthy
 
     with FakeOpenRouter() as fake:
         fake.default_mode = "slow_drip;delay_ms=150;chunks=12"
@@ -254,7 +254,7 @@ def test_graceful_shutdown_drains_in_flight_streams(tmp_path: Path) -> None:
         proc = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--port", str(port)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             url = f"http://127.0.0.1:{port}"
-            assert fake.wait_for(lambda: _healthy(url), timeout=30)
+            wait_healthy(url, proc)
             text = ""
             with httpx.Client(base_url=url, headers={"x-api-key": "k"}, timeout=30) as http:
                 with http.stream("POST", "/v1/messages", json={"model": "claude-opus-5-5", "max_tokens": 5, "stream": True, "messages": ASK}) as r:
@@ -269,13 +269,6 @@ def test_graceful_shutdown_drains_in_flight_streams(tmp_path: Path) -> None:
         finally:
             if proc.poll() is None:
                 proc.kill()
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_canaries_never_reach_logs_or_error_bodies() -> None:

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from engine.replay import Captured, read_captures, replay_one
 from tests.pipelines.conftest import PIPELINES, REPO, Gateway
 from tests.pipelines.faults import ASK, OK_TEXT, body, captured_logs, gateway_with, post, sse, texts, without_pings
 from tests.support.fake_openrouter import FakeOpenRouter, drip_text
-from tests.support.servers import free_port
+from tests.support.servers import free_port, wait_healthy
 
 FAST = {"UPSTREAM_RETRY_BACKOFF": "0.05", "OPENROUTER_MODELS_FETCH": "false", "UPSTREAM_IDLE_TIMEOUT": "1"}
 CUT_MESSAGE = "upstream connection closed mid-stream"
@@ -198,7 +197,7 @@ def test_stall_mid_stream_closes_upstream_and_ends_with_timeout_error(gw: Gatewa
         sink.wait_for("request", request_id=r.headers["request-id"])
     assert texts(events) == ["Hello!", " I", " am"]
     assert_ends_with_error(events, "timeout_error", "upstream request timed out")
-    assert gw.fake.wait_for(lambda: gw.fake.requests[0].outcome == "peer_closed", timeout=5)
+    assert gw.fake.wait_for(lambda: gw.fake.requests[0].outcome == "peer_closed")
     (line,) = sink.lines("request", request_id=r.headers["request-id"])
     assert line["outcome"] == "upstream_timeout"
 
@@ -236,8 +235,8 @@ def test_client_disconnect_cancels_upstream_logs_once_and_is_captured(gw: Gatewa
         gw.fake.script("slow_drip;delay_ms=200;chunks=150")
         with captured_logs() as sink:
             rid = read_until_first_text_then_hang_up(gw)
-            assert gw.fake.wait_for(lambda: gw.fake.requests[0].outcome == "peer_closed", timeout=2)
-            assert gw.fake.wait_for(lambda: writer.written == 1, timeout=5)
+            assert gw.fake.wait_for(lambda: gw.fake.requests[0].outcome == "peer_closed")
+            assert gw.fake.wait_for(lambda: writer.written == 1)
             sink.wait_for("request", request_id=rid)
     finally:
         gw.engine.capture = None
@@ -280,24 +279,16 @@ def test_many_disconnects_leak_nothing_under_dev_mode(tmp_path: Path) -> None:
                                 cwd=REPO, env=env, stdout=err, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 15
-            while True:
-                try:
-                    if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline and proc.poll() is None, "engine serve did not start"
-                time.sleep(0.05)
+            wait_healthy(url, proc)
             g = Gateway(url, fake, None)  # type: ignore[arg-type]
             fake.default_mode = "slow_drip;delay_ms=20;chunks=200"
             read_until_first_text_then_hang_up(g)  # warm-up: pools, imports
-            assert fake.wait_for(lambda: fake.active_requests == 0, timeout=5)
+            assert fake.wait_for(lambda: fake.active_requests == 0)
             baseline = fd_count(proc.pid)
             for _ in range(DISCONNECTS):
                 read_until_first_text_then_hang_up(g)
-            assert fake.wait_for(lambda: fake.active_requests == 0, timeout=5)
-            assert fake.wait_for(lambda: fd_count(proc.pid) <= baseline + 5, timeout=5), (fd_count(proc.pid), baseline)
+            assert fake.wait_for(lambda: fake.active_requests == 0)
+            assert fake.wait_for(lambda: fd_count(proc.pid) <= baseline + 5), (fd_count(proc.pid), baseline)
             assert all(r.outcome == "peer_closed" for r in fake.requests)
         finally:
             proc.send_signal(signal.SIGINT)
@@ -355,7 +346,7 @@ def test_without_commit_after_a_silent_stretch_is_a_first_byte_timeout() -> None
         g.fake.default_mode = "comments;seconds=10"
         r = post(g, body(stream=True))
         assert r.status_code == 504 and r.json()["error"]["type"] == "timeout_error"
-        assert g.fake.wait_for(lambda: all(q.outcome == "peer_closed" for q in g.fake.requests), timeout=5)
+        assert g.fake.wait_for(lambda: all(q.outcome == "peer_closed" for q in g.fake.requests))
 
 
 # --- §6.8: failed, cut and disconnected runs in captures ------------------------------------------
@@ -389,7 +380,7 @@ def capture_runs(tmp_path: Path, *actions: str) -> tuple[list[dict], dict[str, s
             elif action == "disconnected":
                 g.fake.script("slow_drip;delay_ms=200;chunks=150")
                 read_until_first_text_then_hang_up(g)
-        assert g.fake.wait_for(lambda: writer.written == len(actions), timeout=5)
+        assert g.fake.wait_for(lambda: writer.written == len(actions))
         g.engine.capture = None
         writer.close()
     return [i.record for i in read_captures([tmp_path]) if isinstance(i, Captured)], full_env

@@ -744,7 +744,7 @@ class FakeOpenRouter:
             self._records.clear()
             self._script.clear()
 
-    def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.005) -> bool:
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 60.0, interval: float = 0.005) -> bool:
         """Poll `predicate` until it is true (True) or `timeout` seconds pass (False)."""
         end = time.monotonic() + timeout
         while True:
@@ -786,8 +786,8 @@ class FakeOpenRouter:
 
         self._thread = threading.Thread(target=run, name="fake-openrouter", daemon=True)
         self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("fake upstream did not start within 10 s")
+        if not ready.wait(90):  # generous: a loaded machine is slow, and readiness is an event
+            raise RuntimeError("fake upstream did not start within 90 s")
         if failure:
             raise failure[0]
 

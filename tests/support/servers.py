@@ -7,15 +7,22 @@ on the socket (disconnects, keep-alive, backpressure) needs a real server; this 
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import uvicorn
 
-__all__ = ["free_port", "serve_asgi"]
+__all__ = ["READY_TIMEOUT", "free_port", "serve_asgi", "wait_healthy", "wait_until"]
+
+# How long a test waits for something to become ready. Readiness is polled, so a fast machine
+# pays nothing for the bound; a loaded 2-core machine can take 40 s to start a server, and a
+# test must not fail on timing.
+READY_TIMEOUT = 90.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -31,7 +38,7 @@ def serve_asgi(
     host: str = "127.0.0.1",
     *,
     port: int = 0,
-    startup_timeout: float = 10.0,
+    startup_timeout: float = READY_TIMEOUT,
     shutdown_timeout: float = 10.0,
     **config: Any,
 ) -> Iterator[str]:
@@ -81,3 +88,32 @@ def serve_asgi(
             server.force_exit = True
             thread.join(shutdown_timeout)
         sock.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = READY_TIMEOUT, interval: float = 0.05) -> bool:
+    """Poll `predicate` until it is true (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float = READY_TIMEOUT) -> None:
+    """Wait until `GET {url}/health` answers 200; fail at once if `proc` (the server) has exited.
+
+    For servers started as a process (`engine serve`), whose start-up includes importing
+    everything and loading the pipelines.
+    """
+
+    def healthy() -> bool:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the server exited with status {proc.returncode} before it answered /health")
+        try:
+            return httpx.get(f"{url}/health", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    if not wait_until(healthy, timeout, interval=0.1):
+        raise AssertionError(f"{url}/health did not answer 200 within {timeout:.0f} s")

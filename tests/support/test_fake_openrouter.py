@@ -98,7 +98,7 @@ def test_script_fifo_header_override_and_default(fake: FakeOpenRouter, client: h
     assert (r.method, r.path, r.json, r.outcome) == ("POST", "/api/v1/chat/completions", body(), "ok")
     assert r.headers["x-fake-mode"] == "402" and r.at <= recs[1].at
     assert len({x.connection_id for x in recs}) == 1  # keep-alive
-    assert fake.wait_for(lambda: fake.active_requests == 0 and fake.open_connections == 1, 1)
+    assert fake.wait_for(lambda: fake.active_requests == 0 and fake.open_connections == 1)
 
 
 def test_bad_mode_header_is_400(fake: FakeOpenRouter, client: httpx.Client) -> None:
@@ -189,7 +189,7 @@ def test_error_200_html_empty(fake: FakeOpenRouter, client: httpx.Client) -> Non
 def test_before_headers(fake: FakeOpenRouter, client: httpx.Client, mode: str, outcome: str) -> None:
     with pytest.raises(httpx.TransportError):
         post(client, fake, body(), mode=mode)
-    assert fake.wait_for(lambda: fake.requests[0].outcome == outcome, 1)
+    assert fake.wait_for(lambda: fake.requests[0].outcome == outcome)
 
 
 def test_reset_is_a_real_rst(fake: FakeOpenRouter) -> None:
@@ -203,7 +203,7 @@ def test_reset_is_a_real_rst(fake: FakeOpenRouter) -> None:
 def test_stall_before_headers(fake: FakeOpenRouter) -> None:
     with httpx.Client(timeout=httpx.Timeout(5, read=0.3)) as c, pytest.raises(httpx.ReadTimeout):
         post(c, fake, body(), mode="stall_before_headers")
-    assert fake.wait_for(lambda: fake.requests[0].outcome == "peer_closed", 1)
+    assert fake.wait_for(lambda: fake.requests[0].outcome == "peer_closed")
     with httpx.Client(timeout=5) as c, pytest.raises(httpx.RemoteProtocolError):
         post(c, fake, body(), mode="stall_before_headers;seconds=0.2")  # bounded stall ends by itself
     assert fake.requests[1].outcome == "stall_timeout"
@@ -254,7 +254,7 @@ def test_stall_mid_stream(fake: FakeOpenRouter) -> None:
     with httpx.Client(timeout=httpx.Timeout(5, read=0.3)) as c:
         lines, err = sse(c, fake, body(stream=True), mode="stall_mid_stream;after=2")
     assert isinstance(err, httpx.ReadTimeout) and len(data(lines)) == 3
-    assert fake.wait_for(lambda: fake.requests[0].outcome == "peer_closed", 1)
+    assert fake.wait_for(lambda: fake.requests[0].outcome == "peer_closed")
 
 
 def test_slow_drip_comments_text_framing(fake: FakeOpenRouter, client: httpx.Client) -> None:
@@ -279,8 +279,8 @@ def test_client_disconnect_records_peer_closed(fake: FakeOpenRouter, client: htt
         time.sleep(0.2)
         assert fake.active_requests == 1 and fake.requests[0].outcome is None
     closed = time.monotonic()
-    assert fake.wait_for(lambda: fake.requests[0].outcome == "peer_closed", 1)
-    assert fake.requests[0].finished_at - closed < 1  # type: ignore[operator]
+    assert fake.wait_for(lambda: fake.requests[0].outcome == "peer_closed")
+    assert fake.requests[0].finished_at - closed < 8  # type: ignore[operator]  # the whole drip would take 10 s
     assert fake.active_requests == 0
 
 
@@ -290,7 +290,7 @@ def test_stop_ends_stalls_and_connections() -> None:
     s = socket.create_connection(("127.0.0.1", f.port))
     s.sendall(b"POST /api/v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-fake-mode: stall_before_headers\r\n"
               b"content-length: 2\r\n\r\n{}")
-    assert f.wait_for(lambda: f.active_requests == 1, 2)
+    assert f.wait_for(lambda: f.active_requests == 1)
     t0 = time.monotonic()
     f.stop()
     assert time.monotonic() - t0 < 3

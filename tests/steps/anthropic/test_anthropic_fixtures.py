@@ -1,4 +1,4 @@
-"""Real Claude Code 2.1.331 request bodies pass parse → clean → validate (shared/fixtures/claude-code)."""
+"""Real Claude Code 2.1.331 request bodies pass parse → clean → validate (tests/fixtures/claude-code)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from steps.anthropic.clean import clean
 from steps.anthropic.parse import parse
 from steps.anthropic.tokens import count_tokens, estimate_tokens
 from steps.anthropic.validate import validate, validate_count_tokens
+from tests.fixtures import CLAUDE_CODE as FIXTURES
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "claude-code"
 NOT_BODIES = {"requests_meta.json", "sequences.json"}
 BODIES = sorted(p for p in FIXTURES.glob("*.json") if p.name not in NOT_BODIES)
 

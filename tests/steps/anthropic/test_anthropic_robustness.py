@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import random
-from pathlib import Path
 
 import orjson
 
@@ -13,8 +12,8 @@ from steps.anthropic.errors import AnthropicError
 from steps.anthropic.parse import parse_body
 from steps.anthropic.tokens import estimate_tokens
 from steps.anthropic.validate import validate
+from tests.fixtures import CLAUDE_CODE as FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[3].parent / "shared" / "fixtures" / "claude-code"
 REPLACEMENTS = [None, 0, -1, 5, 1.5, True, "", " ", "x", "true", [], {}, [{}], [5], {"type": "foo"}, {"type": "text", "text": ""}, [[[]]]]
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import orjson
 
 from steps.anthropic.tokens import IMAGE_TOKENS, count_tokens, estimate_input_tokens, estimate_tokens
+from tests.fixtures import CLAUDE_CODE as FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[3].parent / "shared" / "fixtures" / "claude-code"
 
 
 def _body(content, **extra) -> dict:

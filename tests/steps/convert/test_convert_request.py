@@ -5,15 +5,13 @@ from __future__ import annotations
 import copy
 import re
 import time
-from pathlib import Path
 
 import orjson
 import pytest
 
 from steps.convert.request import convert_request
+from tests.fixtures import CLAUDE_CODE as FIXTURES
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "claude-code"
 CC_FIXTURES = [
     "first_turn",
     "tool_result_turn",

@@ -131,7 +131,7 @@ def test_ok_non_stream(fake: FakeOpenRouter) -> None:
     assert r.headers["content-type"] == "application/json"
     assert r.headers["http-referer"] == "https://x.test"
     assert r.headers["x-title"] == "T" and r.headers["x-openrouter-title"] == "T"
-    assert fake.wait_for(lambda: r.outcome == "ok", 1)  # set just after the last byte is written
+    assert fake.wait_for(lambda: r.outcome == "ok")  # set just after the last byte is written
 
 
 def test_ok_stream(fake: FakeOpenRouter) -> None:
@@ -146,7 +146,7 @@ def test_ok_stream(fake: FakeOpenRouter) -> None:
     assert text_of(chunks).startswith("Hello! I am the fake upstream. You said: tell me things.")
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "stop"
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
-    assert fake.wait_for(lambda: fake.requests[0].outcome == "ok", 2)
+    assert fake.wait_for(lambda: fake.requests[0].outcome == "ok")
 
 
 def test_streams_reuse_the_keep_alive_connection(fake: FakeOpenRouter) -> None:
@@ -271,7 +271,7 @@ def test_broken_before_headers_is_retryable_connect(fake: FakeOpenRouter, mode: 
     assert (exc.kind, exc.status, exc.retryable) == ("connect", None, True)
     first, second, third = fake.requests
     assert first.connection_id == second.connection_id  # the failure hit the reused connection
-    assert fake.wait_for(lambda: third.outcome == "ok", 1)
+    assert fake.wait_for(lambda: third.outcome == "ok")
 
 
 def test_connection_refused_is_connect() -> None:
@@ -289,7 +289,7 @@ def test_connection_refused_is_connect() -> None:
 def test_first_byte_timeout(fake: FakeOpenRouter) -> None:
     exc, _ = call_error(fake, "stall_before_headers", stream=True, read_timeout=0.5)
     assert (exc.kind, exc.retryable) == ("timeout", True)
-    assert fake.wait_for(lambda: fake.requests[0].outcome == "peer_closed", 2)
+    assert fake.wait_for(lambda: fake.requests[0].outcome == "peer_closed")
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -305,7 +305,7 @@ def test_deadline_bounds_the_wait(fake: FakeOpenRouter, stream: bool) -> None:
     exc = run(body, deadline_in=0.3)
     assert 0.25 <= time.monotonic() - t0 < 2
     assert (exc.kind, exc.retryable) == ("timeout", False)
-    assert fake.wait_for(lambda: fake.requests[0].outcome == "peer_closed", 1)
+    assert fake.wait_for(lambda: fake.requests[0].outcome == "peer_closed")
 
 
 def test_deadline_already_passed(fake: FakeOpenRouter) -> None:
@@ -390,7 +390,7 @@ def test_stall_mid_stream_read_timeout(fake: FakeOpenRouter) -> None:
     exc, got = call_error(fake, "stall_mid_stream;after=2", stream=True, read_timeout=0.4)
     assert (exc.kind, exc.mid_stream, exc.retryable) == ("timeout", True, False)
     assert len(content_chunks(got)) == 2
-    assert fake.wait_for(lambda: fake.requests[0].outcome == "peer_closed", 1)
+    assert fake.wait_for(lambda: fake.requests[0].outcome == "peer_closed")
 
 
 def test_stream_times_its_own_idle_gaps(fake: FakeOpenRouter) -> None:
@@ -415,7 +415,7 @@ def test_stream_times_its_own_idle_gaps(fake: FakeOpenRouter) -> None:
     assert took is True
     assert isinstance(exc, StepTimeout) and "0.3 s" in str(exc)
     assert len(content_chunks(got)) == 2
-    assert fake.wait_for(lambda: fake.requests[0].outcome == "peer_closed", 1)
+    assert fake.wait_for(lambda: fake.requests[0].outcome == "peer_closed")
 
 
 def test_slow_drip_completes(fake: FakeOpenRouter) -> None:
@@ -439,14 +439,14 @@ def test_aclose_closes_upstream_connection(fake: FakeOpenRouter, read_first: int
         return time.monotonic()
 
     closed_at = run(body)
-    assert fake.wait_for(lambda: fake.requests[0].outcome == "peer_closed", 1.0)
+    assert fake.wait_for(lambda: fake.requests[0].outcome == "peer_closed")
     assert fake.requests[0].finished_at - closed_at < 1.0  # type: ignore[operator]
-    assert fake.wait_for(lambda: fake.active_requests == 0, 1.0)
+    assert fake.wait_for(lambda: fake.active_requests == 0)
 
 
 def test_resources_close_the_pool(fake: FakeOpenRouter) -> None:
     run(lambda ctx: call(payload(), req(), ctx, base_url=fake.base_url))
-    assert fake.wait_for(lambda: fake.open_connections == 0, 2)
+    assert fake.wait_for(lambda: fake.open_connections == 0)
 
 
 # --- keys --------------------------------------------------------------------------------------
