@@ -36,6 +36,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 from starlette.routing import Route
@@ -46,6 +47,7 @@ from engine.capture import RecordingIds, RunRecorder
 from engine.check import Plan
 from engine.errors import HttpError, SpecErrors
 from engine.executor import Engine, load_plans
+from engine.guard import HostGuard, HostPolicy, Refusal, policy_from_env
 from engine.outbox import Outbox
 from engine.run import RunContext
 from engine.streams import aclose_quietly
@@ -64,6 +66,7 @@ def create_app(
     api_keys: list[str] | None = None,
     reload_from: list[str] | None = None,
     reload_interval: float = 1.0,
+    host_policy: HostPolicy | None = None,
 ) -> Starlette:
     """A starlette app serving every pipeline of `engine` that has a route.
 
@@ -75,6 +78,9 @@ def create_app(
     changes the whole set is loaded and checked again; a valid set replaces the old one at
     once (routes included), a broken one is reported with its located errors and the old set
     keeps serving. A request runs to its end on the plan it started with.
+
+    Every request first passes `host_policy` (engine/guard.py; loopback names only by
+    default): one whose Host or Origin is not allowed gets 403 and reaches no route.
     """
     keys = [k.encode() for k in api_keys or [] if k]
     for k in api_keys or []:
@@ -117,7 +123,15 @@ def create_app(
         if engine.capture is not None:
             await anyio.to_thread.run_sync(engine.capture.close)
 
-    return Starlette(routes=build_routes(), exception_handlers={HTTPException: refused}, lifespan=lifespan)
+    async def forbidden(scope: Scope, refusal: Refusal) -> Response:
+        start = time.perf_counter()
+        ctx = RunContext(request_id=engine.ids.new_id("req_"), pipeline="-", engine=engine)  # no pipeline ran
+        response = await _render(engine, _fallback_plan(engine), HttpError(403, refusal.message), ctx)
+        _log_access(ctx, response.status_code, "refused", start, reason=refusal.reason, header=refusal.header, path=scope.get("path", ""))
+        return response
+
+    guard = Middleware(HostGuard, policy=host_policy or HostPolicy(), refuse=forbidden)
+    return Starlette(routes=build_routes(), middleware=[guard], exception_handlers={HTTPException: refused}, lifespan=lifespan)
 
 
 def _snapshot(paths: list[str]) -> dict[str, tuple[float, int]]:
@@ -464,4 +478,4 @@ def app_from_env() -> Starlette:
     limit = int(os.environ.get("ENGINE_BODY_LIMIT", str(DEFAULT_BODY_LIMIT)))
     keys = [k.strip() for k in os.environ.get("ENGINE_API_KEYS", "").split(",") if k.strip()]
     reload_from = [os.environ["ENGINE_PIPELINES"]] if os.environ.get("ENGINE_RELOAD") and os.environ.get("ENGINE_PIPELINES") else None
-    return create_app(engine, body_limit=limit, api_keys=keys, reload_from=reload_from)
+    return create_app(engine, body_limit=limit, api_keys=keys, reload_from=reload_from, host_policy=policy_from_env(os.environ))
