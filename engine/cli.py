@@ -374,14 +374,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if unsafe:
         return _refuse(f"refusing to serve: {unsafe} is writable by group or others, and pipeline files run code (chmod go-w it)")
     plans = load_plans([pipelines])  # fail here, before binding, with every error listed
+    exposed = guard.code_exposure(plans, args.host, bool(keys))
+    if exposed:
+        return _refuse(exposed)
     code = [p for p in plans if p.runs_code]
-    running_code = [p for p in code if p.enabled]
-    if public and not keys and running_code:
-        names = ", ".join(f"'{p.name}'" for p in running_code)
-        return _refuse(
-            f"refusing to serve {args.host} with server-side tools on ({names} runs code on this machine) and no inbound keys; "
-            "--allow-unauthenticated does not cover that. Set ENGINE_API_KEYS=key1,key2, bind 127.0.0.1, or leave server-side tools off."
-        )
     routes = [f"{m} {p} -> {plan.name}" for plan in plans for m, p in plan.routes]
     print(f"engine serving http://{args.host}:{args.port} ({len(plans)} pipelines from {pipelines})", file=sys.stderr)
     for line in routes:

@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 _WILDCARD_BINDS = {"", "0.0.0.0", "::", "[::]", "*"}
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _SHOWN = 100  # at most this much of a refused header goes into messages and logs
+_REMEMBERED = 256  # allowed (Host, Origin, socket) combinations kept; then forgotten at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +127,7 @@ class HostPolicy:
                 if "://" not in entry:
                     raise ValueError(f"ENGINE_ALLOWED_ORIGINS entry '{entry}' is not scheme://host[:port]")
                 self.origins.add(entry)
+        self._allowed: set[tuple[Any, ...]] = set()
         bind = (bind_host or "").strip().lower().strip("[]")
         self.bind_name = bind if bind not in _WILDCARD_BINDS and not is_loopback(bind) else None
 
@@ -162,14 +164,31 @@ class HostPolicy:
         return (host, port or default) == (host_header[0], host_header[1] or default)
 
     def check(self, scope: Scope) -> Refusal | None:
-        """None when the request may go on, else why not."""
-        host_value = origin_value = None
+        """None when the request may go on, else why not.
+
+        The decision depends only on the two headers and the socket, so allowed combinations
+        are remembered (a few, in practice): a repeat costs a header scan and a set lookup.
+        """
+        host_raw = origin_raw = None
         for name, value in scope["headers"]:
             if name == b"host":
-                host_value = value.decode("latin-1")
+                host_raw = value
             elif name == b"origin":
-                origin_value = value.decode("latin-1")
+                origin_raw = value
         server = scope.get("server")
+        key = (host_raw, origin_raw, *server) if server else (host_raw, origin_raw)
+        if key in self._allowed:
+            return None
+        refusal = self._decide(host_raw, origin_raw, server)
+        if refusal is None:
+            if len(self._allowed) >= _REMEMBERED:
+                self._allowed.clear()
+            self._allowed.add(key)
+        return refusal
+
+    def _decide(self, host_raw: bytes | None, origin_raw: bytes | None, server: Any) -> Refusal | None:
+        host_value = host_raw.decode("latin-1") if host_raw is not None else None
+        origin_value = origin_raw.decode("latin-1") if origin_raw is not None else None
         server = (str(server[0]), int(server[1])) if server and server[1] is not None else None
         parsed = split_host(host_value) if host_value is not None else None
         if parsed is None or not self.host_allowed(parsed[0], parsed[1], server):
@@ -210,6 +229,23 @@ class HostGuard:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def code_exposure(plans: Iterable[Any], host: str, keys: bool) -> str | None:
+    """Why serving `plans` on `host` would be unsafe, or None.
+
+    A served pipeline marked `runs_code` on a non-loopback address without inbound keys lets
+    anyone who can reach the port run code on this machine: no flag makes that acceptable.
+    Checked by `engine serve` before binding and again by every live reload.
+    """
+    running = [p.name for p in plans if p.runs_code and p.enabled]
+    if keys or not running or is_loopback(host.strip("[]").lower()):
+        return None
+    names = ", ".join(f"'{n}'" for n in running)
+    return (
+        f"refusing to serve {host} with server-side tools on ({names} runs code on this machine) and no inbound keys; "
+        "--allow-unauthenticated does not cover that. Set ENGINE_API_KEYS=key1,key2, bind 127.0.0.1, or leave server-side tools off."
+    )
 
 
 def policy_from_env(env: Any) -> HostPolicy:

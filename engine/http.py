@@ -47,7 +47,7 @@ from engine.capture import RecordingIds, RunRecorder
 from engine.check import Plan
 from engine.errors import HttpError, SpecErrors
 from engine.executor import Engine, load_plans
-from engine.guard import HostGuard, HostPolicy, Refusal, policy_from_env
+from engine.guard import HostGuard, HostPolicy, Refusal, code_exposure, policy_from_env
 from engine.outbox import Outbox
 from engine.run import RunContext
 from engine.streams import aclose_quietly
@@ -67,6 +67,7 @@ def create_app(
     reload_from: list[str] | None = None,
     reload_interval: float = 1.0,
     host_policy: HostPolicy | None = None,
+    vet: Callable[[list[Plan]], str | None] | None = None,
 ) -> Starlette:
     """A starlette app serving every pipeline of `engine` that has a route.
 
@@ -81,6 +82,7 @@ def create_app(
 
     Every request first passes `host_policy` (engine/guard.py; loopback names only by
     default): one whose Host or Origin is not allowed gets 403 and reaches no route.
+    `vet`, when given, may refuse a reloaded set (it says why), which then is not served.
     """
     keys = [k.encode() for k in api_keys or [] if k]
     for k in api_keys or []:
@@ -116,7 +118,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tg:
             if reload_from:
-                tg.start_soon(_watch_and_reload, engine, app, reload_from, reload_interval, build_routes)
+                tg.start_soon(_watch_and_reload, engine, app, reload_from, reload_interval, build_routes, vet)
             yield
             tg.cancel_scope.cancel()
         await engine.aclose()
@@ -150,7 +152,9 @@ def _snapshot(paths: list[str]) -> dict[str, tuple[float, int]]:
     return seen
 
 
-async def _watch_and_reload(engine: Engine, app: Starlette, paths: list[str], interval: float, build_routes: Callable[[], list[Route]]) -> None:
+async def _watch_and_reload(
+    engine: Engine, app: Starlette, paths: list[str], interval: float, build_routes: Callable[[], list[Route]], vet: Callable[[list[Plan]], str | None] | None = None
+) -> None:
     log = structlog.get_logger("engine.reload")
     last = _snapshot(paths)
     while True:
@@ -166,6 +170,11 @@ async def _watch_and_reload(engine: Engine, app: Starlette, paths: list[str], in
             log.error("pipelines not reloaded: the new set is broken; still serving the old one", errors=[str(e) for e in exc.errors])
             for err in exc.errors:
                 print(err, file=sys.stderr)
+            continue
+        unsafe = vet(plans) if vet is not None else None
+        if unsafe:  # e.g. server-side tools turned on by an edit, on a public bind without keys
+            metrics.RELOADS.labels("error").inc()
+            log.error(f"pipelines not reloaded: {unsafe}; still serving the old ones")
             continue
         engine.swap(plans)
         app.router.routes = build_routes()  # one assignment: a request sees the old table or the new
@@ -478,4 +487,8 @@ def app_from_env() -> Starlette:
     limit = int(os.environ.get("ENGINE_BODY_LIMIT", str(DEFAULT_BODY_LIMIT)))
     keys = [k.strip() for k in os.environ.get("ENGINE_API_KEYS", "").split(",") if k.strip()]
     reload_from = [os.environ["ENGINE_PIPELINES"]] if os.environ.get("ENGINE_RELOAD") and os.environ.get("ENGINE_PIPELINES") else None
-    return create_app(engine, body_limit=limit, api_keys=keys, reload_from=reload_from, host_policy=policy_from_env(os.environ))
+    host = os.environ.get("ENGINE_HOST", "127.0.0.1")
+    return create_app(
+        engine, body_limit=limit, api_keys=keys, reload_from=reload_from, host_policy=policy_from_env(os.environ),
+        vet=lambda plans: code_exposure(plans, host, bool(keys)),
+    )

@@ -132,3 +132,31 @@ def test_allowed_hosts_from_the_environment() -> None:
         assert s.http.get("/health", headers={"Host": "gateway.example"}).status_code == 200
         assert s.http.get("/health", headers={"Origin": "https://app.example"}).status_code == 200
         assert s.http.get("/health", headers={"Host": "evil.example"}).status_code == 403
+
+
+def test_a_reload_cannot_turn_server_tools_on_where_serve_would_refuse(tmp_path) -> None:
+    """An edit that enables a code-running pipeline on a public bind without keys is not applied."""
+    import shutil
+
+    from engine.executor import Engine
+    from engine.guard import code_exposure
+    from engine.http import create_app
+    from tests.support.servers import serve_asgi
+
+    pipelines = tmp_path / "pipelines"
+    shutil.copytree(PIPELINES, pipelines)
+    agent = pipelines / "agent.yaml"
+    engine = Engine.load([pipelines], env={"OPENROUTER_BASE_URL": "http://127.0.0.1:9/v1"})
+    # The vet engine serve installs for `--host 0.0.0.0` without ENGINE_API_KEYS; the socket stays on loopback.
+    app = create_app(engine, reload_from=[str(pipelines)], reload_interval=0.05, vet=lambda plans: code_exposure(plans, "0.0.0.0", False))
+    with serve_asgi(app) as url, httpx.Client(base_url=url, headers={"x-api-key": "k"}, timeout=30) as http:
+        assert http.post("/agent/v1/messages", json={"model": "x"}).status_code == 404
+        agent.write_text(agent.read_text().replace("enabled: ${ENGINE_SERVER_TOOLS:-off}", "enabled: true"))
+        time.sleep(0.6)  # several reload polls
+        assert http.post("/agent/v1/messages", json={"model": "x"}).status_code == 404
+        (pipelines / "extra.yaml").write_text("name: extra\nroute: GET /extra\nsteps:\n  v: {uses: core.value, with: {value: 1}}\noutput: ${{ steps.v }}\n")
+        agent.write_text(agent.read_text().replace("enabled: true", "enabled: false"))
+        deadline = time.monotonic() + 40
+        while http.get("/extra").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert http.get("/extra").json() == 1  # a safe set is applied again
