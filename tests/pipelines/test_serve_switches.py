@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -160,3 +161,24 @@ def test_a_reload_cannot_turn_server_tools_on_where_serve_would_refuse(tmp_path)
         while http.get("/extra").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert http.get("/extra").json() == 1  # a safe set is applied again
+
+
+@pytest.mark.parametrize(("value", "served"), [("", False), ("off", False), ("false", False), ("on", True), ("true", True), ("1", True)])
+def test_the_switch_is_read_by_the_pipeline(value: str, served: bool) -> None:
+    """agent.yaml reads ENGINE_SERVER_TOOLS in `enabled:`; off, it is checked but has no route."""
+    from engine.executor import load_plans
+
+    agent = next(p for p in load_plans([PIPELINES], env={"ENGINE_SERVER_TOOLS": value}) if p.name == "agent")
+    assert agent.runs_code and agent.enabled is served
+    assert agent.routes == ([("POST", "/agent/v1/messages")] if served else [])
+    assert "sequence" in agent.nodes  # loaded and checked either way
+
+
+def test_a_bad_switch_value_is_a_located_error() -> None:
+    """A value that is not on/off stops the load with file:line:col."""
+    from engine.errors import SpecErrors
+    from engine.executor import load_plans
+
+    with pytest.raises(SpecErrors) as caught:
+        load_plans([PIPELINES], env={"ENGINE_SERVER_TOOLS": "maybe"})
+    assert any(re.search(r"agent\.yaml:\d+:\d+: .*'enabled'", str(e)) for e in caught.value.errors)
