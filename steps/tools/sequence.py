@@ -178,8 +178,8 @@ class _Sequence:
         client would retry; stopping a moment earlier lets `told` say what already ran.
         """
         with self.told():
-            deadline = self.ctx.deadline if not self.ctx.response_started() else None
-            with anyio.CancelScope(deadline=deadline - DEADLINE_MARGIN if deadline is not None else float("inf")):
+            remaining = self.ctx.remaining() if not self.ctx.response_started() else None
+            with anyio.move_on_after(remaining - DEADLINE_MARGIN if remaining is not None else None):
                 return await self.loop(first)
             raise DeadlineExceeded("the run's deadline passed during the server-side tool loop")
 
