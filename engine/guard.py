@@ -170,11 +170,11 @@ class HostPolicy:
         are remembered (a few, in practice): a repeat costs a header scan and a set lookup.
         """
         host_raw = origin_raw = None
-        for name, value in scope["headers"]:
+        for name, value in scope["headers"]:  # a repeated header is ambiguous: read as empty, refused
             if name == b"host":
-                host_raw = value
+                host_raw = value if host_raw is None else b""
             elif name == b"origin":
-                origin_raw = value
+                origin_raw = value if origin_raw is None else b""
         server = scope.get("server")
         key = (host_raw, origin_raw, *server) if server else (host_raw, origin_raw)
         if key in self._allowed:

@@ -119,6 +119,13 @@ def test_allowlists_open_what_they_name() -> None:
         assert_refused(http.get("/health", headers={"Origin": "https://app.example.evil"}), "Origin")
 
 
+def test_a_repeated_origin_is_refused(gw: Gateway) -> None:
+    """Two Origin headers (one of them the server's own) are ambiguous: refused."""
+    with httpx.Client(base_url=gw.url, timeout=30) as http:
+        r = http.get("/health", headers=[("Origin", gw.url), ("Origin", "https://evil.example")])
+    assert_refused(r, "Origin")
+
+
 class TestPolicy:
     """The rules themselves, including the binds a test cannot make on loopback only."""
 
