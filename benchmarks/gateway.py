@@ -76,7 +76,7 @@ class Client:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         t0 = time.perf_counter()
-        self.writer.write(b"POST %s HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\nx-api-key: bench\r\n%scontent-length: %d\r\n\r\n%s" % (path.encode(), headers, len(body), body))
+        self.writer.write(b"POST %s HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\nx-api-key: bench\r\n%scontent-length: %d\r\n\r\n%s" % (path.encode(), headers, len(body), body))
         reader = self.reader
         assert reader is not None
         head = await reader.readuntil(b"\r\n\r\n")
@@ -126,7 +126,7 @@ async def drive(port: int, path: str, body: bytes, concurrency: int, total: int)
 async def idle_streams(port: int, count: int) -> tuple[list[asyncio.StreamWriter], float]:
     """Open `count` streams whose upstream goes quiet after the first word; keep them open."""
     body = orjson.dumps({"model": "claude-opus-5-5", "max_tokens": IDLE_MAX_TOKENS, "stream": True, "messages": [{"role": "user", "content": "Think"}]})
-    request = b"POST /v1/messages HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\nx-api-key: bench\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    request = b"POST /v1/messages HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\nx-api-key: bench\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
     opening = asyncio.Semaphore(64)  # connection set-up in waves, not one SYN flood
 
     async def one() -> asyncio.StreamWriter:

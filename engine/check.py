@@ -67,10 +67,12 @@ class Plan:
     roots: list[str]
     output: Any
     errors: StepInfo | None
-    routes: list[tuple[str, str]]
+    routes: list[tuple[str, str]]  # what is served: none when the pipeline is disabled
     deadline: float | None
     limits: dict[str, LimitSpec]
     graph: nx.DiGraph
+    enabled: bool = True
+    runs_code: bool = False
     retry_budget: Any = None
     sequential: bool = False  # no two steps that may await could ever run at the same time
 
@@ -292,12 +294,14 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
         roots=roots,
         output=spec.output,
         errors=errors_info,
-        routes=parsed_routes,
+        routes=parsed_routes if spec.enabled else [],  # a disabled pipeline is checked, never served
         deadline=spec.deadline,
         limits=dict(spec.limits),
         graph=graph,
         retry_budget=spec.retry_budget,
         sequential=sequential,
+        enabled=spec.enabled,
+        runs_code=spec.runs_code,
     )
 
 

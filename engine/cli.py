@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 
 from engine import graph as graphs
-from engine import logs, registry
+from engine import guard, logs, registry
 from engine.errors import EngineError, SpecErrors
 from engine.executor import Engine, failed_step, load_plans, pipeline_files
 from engine.streams import is_stream
@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default=None, help="debug, info, warning, error (default info)")
     p.add_argument("--capture", default=os.environ.get("ENGINE_CAPTURE_DIR"), metavar="DIR", help="record every run into JSONL files in DIR (replay them with `engine replay`)")
     p.add_argument("--reload", action="store_true", help="apply pipeline edits without a restart (a broken edit is reported and the old set kept)")
+    p.add_argument(
+        "--server-tools",
+        action="store_true",
+        help="serve the pipelines that run code on this machine (sets ENGINE_SERVER_TOOLS=on, which pipelines/agent.yaml reads in `enabled:`)",
+    )
     p.add_argument(
         "--allow-unauthenticated",
         action="store_true",
@@ -208,7 +213,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     plans = load_plans(load)  # every error of every file, at once (SpecErrors)
     for plan in plans:
         if Path(plan.file).resolve() in named:
-            print(f"{plan.file}: OK ({len(plan.nodes)} steps{', ' + ', '.join(f'{m} {p}' for m, p in plan.routes) if plan.routes else ''})")
+            print(f"{plan.file}: OK ({len(plan.nodes)} steps{', ' + ', '.join(f'{m} {p}' for m, p in plan.routes) if plan.routes else ''}{'' if plan.enabled else '; disabled: not served'})")
     return 0
 
 
@@ -446,10 +451,14 @@ def cmd_steps(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the pipelines; refuse to start (exit 2, one line on stderr) when serving would be unsafe."""
     import uvicorn
 
     pipelines = args.pipelines or default_pipelines()
     os.environ["ENGINE_PIPELINES"] = pipelines
+    os.environ["ENGINE_HOST"] = args.host  # the guard (engine/guard.py) also accepts this name as Host
+    if args.server_tools:
+        os.environ["ENGINE_SERVER_TOOLS"] = "on"
     if args.capture:
         os.environ["ENGINE_CAPTURE_DIR"] = args.capture
     if args.reload:
@@ -460,23 +469,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["ENGINE_LOG_LEVEL"] = args.log_level
     logs.configure()
     keys = [k for k in os.environ.get("ENGINE_API_KEYS", "").split(",") if k.strip()]
-    if not keys and not _is_loopback(args.host) and not args.allow_unauthenticated:
-        print(
-            f"engine: refusing to serve {args.host} without inbound keys: anyone who can reach it could use it. "
+    public = not _is_loopback(args.host)
+    if public and not keys and not args.allow_unauthenticated:
+        return _refuse(
+            f"refusing to serve {args.host} without inbound keys: anyone who can reach it could use it. "
             "Set ENGINE_API_KEYS=key1,key2 (clients send one as x-api-key or Bearer), "
-            "or pass --allow-unauthenticated if something in front of it authenticates.",
-            file=sys.stderr,
+            "or pass --allow-unauthenticated if something in front of it authenticates."
         )
-        return 1
+    try:
+        guard.policy_from_env(os.environ)
+    except ValueError as exc:
+        return _refuse(f"refusing to serve: {exc}")
     unsafe = _writable_by_others(pipelines)
     if unsafe:
-        print(f"engine: refusing to serve: {unsafe} is writable by group or others, and pipeline files run code (chmod go-w it)", file=sys.stderr)
-        return 1
+        return _refuse(f"refusing to serve: {unsafe} is writable by group or others, and pipeline files run code (chmod go-w it)")
     plans = load_plans([pipelines])  # fail here, before binding, with every error listed
+    exposed = guard.code_exposure(plans, args.host, bool(keys))
+    if exposed:
+        return _refuse(exposed)
+    code = [p for p in plans if p.runs_code]
     routes = [f"{m} {p} -> {plan.name}" for plan in plans for m, p in plan.routes]
     print(f"engine serving http://{args.host}:{args.port} ({len(plans)} pipelines from {pipelines})", file=sys.stderr)
     for line in routes:
         print(f"  {line}", file=sys.stderr)
+    print(f"  {_server_tools_line(code)}", file=sys.stderr)
     if args.capture:
         print(f"  capturing every run into {args.capture}", file=sys.stderr)
     if args.reload:
@@ -494,6 +510,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=30,
     )
     return 0
+
+
+def _refuse(reason: str) -> int:
+    """Not starting because serving would be unsafe: one line saying why and what to do, exit 2."""
+    print(f"engine: {reason}", file=sys.stderr)
+    return 2
+
+
+def _server_tools_line(code: list[Any]) -> str:
+    """The start-up line that says whether anything here runs code on this machine."""
+    on = [p.name for p in code if p.enabled]
+    off = [p.name for p in code if not p.enabled]
+    if on:
+        routes = ", ".join(f"{m} {path}" for p in code if p.enabled for m, path in p.routes) or "no route"
+        return f"server-side tools: ON: {', '.join(on)} runs code on this machine ({routes})"
+    if off:
+        return f"server-side tools: off ({', '.join(off)} not served; --server-tools or ENGINE_SERVER_TOOLS=on turns them on)"
+    return "server-side tools: off (no pipeline runs code on this machine)"
 
 
 def _is_loopback(host: str) -> bool:

@@ -38,6 +38,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 from starlette.routing import Route
@@ -48,6 +49,7 @@ from engine.capture import RecordingIds, RunRecorder
 from engine.check import Plan
 from engine.errors import HttpError, SpecErrors, StepError
 from engine.executor import Engine, failed_step, load_plans
+from engine.guard import HostGuard, HostPolicy, Refusal, code_exposure, policy_from_env
 from engine.outbox import Outbox
 from engine.run import RunContext
 from engine.streams import aclose_quietly
@@ -66,6 +68,8 @@ def create_app(
     api_keys: list[str] | None = None,
     reload_from: list[str] | None = None,
     reload_interval: float = 1.0,
+    host_policy: HostPolicy | None = None,
+    vet: Callable[[list[Plan]], str | None] | None = None,
 ) -> Starlette:
     """A starlette app serving every pipeline of `engine` that has a route.
 
@@ -77,6 +81,10 @@ def create_app(
     changes the whole set is loaded and checked again; a valid set replaces the old one at
     once (routes included), a broken one is reported with its located errors and the old set
     keeps serving. A request runs to its end on the plan it started with.
+
+    Every request first passes `host_policy` (engine/guard.py; loopback names only by
+    default): one whose Host or Origin is not allowed gets 403 and reaches no route.
+    `vet`, when given, may refuse a reloaded set (it says why), which then is not served.
     """
     keys = [k.encode() for k in api_keys or [] if k]
     for k in api_keys or []:
@@ -112,14 +120,22 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tg:
             if reload_from:
-                tg.start_soon(_watch_and_reload, engine, app, reload_from, reload_interval, build_routes)
+                tg.start_soon(_watch_and_reload, engine, app, reload_from, reload_interval, build_routes, vet)
             yield
             tg.cancel_scope.cancel()
         await engine.aclose()
         if engine.capture is not None:
             await anyio.to_thread.run_sync(engine.capture.close)
 
-    return Starlette(routes=build_routes(), exception_handlers={HTTPException: refused}, lifespan=lifespan)
+    async def forbidden(scope: Scope, refusal: Refusal) -> Response:
+        start = time.perf_counter()
+        ctx = RunContext(request_id=engine.ids.new_id("req_"), pipeline="-", engine=engine)  # no pipeline ran
+        response = await _render(engine, _fallback_plan(engine), HttpError(403, refusal.message), ctx)
+        _log_access(ctx, response.status_code, "refused", start, reason=refusal.reason, header=refusal.header, path=scope.get("path", ""))
+        return response
+
+    guard = Middleware(HostGuard, policy=host_policy or HostPolicy(), refuse=forbidden)
+    return Starlette(routes=build_routes(), middleware=[guard], exception_handlers={HTTPException: refused}, lifespan=lifespan)
 
 
 def _snapshot(paths: list[str]) -> dict[str, tuple[float, int]]:
@@ -138,7 +154,9 @@ def _snapshot(paths: list[str]) -> dict[str, tuple[float, int]]:
     return seen
 
 
-async def _watch_and_reload(engine: Engine, app: Starlette, paths: list[str], interval: float, build_routes: Callable[[], list[Route]]) -> None:
+async def _watch_and_reload(
+    engine: Engine, app: Starlette, paths: list[str], interval: float, build_routes: Callable[[], list[Route]], vet: Callable[[list[Plan]], str | None] | None = None
+) -> None:
     log = structlog.get_logger("engine.reload")
     last = _snapshot(paths)
     while True:
@@ -154,6 +172,11 @@ async def _watch_and_reload(engine: Engine, app: Starlette, paths: list[str], in
             log.error("pipelines not reloaded: the new set is broken; still serving the old one", errors=[str(e) for e in exc.errors])
             for err in exc.errors:
                 print(err, file=sys.stderr)
+            continue
+        unsafe = vet(plans) if vet is not None else None
+        if unsafe:  # e.g. server-side tools turned on by an edit, on a public bind without keys
+            metrics.RELOADS.labels("error").inc()
+            log.error(f"pipelines not reloaded: {unsafe}; still serving the old ones")
             continue
         engine.swap(plans)
         app.router.routes = build_routes()  # one assignment: a request sees the old table or the new
@@ -489,4 +512,8 @@ def app_from_env() -> Starlette:
     limit = int(os.environ.get("ENGINE_BODY_LIMIT", str(DEFAULT_BODY_LIMIT)))
     keys = [k.strip() for k in os.environ.get("ENGINE_API_KEYS", "").split(",") if k.strip()]
     reload_from = [os.environ["ENGINE_PIPELINES"]] if os.environ.get("ENGINE_RELOAD") and os.environ.get("ENGINE_PIPELINES") else None
-    return create_app(engine, body_limit=limit, api_keys=keys, reload_from=reload_from)
+    host = os.environ.get("ENGINE_HOST", "127.0.0.1")
+    return create_app(
+        engine, body_limit=limit, api_keys=keys, reload_from=reload_from, host_policy=policy_from_env(os.environ),
+        vet=lambda plans: code_exposure(plans, host, bool(keys)),
+    )

@@ -4,6 +4,8 @@ A pipeline file looks like this (GitHub-Actions-like words: `uses`, `with`, `if`
 
     name: greet
     route: POST /greet            # optional: served over HTTP by `engine serve`
+    enabled: ${GREET:-on}         # optional: off = loaded and checked, but no route
+    runs_code: false              # optional: true if it runs code on the serving machine
     deadline: 30s                 # optional: the whole run, retries included
     limits:                       # optional: named concurrency limits, shared across runs
       upstream: {max: 64, queue_timeout: 5s}
@@ -110,6 +112,11 @@ class PipelineSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
     description: str = ""
     route: str | list[str] | None = None
+    enabled: bool = Field(True, description="false: loaded and checked like any pipeline, but its routes are not served")
+    runs_code: bool = Field(
+        False,
+        description="it runs code on the serving machine (server-side tools): `engine serve` then needs inbound keys on a non-loopback bind",
+    )
     deadline: Duration | None = Field(None, gt=0, le=86400)
     limits: dict[str, LimitSpec] = Field(default_factory=dict)
     retry_budget: RetryBudgetSpec | None = None

@@ -28,6 +28,7 @@ from engine.registry import step
 from engine.run import RunContext
 from engine.types import Reply
 from steps.openrouter.errors import UpstreamError
+from steps.tools.effects import AfterSideEffects
 
 MAX_RETRY_AFTER = 60
 """The Anthropic SDK honours `retry-after` only up to 60 s; Claude Code gives up above it."""
@@ -219,6 +220,10 @@ def _unwrap(error: BaseException) -> BaseException:
 def classify(error: BaseException, *, mid_stream: bool = False) -> tuple[int, str, str, dict[str, str]]:
     """(status, error.type, message, headers) for any exception; the single mapping table."""
     error = _unwrap(error)
+    if isinstance(error, AfterSideEffects):  # the cause's status and type; never retried
+        status, etype, message, headers = classify(error.cause, mid_stream=mid_stream)
+        headers.pop("retry-after", None)
+        return status, etype, f"{message} {error.note}", {**headers, "x-should-retry": "false"}
     if isinstance(error, AnthropicError):
         retry = error.status >= 500 or (error.status == 429 and error.retryable)
         headers = {"x-should-retry": "true" if retry else "false"}
@@ -261,7 +266,8 @@ def error(error: BaseException, ctx: RunContext) -> Reply:
     exception's own text may carry paths, hosts or secrets.
     """
     status, etype, message, headers = classify(error)
-    if not isinstance(_unwrap(error), _KNOWN):
+    inner = _unwrap(error)
+    if not isinstance(_unwrap(inner.cause) if isinstance(inner, AfterSideEffects) else inner, _KNOWN):
         # A bug or an unforeseen failure: the client gets a fixed text, the log the traceback.
         log = getattr(ctx, "log", None)
         if log is not None:

@@ -9,6 +9,11 @@ has client calls (the client must answer those: `stop_reason: tool_use`), or `ma
 upstream turns have run; then a final text block says the bound was reached and the reply
 ends with `end_turn`.
 
+Nothing that ran is ever run twice because of a failure: once a server-side call has run,
+every later failure of the loop is raised as `AfterSideEffects` (steps/tools/effects.py),
+which tells the client what ran and not to retry. JSON replies stop just before the run's
+deadline for the same reason (the engine's own deadline error could not say what ran).
+
 JSON replies gather every turn into one message. Streams stay one message too: one
 `message_start`, block indices renumbered to stay consecutive across turns, text of later
 turns streamed as it arrives, and one `message_delta` + `message_stop` at the very end with
@@ -17,17 +22,23 @@ the usage of all turns and `server_tool_use` counts.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio
 import orjson
 
+from engine.errors import DeadlineExceeded, RunCancelled
 from engine.registry import step
 from engine.run import RunContext
 from engine.types import PipelineName
+from steps.tools.effects import AfterSideEffects
 from steps.tools.runner import Result, Runner, run_all
 
 _USAGE_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+DEADLINE_MARGIN = 0.1
+"""Seconds before the run's deadline at which a JSON tool loop stops itself (see `json`)."""
 
 
 def bound_note(max_rounds: int, skipped: int) -> str:
@@ -61,7 +72,7 @@ class _Usage:
         return usage
 
 
-@step("tools.execute_sequence")
+@step("tools.execute_sequence", side_effects=True)
 async def execute_sequence(
     message: Any,
     plan: dict,
@@ -112,11 +123,13 @@ class _Sequence:
         self.history = list(self.body.get("messages") or [])
         self.usage = _Usage(self.server)
         self.citations: list[dict] = []  # for the next text block after a search
+        self.ran: list[str] = []  # names of the server-side calls started so far, in order
 
     def is_server(self, block: dict) -> bool:
         return block.get("type") == "tool_use" and block.get("name") in self.server
 
     async def execute(self, calls: list[dict]) -> list[Result]:
+        self.ran += [c["name"] for c in calls]  # before running: a call that fails half-way may have acted
         results = await run_all(
             self.runner, [(c["name"], self.server[c["name"]], c.get("input")) for c in calls], self.concurrency
         )
@@ -144,9 +157,33 @@ class _Sequence:
         block = None if result is None else {"type": result.block["type"], "tool_use_id": srv_id, "content": result.block["content"]}
         return use, block, srv_id
 
+    @contextlib.contextmanager
+    def told(self) -> Iterator[None]:
+        """Once a server-side call has run, a failure says what ran and is not retried."""
+        try:
+            yield
+        except RunCancelled:
+            raise  # nobody is listening
+        except Exception as exc:
+            if not self.ran:
+                raise
+            raise AfterSideEffects(exc, self.ran) from exc
+
     # -- JSON -----------------------------------------------------------------------------
 
     async def json(self, first: dict) -> dict:
+        """The loop for a JSON reply, ended by itself just before the run's deadline.
+
+        The engine's deadline cancels the step from outside and reports a bare timeout the
+        client would retry; stopping a moment earlier lets `told` say what already ran.
+        """
+        with self.told():
+            remaining = self.ctx.remaining() if not self.ctx.response_started() else None
+            with anyio.move_on_after(remaining - DEADLINE_MARGIN if remaining is not None else None):
+                return await self.loop(first)
+            raise DeadlineExceeded("the run's deadline passed during the server-side tool loop")
+
+    async def loop(self, first: dict) -> dict:
         content: list[dict] = []
         msg = first
         rounds = 1
@@ -203,95 +240,96 @@ class _Sequence:
         index = 0
         started = False
         rounds = 1
-        while True:
-            blocks: list[dict] = []  # this turn's content, rebuilt for the history
-            calls: list[dict] = []
-            open_blocks: dict[int, dict] = {}  # upstream index → {"block", "out" index or None, "parts"}
-            stop: tuple[Any, Any] = ("end_turn", None)
-            last_round = rounds >= self.max_rounds
-            try:
-                async for ev in events:
-                    kind = ev.get("type")
-                    if kind == "message_start":
-                        if not started:
-                            started = True
+        with self.told():  # after the commit point: the SSE error event says what ran
+            while True:
+                blocks: list[dict] = []  # this turn's content, rebuilt for the history
+                calls: list[dict] = []
+                open_blocks: dict[int, dict] = {}  # upstream index → {"block", "out" index or None, "parts"}
+                stop: tuple[Any, Any] = ("end_turn", None)
+                last_round = rounds >= self.max_rounds
+                try:
+                    async for ev in events:
+                        kind = ev.get("type")
+                        if kind == "message_start":
+                            if not started:
+                                started = True
+                                yield ev
+                        elif kind == "content_block_start":
+                            cb = dict(ev["content_block"])
+                            if self.is_server(cb):
+                                open_blocks[ev["index"]] = {"block": cb, "out": None, "parts": []}
+                                continue
+                            open_blocks[ev["index"]] = {"block": cb, "out": index, "parts": []}
+                            yield {**ev, "index": index}
+                            if cb.get("type") == "text" and self.citations:
+                                for citation in self.citations:
+                                    yield {"type": "content_block_delta", "index": index,
+                                           "delta": {"type": "citations_delta", "citation": citation}}
+                                cb["citations"], self.citations = self.citations, []
+                            index += 1
+                        elif kind == "content_block_delta":
+                            entry = open_blocks.get(ev["index"])
+                            if entry is None:
+                                continue
+                            _accumulate(entry, ev["delta"])
+                            if entry["out"] is not None:
+                                yield {**ev, "index": entry["out"]}
+                        elif kind == "content_block_stop":
+                            entry = open_blocks.pop(ev["index"], None)
+                            if entry is None:
+                                continue
+                            block = _finish(entry)
+                            blocks.append(block)
+                            if entry["out"] is not None:
+                                yield {**ev, "index": entry["out"]}
+                                continue
+                            calls.append(block)
+                            if last_round:
+                                continue  # it will not run: the client never sees it
+                            use, _, srv_id = self.server_blocks(block, None)
+                            block["_srv_id"] = srv_id
+                            yield {"type": "content_block_start", "index": index, "content_block": {**use, "input": {}}}
+                            yield {"type": "content_block_delta", "index": index,
+                                   "delta": {"type": "input_json_delta", "partial_json": orjson.dumps(use["input"]).decode()}}
+                            yield {"type": "content_block_stop", "index": index}
+                            index += 1
+                        elif kind == "message_delta":
+                            self.usage.add(ev.get("usage"))
+                            delta = ev.get("delta") or {}
+                            stop = (delta.get("stop_reason"), delta.get("stop_sequence"))
+                        elif kind == "message_stop":
+                            pass
+                        else:
                             yield ev
-                    elif kind == "content_block_start":
-                        cb = dict(ev["content_block"])
-                        if self.is_server(cb):
-                            open_blocks[ev["index"]] = {"block": cb, "out": None, "parts": []}
-                            continue
-                        open_blocks[ev["index"]] = {"block": cb, "out": index, "parts": []}
-                        yield {**ev, "index": index}
-                        if cb.get("type") == "text" and self.citations:
-                            for citation in self.citations:
-                                yield {"type": "content_block_delta", "index": index,
-                                       "delta": {"type": "citations_delta", "citation": citation}}
-                            cb["citations"], self.citations = self.citations, []
-                        index += 1
-                    elif kind == "content_block_delta":
-                        entry = open_blocks.get(ev["index"])
-                        if entry is None:
-                            continue
-                        _accumulate(entry, ev["delta"])
-                        if entry["out"] is not None:
-                            yield {**ev, "index": entry["out"]}
-                    elif kind == "content_block_stop":
-                        entry = open_blocks.pop(ev["index"], None)
-                        if entry is None:
-                            continue
-                        block = _finish(entry)
-                        blocks.append(block)
-                        if entry["out"] is not None:
-                            yield {**ev, "index": entry["out"]}
-                            continue
-                        calls.append(block)
-                        if last_round:
-                            continue  # it will not run: the client never sees it
-                        use, _, srv_id = self.server_blocks(block, None)
-                        block["_srv_id"] = srv_id
-                        yield {"type": "content_block_start", "index": index, "content_block": {**use, "input": {}}}
-                        yield {"type": "content_block_delta", "index": index,
-                               "delta": {"type": "input_json_delta", "partial_json": orjson.dumps(use["input"]).decode()}}
-                        yield {"type": "content_block_stop", "index": index}
-                        index += 1
-                    elif kind == "message_delta":
-                        self.usage.add(ev.get("usage"))
-                        delta = ev.get("delta") or {}
-                        stop = (delta.get("stop_reason"), delta.get("stop_sequence"))
-                    elif kind == "message_stop":
-                        pass
-                    else:
+                finally:
+                    aclose = getattr(events, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
+                if not calls:
+                    for ev in self.end(*stop):
                         yield ev
-            finally:
-                aclose = getattr(events, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-            if not calls:
-                for ev in self.end(*stop):
-                    yield ev
-                return
-            if last_round:
-                note = bound_note(self.max_rounds, len(calls))
-                yield {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}
-                yield {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": note}}
-                yield {"type": "content_block_stop", "index": index}
-                for ev in self.end("end_turn", None):
-                    yield ev
-                return
-            results = await self.execute(calls)
-            for call, res in zip(calls, results):
-                srv_id = call.pop("_srv_id")
-                yield {"type": "content_block_start", "index": index,
-                       "content_block": {"type": res.block["type"], "tool_use_id": srv_id, "content": res.block["content"]}}
-                yield {"type": "content_block_stop", "index": index}
-                index += 1
-            if any(b.get("type") == "tool_use" and not self.is_server(b) for b in blocks):
-                for ev in self.end("tool_use", None):
-                    yield ev
-                return
-            events = await self.next_turn(blocks, calls, results, stream=True)
-            rounds += 1
+                    return
+                if last_round:
+                    note = bound_note(self.max_rounds, len(calls))
+                    yield {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}
+                    yield {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": note}}
+                    yield {"type": "content_block_stop", "index": index}
+                    for ev in self.end("end_turn", None):
+                        yield ev
+                    return
+                results = await self.execute(calls)
+                for call, res in zip(calls, results):
+                    srv_id = call.pop("_srv_id")
+                    yield {"type": "content_block_start", "index": index,
+                           "content_block": {"type": res.block["type"], "tool_use_id": srv_id, "content": res.block["content"]}}
+                    yield {"type": "content_block_stop", "index": index}
+                    index += 1
+                if any(b.get("type") == "tool_use" and not self.is_server(b) for b in blocks):
+                    for ev in self.end("tool_use", None):
+                        yield ev
+                    return
+                events = await self.next_turn(blocks, calls, results, stream=True)
+                rounds += 1
 
     def end(self, stop_reason: Any, stop_sequence: Any) -> list[dict]:
         delta = {"stop_reason": stop_reason or "end_turn", "stop_sequence": stop_sequence}

@@ -75,7 +75,7 @@ def test_client_disconnect_cancels_a_non_streaming_upstream_call(gateway: Gatewa
     gateway.fake.script("stall_before_headers;seconds=60")
     body = json.dumps({"model": "claude-opus-5-5", "max_tokens": 5, "messages": ASK}).encode()
     sock = raw_socket(gateway.url)
-    sock.sendall(b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: k\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+    sock.sendall(b"POST /v1/messages HTTP/1.1\r\nhost: localhost\r\nx-api-key: k\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
     assert gateway.fake.wait_for(lambda: len(gateway.fake.requests) == 1)
     sock.close()
     assert gateway.fake.wait_for(lambda: gateway.fake.requests[0].outcome == "peer_closed")
@@ -129,7 +129,7 @@ class TestBadInput:
     def test_body_over_limit_refused_before_it_is_read(self, gateway: Gateway) -> None:
         """A declared 33 MB body gets 413 request_too_large without the body being sent."""
         sock = raw_socket(gateway.url)
-        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 34603008\r\n\r\n")
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 34603008\r\n\r\n")
         data = b""
         while b'"request_too_large"' not in data:
             part = sock.recv(65536)
@@ -196,7 +196,7 @@ def serve_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
 def test_refuses_public_bind_without_keys() -> None:
     """Binding a non-loopback address without inbound keys is refused unless explicitly allowed."""
     r = serve_cli("--host", "0.0.0.0", "--port", "1", env={"ENGINE_API_KEYS": ""})
-    assert r.returncode == 1 and "ENGINE_API_KEYS" in r.stderr and "--allow-unauthenticated" in r.stderr
+    assert r.returncode == 2 and "ENGINE_API_KEYS" in r.stderr and "--allow-unauthenticated" in r.stderr
 
 
 def test_refuses_pipelines_writable_by_others(tmp_path: Path) -> None:
@@ -205,7 +205,7 @@ def test_refuses_pipelines_writable_by_others(tmp_path: Path) -> None:
     shutil.copytree(PIPELINES, d)
     os.chmod(d / "messages.yaml", 0o666)
     r = serve_cli("--pipelines", str(d), "--port", "1")
-    assert r.returncode == 1 and "writable by group or others" in r.stderr
+    assert r.returncode == 2 and "writable by group or others" in r.stderr
 
 
 def test_overload_is_anthropic_529_not_plain_503() -> None:

@@ -90,6 +90,7 @@ def start_agent(base: Path, env: dict[str, str] | None = None) -> Iterator[Agent
     (base / "ws-evil").mkdir()
     (base / "ws-evil" / "x").write_text(CANARY + " sibling\n")
     full = {
+        "ENGINE_SERVER_TOOLS": "on",  # /agent exists only when server-side tools are turned on
         "AGENT_WORKSPACE": str(ws),
         "AGENT_BASH_ALLOW": "echo cat ls sleep yes python3 dd head wc",
         "AGENT_BASH_TIMEOUT": "2",
