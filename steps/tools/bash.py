@@ -100,6 +100,8 @@ def _check_argument(arg: str, ws: Workspace, lim: BashLimits) -> None:
             ws.parts(value)
         except ToolRefused:
             raise ToolRefused(f"argument {arg!r} points outside the workspace (it is {MOUNT} for commands)") from None
+        if value.startswith("/") and not (value == MOUNT or value.startswith(MOUNT + "/")):
+            raise ToolRefused(f"argument {arg!r}: commands see the workspace at {MOUNT}; use a relative path or {MOUNT}/...")
 
 
 async def run(ws: Workspace, lim: BashLimits, args: dict) -> tuple[str, bool]:

@@ -210,6 +210,7 @@ def test_bash_sees_the_workspace_as_its_cwd(agent: Agent) -> None:
     (agent.ws / "here.txt").write_text("here\n")
     assert run_tool(agent, "Bash", {"command": "python3 -c \"import os; print(os.getcwd(), os.listdir('.').count('here.txt'), os.getuid())\""}) == ("/workspace 1 65534\n", False)
     assert run_tool(agent, "Bash", {"command": "cat /workspace/here.txt"}) == ("here\n", False)
+    refused(agent, "Bash", {"command": f"cat {agent.ws}/here.txt"}, "commands see the workspace at /workspace")
 
 
 def test_bash_timeout_kills_the_process_group(agent: Agent) -> None:
