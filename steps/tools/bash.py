@@ -150,10 +150,9 @@ async def run(ws: Workspace, lim: BashLimits, args: dict) -> tuple[str, bool]:
     if timed_out:
         return f"timed out after {timeout:g} s; the command and everything it started were killed" + (f"\n{out}" if out else ""), True
     if not capped and code is not None and code != 0:
-        if code < 0 or code > 128:
-            number = -code if code < 0 else code - 128
-            sig = signal.Signals(number).name if number in signal.Signals._value2member_map_ else str(number)
-            notes.append(f"[killed by signal {sig}]")
+        number = -code if code < 0 else code - 128  # bwrap reports a signal death as 128 + signal
+        if number in signal.Signals._value2member_map_:
+            notes.append(f"[killed by signal {signal.Signals(number).name}]")
         else:
             notes.append(f"[exit code {code}]")
     text = out + ("\n" if out and notes else "") + "\n".join(notes)
