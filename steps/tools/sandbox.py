@@ -32,6 +32,11 @@ background children and grandchildren included.
 `probe` builds the whole sandbox once and runs `true` in it; its verdict is cached per
 configuration. When the sandbox cannot be built (no bwrap, no namespaces allowed, an option the
 installed bwrap lacks), the tools that need it refuse with that reason: fail closed.
+
+Bash is the only server-side tool that starts a subprocess: the file tools, Glob and Grep are
+pure Python in the gateway (confined by `steps.tools.workspace`), WebFetch and web search are
+HTTP clients (confined by `steps.tools.fetch`'s address checks). A tool that ever needs a
+program goes through `spawn` here.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ bubblewrap (.ci/run), so these run against the real thing; without it they fail 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -82,14 +83,14 @@ def test_only_the_workspace_and_system_trees_are_visible(ws: Path) -> None:
         code, out = py(ws, "import os, sys\n"
                            f"for p in {targets!r}:\n"
                            "    print(p, os.path.exists(p))\n"
-                           "print(sorted(os.listdir('/')))\nprint(sorted(os.listdir('/etc')))\nprint(os.listdir('/tmp'))\nprint(os.getcwd())")
+                           "import json\nprint(json.dumps(sorted(os.listdir('/'))))\nprint(json.dumps(sorted(os.listdir('/etc'))))\nprint(os.listdir('/tmp'))\nprint(os.getcwd())")
     finally:
         marker.unlink()
     assert code == 0, out
     lines = out.splitlines()
     assert all(line.endswith(" False") for line in lines[: len(targets)]), out
-    assert set(eval(lines[len(targets)])) <= {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp", "usr", "workspace"}
-    assert set(eval(lines[len(targets) + 1])) <= {"alternatives", "group", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "passwd"}
+    assert set(json.loads(lines[len(targets)])) <= {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp", "usr", "workspace"}
+    assert set(json.loads(lines[len(targets) + 1])) <= {"alternatives", "group", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "passwd"}
     assert lines[-2] == "[]" and lines[-1] == MOUNT
     # the same through a plain program, with the checker out of the way
     code, out = run(ws, ["/usr/bin/cat", "/etc/shadow", str(secret)])
@@ -147,9 +148,9 @@ def test_no_network_not_even_the_hosts_loopback(ws: Path) -> None:
 
 def test_other_processes_are_invisible(ws: Path) -> None:
     """/proc is the sandbox's own PID namespace: not the gateway, not the host's init."""
-    code, out = py(ws, "import os; pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit()); print(pids); print(os.getpid())")
+    code, out = py(ws, "import json, os; print(json.dumps(sorted(int(p) for p in os.listdir('/proc') if p.isdigit())))")
     assert code == 0, out
-    pids = eval(out.splitlines()[0])
+    pids = json.loads(out.splitlines()[0])
     assert os.getpid() not in pids and len(pids) <= 3 and max(pids) < 10, pids
 
 
