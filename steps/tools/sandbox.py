@@ -84,14 +84,16 @@ class Sandbox:
         """(uid, gid, name) of the sandbox user: a number, or a name looked up on the host."""
         user = self.user
         if isinstance(user, int) or (isinstance(user, str) and user.isdigit()):
-            return int(user), int(user), "sandbox"
-        try:
-            pw = pwd.getpwnam(str(user))
-        except KeyError:
-            raise SandboxUnavailable(f"the sandbox user {user!r} does not exist on this machine (set bash.user to a name or a uid)") from None
-        if pw.pw_uid == 0 or pw.pw_gid == 0:
+            uid, gid, name = int(user), int(user), "sandbox"
+        else:
+            try:
+                pw = pwd.getpwnam(str(user))
+            except KeyError:
+                raise SandboxUnavailable(f"the sandbox user {user!r} does not exist on this machine (set bash.user to a name or a uid)") from None
+            uid, gid, name = pw.pw_uid, pw.pw_gid, pw.pw_name
+        if uid == 0 or gid == 0:
             raise SandboxUnavailable(f"the sandbox user {user!r} is root; name an unprivileged user")
-        return pw.pw_uid, pw.pw_gid, pw.pw_name
+        return uid, gid, name
 
     def describe(self) -> str:
         uid, gid, _ = self.ids()

@@ -247,3 +247,9 @@ def test_fail_closed_when_bubblewrap_cannot_build_it(ws: Path, tmp_path: Path) -
     verdict = sandbox.probe(Sandbox(bwrap=str(fake)))
     assert not verdict.ok
     assert verdict.reason == f"bubblewrap at {fake} could not build the sandbox: bwrap: No permissions to create a new namespace"
+
+
+@pytest.mark.parametrize("user", ["root", 0, "0", "no-such-user-5f1e"])
+def test_fail_closed_for_a_privileged_or_unknown_user(user: object) -> None:
+    verdict = sandbox.probe(Sandbox(user=user))  # type: ignore[arg-type]
+    assert not verdict.ok and "sandbox user" in verdict.reason
