@@ -22,9 +22,9 @@ from steps.tools.workspace import ToolRefused, Workspace
 REPO = Path(__file__).resolve().parents[3]
 CANARY = "CANARY-sandbox-3e1d-do-not-leak"
 PY = "/usr/bin/python3"
-# Small limits so the exhaustion tests end fast; 12 processes keep a fork bomb from starving
+# Small limits so the exhaustion tests end fast; 32 processes keep a fork bomb from starving
 # other sandboxes on the same machine (RLIMIT_NPROC counts per uid).
-BOX = Sandbox(cpu_seconds=20, memory_bytes=512 * 1024 * 1024, processes=12, file_bytes=4 * 1024 * 1024, tmp_bytes=8 * 1024 * 1024)
+BOX = Sandbox(cpu_seconds=20, memory_bytes=512 * 1024 * 1024, processes=32, file_bytes=4 * 1024 * 1024, tmp_bytes=8 * 1024 * 1024)
 
 
 @pytest.fixture(scope="module", autouse=True)
