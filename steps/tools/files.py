@@ -5,22 +5,28 @@ Each is a plain sync function `(workspace, limits, input) -> str` that runs in a
 thread and raises `ToolRefused` with a one-line reason; every read and every walk is capped
 (bytes, lines, entries, time), so no input makes one of them unbounded. Names and inputs
 follow Claude Code's tools, so a model trained on those calls them correctly.
+
+None of them opens a path by name from the root: every file and directory is reached through
+`Workspace` (one component at a time, each relative to an open directory descriptor, links
+never followed), and walks descend through directory descriptors the same way, so what they
+touch is beneath the workspace whatever happens to the tree while they run.
 """
 
 from __future__ import annotations
 
 import bisect
 import os
+import stat
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import regex
 from wcmatch import glob as wglob
 
-from steps.tools.workspace import ToolRefused, Workspace
+from steps.tools.workspace import MAX_DEPTH, Place, ToolRefused, Workspace, open_regular_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +72,12 @@ def cap_text(text: str, limit: int) -> str:
 
 
 def read(ws: Workspace, lim: FileLimits, args: dict) -> str:
-    real = ws.resolve(_str(args.get("file_path"), "file_path"), must_exist=True)
+    path = _str(args.get("file_path"), "file_path")
     offset = max(1, _int(args.get("offset"), "offset", 1))
     count = min(_int(args.get("limit"), "limit", lim.read_lines) or lim.read_lines, lim.read_lines)
-    fd, st = ws.open_regular(real)
-    shown = ws.display(real)
+    with ws.place(path) as place:
+        fd, st = ws.open_regular(place)
+    shown = place.shown
     lines: list[str] = []
     scanned = 0
     line_no = 0
@@ -121,31 +128,32 @@ def read(ws: Workspace, lim: FileLimits, args: dict) -> str:
 
 
 def write(ws: Workspace, lim: FileLimits, args: dict) -> str:
-    real = ws.resolve(_str(args.get("file_path"), "file_path"))
+    path = _str(args.get("file_path"), "file_path")
     content = args.get("content")
     if not isinstance(content, str):
         raise ToolRefused("'content' must be a string")
     data = content.encode()
     if len(data) > lim.max_file_bytes:
         raise ToolRefused(f"content is {len(data)} bytes; the limit is {lim.max_file_bytes}")
-    existed = os.path.lexists(real)
-    ws.write_atomic(real, data)
+    with ws.place(path, create_parents=True) as place:
+        existed = ws.check_writable_target(place)
+        ws.write_atomic(place, data)
     verb = "Updated" if existed else "Created"
-    return f"{verb} {ws.display(real)} ({len(data)} bytes)"
+    return f"{verb} {place.shown} ({len(data)} bytes)"
 
 
-def _read_whole(ws: Workspace, lim: FileLimits, real: str) -> str:
-    fd, st = ws.open_regular(real)
+def _read_whole(ws: Workspace, lim: FileLimits, place: Place) -> str:
+    fd, st = ws.open_regular(place)
     with os.fdopen(fd, "rb", buffering=0) as f:
         if st.st_size > lim.max_file_bytes:
-            raise ToolRefused(f"{ws.display(real)} is {st.st_size} bytes; the limit is {lim.max_file_bytes}")
+            raise ToolRefused(f"{place.shown} is {st.st_size} bytes; the limit is {lim.max_file_bytes}")
         data = f.read(lim.max_file_bytes + 1)
     if len(data) > lim.max_file_bytes:
-        raise ToolRefused(f"{ws.display(real)} is larger than {lim.max_file_bytes} bytes")
+        raise ToolRefused(f"{place.shown} is larger than {lim.max_file_bytes} bytes")
     try:
         return data.decode()
     except UnicodeDecodeError:
-        raise ToolRefused(f"{ws.display(real)} is not UTF-8 text") from None
+        raise ToolRefused(f"{place.shown} is not UTF-8 text") from None
 
 
 def _apply(text: str, old: Any, new: Any, replace_all: Any, where: str) -> tuple[str, int]:
@@ -163,39 +171,37 @@ def _apply(text: str, old: Any, new: Any, replace_all: Any, where: str) -> tuple
 
 
 def edit(ws: Workspace, lim: FileLimits, args: dict) -> str:
-    real = ws.resolve(_str(args.get("file_path"), "file_path"), must_exist=True)
-    text = _read_whole(ws, lim, real)
-    text, n = _apply(text, args.get("old_string"), args.get("new_string"), args.get("replace_all"), "")
-    ws.write_atomic(real, text.encode())
-    return f"Edited {ws.display(real)}: {n} replacement{'s' if n != 1 else ''}"
+    with ws.place(_str(args.get("file_path"), "file_path")) as place:
+        text = _read_whole(ws, lim, place)
+        text, n = _apply(text, args.get("old_string"), args.get("new_string"), args.get("replace_all"), "")
+        ws.write_atomic(place, text.encode())
+    return f"Edited {place.shown}: {n} replacement{'s' if n != 1 else ''}"
 
 
 def multi_edit(ws: Workspace, lim: FileLimits, args: dict) -> str:
-    real = ws.resolve(_str(args.get("file_path"), "file_path"), must_exist=True)
+    path = _str(args.get("file_path"), "file_path")
     edits = args.get("edits")
     if not isinstance(edits, list) or not edits or not all(isinstance(e, dict) for e in edits):
         raise ToolRefused("'edits' must be a non-empty list of {old_string, new_string} objects")
-    text = _read_whole(ws, lim, real)
-    total = 0
-    for i, e in enumerate(edits):  # all or nothing: the file is written once, at the end
-        text, n = _apply(text, e.get("old_string"), e.get("new_string"), e.get("replace_all"), f"edit {i + 1}: ")
-        total += n
-    ws.write_atomic(real, text.encode())
-    return f"Applied {len(edits)} edits ({total} replacements) to {ws.display(real)}"
+    with ws.place(path) as place:
+        text = _read_whole(ws, lim, place)
+        total = 0
+        for i, e in enumerate(edits):  # all or nothing: the file is written once, at the end
+            text, n = _apply(text, e.get("old_string"), e.get("new_string"), e.get("replace_all"), f"edit {i + 1}: ")
+            total += n
+        ws.write_atomic(place, text.encode())
+    return f"Applied {len(edits)} edits ({total} replacements) to {place.shown}"
 
 
 # -- LS, Glob, Grep --------------------------------------------------------------------------
 
 
 def ls(ws: Workspace, lim: FileLimits, args: dict) -> str:
-    real = ws.resolve(args.get("path") or None, must_exist=True)
     ignore = args.get("ignore") or []
     matcher = wglob.compile([p for p in ignore if isinstance(p, str)], flags=wglob.GLOBSTAR | wglob.DOTGLOB) if ignore else None
-    if not os.path.isdir(real) or os.path.islink(real):
-        raise ToolRefused(f"{ws.display(real)} is not a directory")
     out: list[str] = []
     total = 0
-    with os.scandir(real) as it:
+    with ws.directory(args.get("path") or None) as (fd, shown), os.scandir(fd) as it:
         for entry in it:
             if matcher is not None and matcher.match(entry.name):
                 continue
@@ -204,47 +210,67 @@ def ls(ws: Workspace, lim: FileLimits, args: dict) -> str:
                 suffix = "@" if entry.is_symlink() else "/" if entry.is_dir(follow_symlinks=False) else ""
                 out.append(entry.name + suffix)
     out.sort()
-    text = f"{ws.display(real)}:\n" + ("\n".join(f"  {name}" for name in out) if out else "  (empty)")
+    text = f"{shown}:\n" + ("\n".join(f"  {name}" for name in out) if out else "  (empty)")
     if total > len(out):
         text += f"\n[truncated: {total} entries, showing {len(out)}]"
     return text
 
 
 class _Walk:
-    """A bounded walk of regular files under a directory: symlinks are never followed (so a
-    loop `W/loop -> .` costs one entry), and it stops after `max_entries` or `seconds`."""
+    """A bounded walk of the regular files beneath an open directory, through descriptors only.
 
-    def __init__(self, top: str, max_entries: int, seconds: float) -> None:
-        self.top = top
+    Each subdirectory is opened relative to its parent's descriptor with `O_NOFOLLOW`, so a
+    symlink is never followed (a loop `W/loop -> .` costs one entry) and a directory swapped
+    for a link mid-walk is skipped, not entered. It stops after `max_entries` entries,
+    `seconds`, or `MAX_DEPTH` levels down.
+    """
+
+    def __init__(self, max_entries: int, seconds: float) -> None:
         self.max_entries = max_entries
         self.deadline = time.monotonic() + seconds
         self.visited = 0
         self.stopped: str | None = None
 
-    def files(self) -> Iterator[tuple[str, os.DirEntry[str]]]:
-        stack = [self.top]
-        while stack:
-            d = stack.pop()
+    def files(self, top_fd: int) -> Iterator[tuple[str, int, str]]:
+        """(path relative to the top, descriptor of its directory, name) for each regular file;
+        the descriptor is open until the next item is asked for."""
+        yield from self._directory(top_fd, "", 0)
+
+    def _directory(self, fd: int, prefix: str, depth: int) -> Iterator[tuple[str, int, str]]:
+        subdirs: list[str] = []
+        try:
+            it = os.scandir(fd)
+        except OSError:
+            return
+        with it:
+            for entry in it:
+                self.visited += 1
+                if self.visited > self.max_entries:
+                    self.stopped = f"stopped after {self.max_entries} entries"
+                    return
+                if self.visited % 1024 == 0 and time.monotonic() > self.deadline:
+                    self.stopped = "stopped at the time limit"
+                    return
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirs.append(entry.name)
+                    elif entry.is_file(follow_symlinks=False):
+                        yield prefix + entry.name, fd, entry.name
+                except OSError:
+                    continue
+        if depth >= MAX_DEPTH:
+            return
+        for name in subdirs:
+            if self.stopped:
+                return
             try:
-                it = os.scandir(d)
+                sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
             except OSError:
-                continue
-            with it:
-                for entry in it:
-                    self.visited += 1
-                    if self.visited > self.max_entries:
-                        self.stopped = f"stopped after {self.max_entries} entries"
-                        return
-                    if self.visited % 1024 == 0 and time.monotonic() > self.deadline:
-                        self.stopped = "stopped at the time limit"
-                        return
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            stack.append(entry.path)
-                        elif entry.is_file(follow_symlinks=False):
-                            yield os.path.relpath(entry.path, self.top), entry
-                    except OSError:
-                        continue
+                continue  # gone, or swapped for a link: never followed
+            try:
+                yield from self._directory(sub, f"{prefix}{name}/", depth + 1)
+            finally:
+                os.close(sub)
 
 
 def _pattern(value: Any, name: str) -> str:
@@ -256,21 +282,18 @@ def _pattern(value: Any, name: str) -> str:
 
 def glob(ws: Workspace, lim: FileLimits, args: dict) -> str:
     pattern = _pattern(args.get("pattern"), "pattern")
-    top = ws.resolve(args.get("path") or None, must_exist=True)
-    if not os.path.isdir(top):
-        raise ToolRefused(f"{ws.display(top)} is not a directory")
     matcher = wglob.compile(pattern, flags=wglob.GLOBSTAR | wglob.BRACE | wglob.DOTGLOB)
-    walk = _Walk(top, lim.walk_entries, lim.walk_seconds)
+    walk = _Walk(lim.walk_entries, lim.walk_seconds)
     found: list[str] = []
     more = 0
-    for rel, _entry in walk.files():
-        if matcher.match(rel):
-            if len(found) < lim.results:
-                found.append(rel)
-            else:
-                more += 1
+    with ws.directory(args.get("path") or None) as (fd, base):
+        for rel, _dir_fd, _name in walk.files(fd):
+            if matcher.match(rel):
+                if len(found) < lim.results:
+                    found.append(rel)
+                else:
+                    more += 1
     found.sort()
-    base = ws.display(top)
     lines = [p if base == "." else f"{base}/{p}" for p in found]
     text = "\n".join(lines) if lines else "No files found"
     if more:
@@ -291,91 +314,112 @@ def grep(ws: Workspace, lim: FileLimits, args: dict) -> str:
         compiled = regex.compile(source, flags)
     except regex.error as exc:
         raise ToolRefused(f"invalid regular expression: {exc}") from None
-    top = ws.resolve(args.get("path") or None, must_exist=True)
     mode = args.get("output_mode") or "files_with_matches"
     if mode not in ("content", "files_with_matches", "count"):
         raise ToolRefused("output_mode must be content, files_with_matches or count")
     file_glob = args.get("glob")
     matcher = wglob.compile(_pattern(file_glob, "glob"), flags=wglob.GLOBSTAR | wglob.BRACE | wglob.DOTGLOB | wglob.MATCHBASE) if file_glob else None
-    head_limit = _int(args.get("head_limit"), "head_limit", lim.results) or lim.results
-    context = _int(args.get("-C"), "-C", 0)
-    before = _int(args.get("-B"), "-B", context)
-    after = _int(args.get("-A"), "-A", context)
-    numbers = bool(args.get("-n", True))
-    deadline = time.monotonic() + lim.grep_seconds
-
-    if os.path.isfile(top):
-        fd, _st = ws.open_regular(top)
-        os.close(fd)
-        files: Iterator[tuple[str, Any]] = iter([(ws.display(top), None)])
-        walk = None
-        base = ws.root
-    else:
-        walk = _Walk(top, lim.walk_entries, lim.grep_seconds)
-        files = walk.files()
-        base = top
-    out: list[str] = []
-    for rel, _entry in files:
-        if len(out) >= head_limit:
-            break
-        if matcher is not None and not matcher.match(rel):
-            continue
-        real = os.path.join(base, rel)
-        try:
-            fd, st = ws.open_regular(real)
-        except ToolRefused:
-            continue
-        with os.fdopen(fd, "rb", buffering=0) as f:
-            data = f.read(lim.grep_file_bytes)
-        if b"\x00" in data[:8192]:
-            continue
-        text = data.decode("utf-8", "replace")
-        shown = ws.display(real)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ToolRefused(f"grep timed out after {lim.grep_seconds:g} s")
-        try:
-            if mode == "files_with_matches":
-                if compiled.search(text, timeout=remaining):
-                    out.append(shown)
-                continue
-            matches = list(compiled.finditer(text, timeout=remaining))
-        except TimeoutError:
-            raise ToolRefused(f"grep timed out after {lim.grep_seconds:g} s (pattern too expensive?)") from None
-        if not matches:
-            continue
-        if mode == "count":
-            out.append(f"{shown}:{len(matches)}")
-            continue
-        starts = [0] + [i + 1 for i, c in enumerate(text) if c == "\n"]
-        all_lines = text.split("\n")
-        wanted: set[int] = set()
-        for m in matches:
-            ln = bisect.bisect_right(starts, m.start()) - 1
-            wanted.update(range(max(0, ln - before), min(len(all_lines), ln + after + 1)))
-        for ln in sorted(wanted):
-            line = all_lines[ln][:2000]
-            out.append(f"{shown}:{ln + 1}:{line}" if numbers else f"{shown}:{line}")
-            if len(out) >= head_limit:
-                break
-    result = "\n".join(out[:head_limit]) if out else "No matches found"
+    search = _Search(
+        compiled=compiled,
+        mode=mode,
+        head_limit=_int(args.get("head_limit"), "head_limit", lim.results) or lim.results,
+        before=_int(args.get("-B"), "-B", _int(args.get("-C"), "-C", 0)),
+        after=_int(args.get("-A"), "-A", _int(args.get("-C"), "-C", 0)),
+        numbers=bool(args.get("-n", True)),
+        deadline=time.monotonic() + lim.grep_seconds,
+        lim=lim,
+    )
+    walk = None
+    with ws.place(args.get("path") or None) as place:
+        st = ws.lstat(place)
+        if st is None:
+            raise ToolRefused(f"{place.shown} does not exist")
+        if place.name and not stat.S_ISDIR(st.st_mode):
+            fd, _st = ws.open_regular(place)
+            os.close(fd)
+            search.file(place.dir_fd, place.name, place.shown)
+        else:
+            walk = _Walk(lim.walk_entries, lim.grep_seconds)
+            prefix = "" if place.shown == "." else place.shown + "/"
+            with ws.subdirectory(place) as top:
+                for rel, dir_fd, name in walk.files(top):
+                    if len(search.out) >= search.head_limit:
+                        break
+                    if matcher is not None and not matcher.match(rel):
+                        continue
+                    search.file(dir_fd, name, prefix + rel)
+    out = search.out
+    result = "\n".join(out[: search.head_limit]) if out else "No matches found"
     if walk is not None and walk.stopped:
         result += f"\n[search {walk.stopped}; results may be incomplete]"
     return cap_text(result, lim.output_chars)
 
 
+@dataclass(slots=True)
+class _Search:
+    """One Grep call's pattern, output mode and bounds; `file` adds one file's matches to `out`."""
+
+    compiled: Any
+    mode: str
+    head_limit: int
+    before: int
+    after: int
+    numbers: bool
+    deadline: float
+    lim: FileLimits
+    out: list[str] = field(default_factory=list)
+
+    def file(self, dir_fd: int, name: str, shown: str) -> None:
+        lim = self.lim
+        try:
+            fd, _st = open_regular_at(dir_fd, name, shown)
+        except ToolRefused:
+            return
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            data = f.read(lim.grep_file_bytes)
+        if b"\x00" in data[:8192]:
+            return
+        text = data.decode("utf-8", "replace")
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise ToolRefused(f"grep timed out after {lim.grep_seconds:g} s")
+        try:
+            if self.mode == "files_with_matches":
+                if self.compiled.search(text, timeout=remaining):
+                    self.out.append(shown)
+                return
+            matches = list(self.compiled.finditer(text, timeout=remaining))
+        except TimeoutError:
+            raise ToolRefused(f"grep timed out after {lim.grep_seconds:g} s (pattern too expensive?)") from None
+        if not matches:
+            return
+        if self.mode == "count":
+            self.out.append(f"{shown}:{len(matches)}")
+            return
+        starts = [0] + [i + 1 for i, c in enumerate(text) if c == "\n"]
+        all_lines = text.split("\n")
+        wanted: set[int] = set()
+        for m in matches:
+            ln = bisect.bisect_right(starts, m.start()) - 1
+            wanted.update(range(max(0, ln - self.before), min(len(all_lines), ln + self.after + 1)))
+        for ln in sorted(wanted):
+            line = all_lines[ln][:2000]
+            self.out.append(f"{shown}:{ln + 1}:{line}" if self.numbers else f"{shown}:{line}")
+            if len(self.out) >= self.head_limit:
+                return
+
+
 # -- Notebooks -------------------------------------------------------------------------------
 
 
-def _load_notebook(ws: Workspace, lim: FileLimits, path: Any) -> tuple[str, dict]:
-    real = ws.resolve(_str(path, "notebook_path"), must_exist=True)
+def _load_notebook(ws: Workspace, lim: FileLimits, place: Place) -> dict:
     try:
-        nb = orjson.loads(_read_whole(ws, lim, real))
+        nb = orjson.loads(_read_whole(ws, lim, place))
     except orjson.JSONDecodeError:
-        raise ToolRefused(f"{ws.display(real)} is not a valid notebook (bad JSON)") from None
+        raise ToolRefused(f"{place.shown} is not a valid notebook (bad JSON)") from None
     if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
-        raise ToolRefused(f"{ws.display(real)} is not a notebook (no cells)")
-    return real, nb
+        raise ToolRefused(f"{place.shown} is not a notebook (no cells)")
+    return nb
 
 
 def _source(cell: dict) -> str:
@@ -384,7 +428,8 @@ def _source(cell: dict) -> str:
 
 
 def notebook_read(ws: Workspace, lim: FileLimits, args: dict) -> str:
-    real, nb = _load_notebook(ws, lim, args.get("notebook_path"))
+    with ws.place(_str(args.get("notebook_path"), "notebook_path")) as place:
+        nb = _load_notebook(ws, lim, place)
     want = args.get("cell_id")
     parts = []
     for i, cell in enumerate(nb["cells"]):
@@ -395,12 +440,17 @@ def notebook_read(ws: Workspace, lim: FileLimits, args: dict) -> str:
             continue
         parts.append(f'<cell id="{cid}" type="{cell.get("cell_type", "code")}">\n{_source(cell)}\n</cell>')
     if want is not None and not parts:
-        raise ToolRefused(f"no cell with id {want!r} in {ws.display(real)}")
+        raise ToolRefused(f"no cell with id {want!r} in {place.shown}")
     return cap_text("\n".join(parts) or "(no cells)", lim.output_chars)
 
 
 def notebook_edit(ws: Workspace, lim: FileLimits, args: dict) -> str:
-    real, nb = _load_notebook(ws, lim, args.get("notebook_path"))
+    with ws.place(_str(args.get("notebook_path"), "notebook_path")) as place:
+        return _notebook_edit(ws, lim, args, place)
+
+
+def _notebook_edit(ws: Workspace, lim: FileLimits, args: dict, place: Place) -> str:
+    nb = _load_notebook(ws, lim, place)
     cells: list = nb["cells"]
     mode = args.get("edit_mode") or "replace"
     if mode not in ("replace", "insert", "delete"):
@@ -435,8 +485,8 @@ def notebook_edit(ws: Workspace, lim: FileLimits, args: dict) -> str:
     data = orjson.dumps(nb, option=orjson.OPT_INDENT_2)
     if len(data) > lim.max_file_bytes:
         raise ToolRefused(f"the notebook would be {len(data)} bytes; the limit is {lim.max_file_bytes}")
-    ws.write_atomic(real, data + b"\n")
-    return f"{mode}d cell in {ws.display(real)}" if mode != "replace" else f"replaced cell {cid} in {ws.display(real)}"
+    ws.write_atomic(place, data + b"\n")
+    return f"{mode}d cell in {place.shown}" if mode != "replace" else f"replaced cell {cid} in {place.shown}"
 
 
 # -- Todos -----------------------------------------------------------------------------------
@@ -445,10 +495,13 @@ TODO_FILE = ".agent/todos.json"
 
 
 def todo_read(ws: Workspace, lim: FileLimits, args: dict) -> str:
-    real = ws.resolve(TODO_FILE)
-    if not os.path.lexists(real):
-        return "[]"
-    return _read_whole(ws, lim, real)
+    with ws.place(os.path.dirname(TODO_FILE)) as folder:
+        if ws.lstat(folder) is None:
+            return "[]"
+    with ws.place(TODO_FILE) as place:
+        if ws.lstat(place) is None:
+            return "[]"
+        return _read_whole(ws, lim, place)
 
 
 def todo_write(ws: Workspace, lim: FileLimits, args: dict) -> str:
@@ -461,6 +514,7 @@ def todo_write(ws: Workspace, lim: FileLimits, args: dict) -> str:
     data = orjson.dumps(todos)
     if len(data) > lim.max_file_bytes:
         raise ToolRefused("too many todos")
-    ws.write_atomic(ws.resolve(TODO_FILE), data)
+    with ws.place(TODO_FILE, create_parents=True) as place:
+        ws.write_atomic(place, data)
     return f"Saved {len(todos)} todos"
 

@@ -16,6 +16,7 @@ Every failure is a result with `is_error`, never an exception: a tool cannot cra
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -24,10 +25,11 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from engine.registry import serving_note
 from engine.run import RunContext
 from steps.tools import bash as bash_tool
 from steps.tools import fetch as fetch_tool
-from steps.tools import files, web
+from steps.tools import files, sandbox, web
 from steps.tools.workspace import ToolRefused, Workspace
 
 _FILE_TOOLS: dict[str, Callable[[Workspace, files.FileLimits, dict], str]] = {
@@ -68,6 +70,43 @@ def _build(cls: type, values: dict | None, seconds: tuple[str, ...] = (), lists:
     return cls(**kw)
 
 
+def limits_for_bash(settings: dict | None) -> bash_tool.BashLimits:
+    """The `bash:` block of a tools.execute_sequence step, as limits."""
+    return _build(bash_tool.BashLimits, settings, seconds=("timeout",), lists=("allow", "allow_paths"))
+
+
+@serving_note
+def bash_note() -> str:
+    """Whether server-side Bash can run in the pipelines being served, and if not, why."""
+    from engine.executor import load_plans  # the pipelines `engine serve` is about to serve
+
+    where = os.environ.get("ENGINE_PIPELINES")
+    if not where:
+        return "server-side Bash: no pipelines to inspect"
+    try:
+        plans = load_plans([where])
+    except Exception as exc:  # noqa: BLE001 - serve reports load errors itself
+        return f"server-side Bash: not inspected ({type(exc).__name__})"
+    lines = []
+    for plan in plans:
+        if not plan.routes:
+            continue
+        for node in plan.nodes.values():
+            if node.info.name != "tools.execute_sequence" or "bash" not in node.static:
+                continue
+            try:
+                box = limits_for_bash(node.static.get("bash")).sandbox()
+                verdict = sandbox.probe(box)
+                detail = box.describe() if verdict.ok else verdict.reason
+            except (ValueError, TypeError, sandbox.SandboxUnavailable) as exc:
+                verdict, detail = sandbox.Verdict(False, str(exc)), str(exc)
+            if verdict.ok:
+                lines.append(f"server-side Bash in pipeline {plan.name}: sandboxed by {verdict.reason} ({detail})")
+            else:
+                lines.append(f"server-side Bash in pipeline {plan.name} is OFF: {detail}; every Bash call answers is_error with that reason")
+    return "\n  ".join(lines) or "server-side Bash: not used by any served pipeline"
+
+
 @dataclass(slots=True)
 class Result:
     text: str
@@ -98,7 +137,7 @@ class Runner:
             ctx=ctx,
             workspace=workspace or None,
             file_limits=_build(files.FileLimits, file_settings, seconds=("walk_seconds", "grep_seconds")),
-            bash_limits=_build(bash_tool.BashLimits, bash_settings, seconds=("timeout",), lists=("allow", "allow_paths")),
+            bash_limits=limits_for_bash(bash_settings),
             fetch_limits=_build(fetch_tool.FetchLimits, fetch_settings, seconds=("timeout",), lists=("allow_hosts",)),
             search=dict(search or {}),
             max_uses=dict(max_uses),

@@ -1,7 +1,8 @@
 """RELIABILITY §4b attacks on the server-side tools, each driven through the real pipeline: the
 fake upstream scripts the tool call, the gateway runs it at /agent/v1/messages. A refusal is a
 result with is_error and a one-line reason; the canary never appears; files outside W keep
-their sha256."""
+their sha256. Bash runs in the real bubblewrap sandbox; the escapes through `python3 -c` pass
+the argument checker on purpose, so only the kernel stands in their way."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -185,13 +187,42 @@ def test_bash_refusals(agent: Agent, command: str, reason: str) -> None:
     refused(agent, "Bash", {"command": command.format(base=agent.base)}, reason)
 
 
+@pytest.mark.parametrize("code,expect", [
+    ("print(open('/etc/shadow').read())", "FileNotFoundError"),
+    ("print(open('{canary}').read())", "FileNotFoundError"),
+    ("import os; print(os.listdir('/root'))", "FileNotFoundError"),
+    ("open('{base}/ws-evil/x', 'a').write('pwned')", "FileNotFoundError"),
+    ("open('/usr/pwned', 'w')", "Read-only file system"),
+    ("import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5)", "ConnectionRefusedError"),
+    ("import os; os.kill({pid}, 9)", "ProcessLookupError"),
+])
+def test_bash_escapes_past_the_checker_meet_the_sandbox(agent: Agent, code: str, expect: str) -> None:
+    """The checker sees one harmless-looking argument; the kernel refuses the file, the write, the
+    gateway's own port (it listens on the host's loopback) and a signal to the gateway's pid."""
+    port = agent.gw.url.rsplit(":", 1)[1]
+    command = f'python3 -c "{code.format(canary=agent.canary, base=agent.base, port=port, pid=os.getpid())}"'
+    text, is_error = run_tool(agent, "Bash", {"command": command})
+    assert is_error and expect in text, text
+    assert "pwned" not in (agent.base / "ws-evil" / "x").read_text()
+
+
+def test_bash_sees_the_workspace_as_its_cwd(agent: Agent) -> None:
+    (agent.ws / "here.txt").write_text("here\n")
+    assert run_tool(agent, "Bash", {"command": "python3 -c \"import os; print(os.getcwd(), os.listdir('.').count('here.txt'), os.getuid())\""}) == ("/workspace 1 65534\n", False)
+    assert run_tool(agent, "Bash", {"command": "cat /workspace/here.txt"}) == ("here\n", False)
+    refused(agent, "Bash", {"command": f"cat {agent.ws}/here.txt"}, "commands see the workspace at /workspace")
+
+
 def test_bash_timeout_kills_the_process_group(agent: Agent) -> None:
     """§4b 20: timeout 2 s → is_error "timed out after 2 s"; children in the group are gone too."""
     marker = f"marker-{os.getpid()}-{time.time_ns()}"
     script = f"import subprocess, time; subprocess.Popen(['sleep', '100', '{marker}'[:0] or '100']); subprocess.Popen(['python3', '-c', 'import time; time.sleep(100)', '{marker}']); time.sleep(100)"
     text = refused(agent, "Bash", {"command": f'python3 -c "{script}"'}, "timed out after 2 s")
     assert text
-    assert subprocess.run(["pgrep", "-f", marker], capture_output=True).stdout == b""
+    deadline = time.monotonic() + 40
+    while subprocess.run(["pgrep", "-f", marker], capture_output=True).stdout:
+        assert time.monotonic() < deadline, "a child outlived the timeout"
+        time.sleep(0.2)
 
 
 def test_bash_output_is_capped_and_the_command_stopped(agent: Agent) -> None:
@@ -225,3 +256,40 @@ def test_notebooks_and_todos(agent: Agent) -> None:
     refused(agent, "NotebookRead", {"notebook_path": "../ws-out/secret.txt"}, "outside the workspace")
     assert not run_tool(agent, "TodoWrite", {"todos": [{"content": "ship it", "status": "pending"}]})[1]
     assert "ship it" in run_tool(agent, "TodoRead", {})[0]
+
+
+# -- fail closed: no sandbox, no Bash --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def unsandboxed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
+    """The same gateway with bash.bwrap pointing at a file that does not exist."""
+    base = tmp_path_factory.mktemp("nobwrap")
+    yield from start_agent(base, {"AGENT_BWRAP": str(base / "missing" / "bwrap")})
+
+
+def test_without_the_sandbox_bash_refuses_with_the_reason(unsandboxed: Agent) -> None:
+    """Every Bash call is an is_error tool_result saying why; nothing runs; file tools still work."""
+    unsandboxed.fake.clear()
+    unsandboxed.fake.default_mode = "ok"
+    missing = unsandboxed.base / "missing" / "bwrap"
+    text = refused(unsandboxed, "Bash", {"command": "python3 -c \"open('ran', 'w')\""},
+                   "server-side Bash is off: the sandbox cannot be built", f"bubblewrap is not installed at {missing}")
+    assert "bubblewrap" in text
+    assert not (unsandboxed.ws / "ran").exists()
+    assert not run_tool(unsandboxed, "Write", {"file_path": "still.txt", "content": "file tools need no sandbox"})[1]
+
+
+def test_start_up_note_says_whether_bash_is_sandboxed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The lines `engine serve` prints at start-up: Bash off and why, or the sandbox it runs in."""
+    from engine import registry
+    from tests.pipelines.conftest import PIPELINES
+
+    monkeypatch.setenv("ENGINE_PIPELINES", str(PIPELINES))
+    monkeypatch.setenv("AGENT_BWRAP", str(tmp_path / "missing-bwrap"))
+    notes = [n for n in registry.serving_notes() if "server-side Bash" in n]
+    assert notes == [f"server-side Bash in pipeline agent is OFF: bubblewrap is not installed at {tmp_path / 'missing-bwrap'} "
+                     "(install the 'bubblewrap' package); every Bash call answers is_error with that reason"]
+    monkeypatch.delenv("AGENT_BWRAP")
+    notes = [n for n in registry.serving_notes() if "server-side Bash" in n]
+    assert len(notes) == 1 and notes[0].startswith("server-side Bash in pipeline agent: sandboxed by bubblewrap"), notes
+    assert "no network" in notes[0] and "uid 65534" in notes[0]
