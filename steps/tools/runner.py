@@ -89,7 +89,7 @@ def bash_note() -> str:
         return f"server-side Bash: not inspected ({type(exc).__name__})"
     lines = []
     for plan in plans:
-        if not plan.routes:
+        if not plan.routes or not plan.enabled:
             continue
         for node in plan.nodes.values():
             if node.info.name != "tools.execute_sequence" or "bash" not in node.static:

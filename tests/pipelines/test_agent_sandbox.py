@@ -285,6 +285,7 @@ def test_start_up_note_says_whether_bash_is_sandboxed(monkeypatch: pytest.Monkey
     from tests.pipelines.conftest import PIPELINES
 
     monkeypatch.setenv("ENGINE_PIPELINES", str(PIPELINES))
+    monkeypatch.setenv("ENGINE_SERVER_TOOLS", "on")
     monkeypatch.setenv("AGENT_BWRAP", str(tmp_path / "missing-bwrap"))
     notes = [n for n in registry.serving_notes() if "server-side Bash" in n]
     assert notes == [f"server-side Bash in pipeline agent is OFF: bubblewrap is not installed at {tmp_path / 'missing-bwrap'} "
