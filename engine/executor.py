@@ -105,6 +105,7 @@ class Engine:
         self.resources = Resources()
         self.ids = ids or IdSource()
         self.capture: Any = None  # a CaptureWriter when `engine serve --capture DIR`
+        self.console: Any = None  # an engine.console.Console when the web console is on
         self.env: dict[str, str] | None = None  # None: the process environment
         self.step_log_level = os.environ.get("ENGINE_STEP_LOG_LEVEL", "debug").lower()
         self._step_log_checked: bool | None = None

@@ -37,8 +37,8 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request as StarletteRequest
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from engine import logs, metrics
@@ -64,6 +64,7 @@ def create_app(
     api_keys: list[str] | None = None,
     reload_from: list[str] | None = None,
     reload_interval: float = 1.0,
+    console: bool = False,
 ) -> Starlette:
     """A starlette app serving every pipeline of `engine` that has a route.
 
@@ -93,8 +94,16 @@ def create_app(
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    def build_routes() -> list[Route]:
-        routes = [Route("/health", _health(engine), methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"])]
+    if console:
+        from engine.console import Console
+
+        engine.console = Console(engine, api_keys=api_keys, pipelines=reload_from)
+        console_app = engine.console.app()
+
+    def build_routes() -> list[BaseRoute]:
+        routes: list[BaseRoute] = [Route("/health", _health(engine), methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"])]
+        if engine.console is not None:
+            routes += [Route("/console", lambda r: RedirectResponse("/console/"), methods=["GET"]), Mount("/console", app=console_app)]
         for plan in engine.plans.values():
             for method, path in plan.routes:
                 routes.append(Route(path, endpoint_for(plan.name), methods=[method], name=f"{plan.name}:{method}:{path}"))
@@ -136,7 +145,7 @@ def _snapshot(paths: list[str]) -> dict[str, tuple[float, int]]:
     return seen
 
 
-async def _watch_and_reload(engine: Engine, app: Starlette, paths: list[str], interval: float, build_routes: Callable[[], list[Route]]) -> None:
+async def _watch_and_reload(engine: Engine, app: Starlette, paths: list[str], interval: float, build_routes: Callable[[], list[BaseRoute]]) -> None:
     log = structlog.get_logger("engine.reload")
     last = _snapshot(paths)
     while True:
@@ -152,11 +161,15 @@ async def _watch_and_reload(engine: Engine, app: Starlette, paths: list[str], in
             log.error("pipelines not reloaded: the new set is broken; still serving the old one", errors=[str(e) for e in exc.errors])
             for err in exc.errors:
                 print(err, file=sys.stderr)
+            if engine.console is not None:
+                engine.console.reloaded(False, [str(e) for e in exc.errors], sorted(engine.plans))
             continue
         engine.swap(plans)
         app.router.routes = build_routes()  # one assignment: a request sees the old table or the new
         metrics.RELOADS.labels("ok").inc()
         log.info("pipelines reloaded", pipelines=sorted(engine.plans))
+        if engine.console is not None:
+            engine.console.reloaded(True, [], sorted(engine.plans))
 
 
 def _fallback_plan(engine: Engine) -> Plan | None:
@@ -226,7 +239,7 @@ async def _serve(engine: Engine, plan: Plan, request: StarletteRequest, body_lim
             path_params=dict(request.path_params),
             client=request.client.host if request.client else "",
         )
-        if engine.capture is not None:
+        if engine.capture is not None or engine.console is not None:  # the console shows the record
             recorder = RunRecorder(engine.capture, plan.name, ctx.request_id, req)
             ctx.recorder, ctx.ids = recorder, RecordingIds(ctx.ids, recorder)
         out = await _run_unless_disconnected(engine, plan, req, ctx, request.receive)
@@ -339,15 +352,12 @@ def _log_access(ctx: RunContext, status: int, outcome: str, start: float, **extr
     fields = {"outcome": outcome, **ctx.attributes}
     metrics.REQUESTS.labels(ctx.pipeline, str(status), fields["outcome"]).inc()
     metrics.REQUEST_SECONDS.labels(ctx.pipeline).observe(seconds)
-    _access.info(
-        "request",
-        request_id=ctx.request_id,
-        pipeline=ctx.pipeline,
-        status=status,
-        duration_ms=round(seconds * 1000, 2),
-        **fields,
-        **extra,
-    )
+    line = {"request_id": ctx.request_id, "pipeline": ctx.pipeline, "status": status, "duration_ms": round(seconds * 1000, 2), **fields, **extra}
+    _access.info("request", **line)
+    if ctx.recorder is not None:  # the capture keeps the access facts with the run
+        ctx.recorder.record["access"] = line
+    if ctx.engine.console is not None:
+        ctx.engine.console.ran(line, ctx.recorder.record if ctx.recorder is not None else None)
 
 
 class StreamReply(Response):
@@ -464,4 +474,7 @@ def app_from_env() -> Starlette:
     limit = int(os.environ.get("ENGINE_BODY_LIMIT", str(DEFAULT_BODY_LIMIT)))
     keys = [k.strip() for k in os.environ.get("ENGINE_API_KEYS", "").split(",") if k.strip()]
     reload_from = [os.environ["ENGINE_PIPELINES"]] if os.environ.get("ENGINE_RELOAD") and os.environ.get("ENGINE_PIPELINES") else None
-    return create_app(engine, body_limit=limit, api_keys=keys, reload_from=reload_from)
+    from engine.console import enabled
+
+    console = enabled(os.environ.get("ENGINE_CONSOLE"))
+    return create_app(engine, body_limit=limit, api_keys=keys, reload_from=reload_from, console=console)

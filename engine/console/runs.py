@@ -1,0 +1,262 @@
+"""The runs the console shows: a bounded ring of this process's recent runs, and capture files.
+
+A run enters the ring when its access line is written (engine/http.py calls `Runs.add` from
+the same place), with the access facts (status, outcome, duration and whatever fields the
+pipelines add: model, fallback, tokens, cost) and the run record that
+`engine.capture.RunRecorder` collects (redacted input, recorded step calls, trace, the
+answer as sent). The record is finished right after the access line, before anyone can read
+it. Only the newest `detailed` runs keep their record (a Claude Code request with its history
+is megabytes); older ones keep their facts and trace summary.
+
+With capture on, the capture directory is indexed too, read incrementally (only the bytes
+appended since the last look), so runs from before a restart and from other workers appear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+KNOWN_FACTS = ("model", "fallback", "route", "status", "outcome", "duration_ms")
+"""Access-line fields shown first, in this order; every other field follows, as it came."""
+
+_HIDDEN_FACTS = {"request_id", "pipeline", "event", "level", "timestamp", "logger"}
+_CAPTURE_FILE = re.compile(r"^[A-Za-z0-9_.-]{1,200}\.jsonl$")
+
+
+def is_token_field(name: str) -> bool:
+    return "token" in name.lower()
+
+
+def is_cost_field(name: str) -> bool:
+    return "cost" in name.lower()
+
+
+def ordered_facts(facts: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Known access fields first, then token and cost fields, then the rest, as they came."""
+    rest = [k for k in facts if k not in KNOWN_FACTS and k not in _HIDDEN_FACTS]
+    usage = [k for k in rest if is_token_field(k) or is_cost_field(k)]
+    other = [k for k in rest if k not in usage]
+    return [(k, facts[k]) for k in (*[k for k in KNOWN_FACTS if k in facts], *usage, *other)]
+
+
+def requested_model(record: dict[str, Any] | None) -> str | None:
+    """The model the client asked for, when its request body is a JSON object with `model`.
+
+    Most model APIs name it so; for any other body this is simply absent."""
+    body = ((record or {}).get("input") or {}).get("body") if isinstance((record or {}).get("input"), dict) else None
+    if isinstance(body, dict) and "$bytes" in body:
+        body = body["$bytes"]
+    if isinstance(body, str):
+        try:
+            body = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+    value = body.get("model") if isinstance(body, dict) else None
+    return value if isinstance(value, str) else None
+
+
+@dataclass(slots=True)
+class RunEntry:
+    """One run as the console lists it; `record` is None once it aged out (or never existed)."""
+
+    key: str
+    started_at: float
+    facts: dict[str, Any]
+    record: dict[str, Any] | None
+    source: str = "live"
+    failed_steps: list[str] = field(default_factory=list)
+    _summary: dict[str, Any] | None = None
+
+    @property
+    def request_id(self) -> str:
+        return str(self.facts.get("request_id") or (self.record or {}).get("request_id") or "?")
+
+    @property
+    def pipeline(self) -> str:
+        return str(self.facts.get("pipeline") or (self.record or {}).get("pipeline") or "?")
+
+    @property
+    def status(self) -> int:
+        status = self.facts.get("status")
+        if status is None:
+            status = ((self.record or {}).get("output") or {}).get("status")
+        return int(status) if isinstance(status, (int, float)) else 0
+
+    @property
+    def outcome(self) -> str:
+        return str(self.facts.get("outcome") or (self.record or {}).get("outcome") or "?")
+
+    @property
+    def failed(self) -> bool:
+        return self.status >= 400 or self.outcome not in {"ok", "?"}
+
+    def summary(self) -> dict[str, Any]:
+        """What a row of the runs table shows (also the JSON pushed over Server-Sent Events)."""
+        if self._summary is None:
+            if self.record is not None:  # finished by now: the writer runs after the access line
+                self.failed_steps = _failed_steps(self.record)
+            extra = {k: v for k, v in ordered_facts(self.facts) if k not in {"status", "outcome", "duration_ms"}}
+            duration = self.facts.get("duration_ms")
+            if duration is None and self.record and isinstance(self.record.get("duration"), (int, float)):
+                duration = round(self.record["duration"] * 1000, 2)
+            self._summary = {
+                "key": self.key,
+                "started_at": self.started_at,
+                "time": time.strftime("%H:%M:%S", time.localtime(self.started_at)),
+                "request_id": self.request_id,
+                "pipeline": self.pipeline,
+                "requested": requested_model(self.record),
+                "status": self.status,
+                "outcome": self.outcome,
+                "failed": self.failed,
+                "duration_ms": duration,
+                "facts": extra,
+                "failed_steps": self.failed_steps,
+                "source": self.source,
+            }
+        return self._summary
+
+
+def _failed_steps(record: dict[str, Any] | None) -> list[str]:
+    return [f"{t.get('pipeline')}.{t.get('step')}" for t in (record or {}).get("trace") or [] if t.get("outcome") in {"error", "timeout"}]
+
+
+class Runs:
+    """The newest runs of this process, newest last; wakes Server-Sent Event writers on each."""
+
+    def __init__(self, keep: int = 1000, detailed: int = 50) -> None:
+        self.keep = keep
+        self.detailed = detailed
+        self.seq = 0
+        self._entries: OrderedDict[str, RunEntry] = OrderedDict()
+        self._with_record: deque[RunEntry] = deque()
+        self._changed = asyncio.Event()
+
+    def add(self, facts: dict[str, Any], record: dict[str, Any] | None) -> RunEntry:
+        """Note a finished run: its access facts and its run record (finished or about to be)."""
+        self.seq += 1
+        started = record.get("started_at") if record else None
+        if not isinstance(started, (int, float)):
+            started = time.time() - float(facts.get("duration_ms") or 0) / 1000
+        entry = RunEntry(str(self.seq), float(started), dict(facts), record)
+        self._entries[entry.key] = entry
+        while len(self._entries) > self.keep:
+            self._entries.popitem(last=False)
+        if record is not None:
+            self._with_record.append(entry)
+            while len(self._with_record) > self.detailed:
+                old = self._with_record.popleft()
+                old.failed_steps = _failed_steps(old.record)
+                old.record = None
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        return entry
+
+    def get(self, key: str) -> RunEntry | None:
+        return self._entries.get(key)
+
+    def after(self, key: int) -> list[RunEntry]:
+        """Entries newer than sequence number `key`, oldest first."""
+        return [e for e in self._entries.values() if int(e.key) > key]
+
+    def all(self) -> list[RunEntry]:
+        return list(self._entries.values())
+
+    async def wait(self, timeout: float) -> None:
+        """Return when a run is added, or after `timeout` seconds."""
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
+@dataclass(slots=True)
+class _Indexed:
+    size: int = 0
+    entries: list[RunEntry] = field(default_factory=list)
+
+
+class CaptureIndex:
+    """The runs in a capture directory, indexed by reading only what was appended since."""
+
+    def __init__(self, directory: str | Path, max_runs: int = 5000) -> None:
+        self.dir = Path(directory)
+        self.max_runs = max_runs
+        self._files: dict[str, _Indexed] = {}
+
+    def refresh(self) -> list[RunEntry]:
+        """Every indexed run, oldest first (newest `max_runs`). Blocking: call in a thread."""
+        try:
+            names = sorted(p.name for p in self.dir.glob("*.jsonl"))
+        except OSError:
+            names = []
+        for gone in set(self._files) - set(names):
+            del self._files[gone]
+        for name in names:
+            self._read_new(name)
+        entries = [e for name in names for e in self._files[name].entries]
+        entries.sort(key=lambda e: e.started_at)
+        return entries[-self.max_runs :]
+
+    def _read_new(self, name: str) -> None:
+        indexed = self._files.setdefault(name, _Indexed())
+        path = self.dir / name
+        try:
+            size = path.stat().st_size
+            if size < indexed.size:  # truncated or replaced: read it again
+                indexed.size, indexed.entries = 0, []
+            if size == indexed.size:
+                return
+            with path.open("rb") as f:
+                f.seek(indexed.size)
+                data = f.read(size - indexed.size)
+        except OSError:
+            return
+        end = data.rfind(b"\n") + 1  # a record still being written is read next time
+        offset = indexed.size
+        for line in data[:end].splitlines(keepends=True):
+            start, offset = offset, offset + len(line)
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(record, dict) or "pipeline" not in record:
+                continue
+            facts = dict(record.get("access") or {})
+            facts.setdefault("request_id", record.get("request_id"))
+            facts.setdefault("pipeline", record.get("pipeline"))
+            facts.setdefault("outcome", record.get("outcome"))
+            status = (record.get("output") or {}).get("status") if isinstance(record.get("output"), dict) else None
+            if status is not None:
+                facts.setdefault("status", status)
+            if isinstance(record.get("duration"), (int, float)):
+                facts.setdefault("duration_ms", round(record["duration"] * 1000, 2))
+            started = record.get("started_at") if isinstance(record.get("started_at"), (int, float)) else 0.0
+            entry = RunEntry(f"{name}@{start}", float(started), facts, None, source=name, failed_steps=_failed_steps(record))
+            indexed.entries.append(entry)
+        indexed.size += end
+
+    def load(self, key: str) -> RunEntry | None:
+        """The run `file@offset` with its whole record, read from its file."""
+        name, _, offset_text = key.rpartition("@")
+        if not _CAPTURE_FILE.match(name) or not offset_text.isdigit():
+            return None
+        indexed = self._files.get(name)
+        entry = next((e for e in indexed.entries if e.key == key), None) if indexed else None
+        if entry is None:
+            return None
+        try:
+            with (self.dir / name).open("rb") as f:
+                f.seek(int(offset_text))
+                record = orjson.loads(f.readline())
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        return RunEntry(entry.key, entry.started_at, entry.facts, record, source=name, failed_steps=entry.failed_steps)
