@@ -1,0 +1,155 @@
+"""The web console over real HTTP: mounted only when on, the live feed, a run's page, the
+pipelines, usage and replay pages, capture files, and the login when inbound keys are set."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+
+from engine.executor import Engine
+from engine.http import create_app
+from tests.console.conftest import PIPELINES, REPO, ConsoleGateway, console_gateway
+from tests.support.servers import serve_asgi
+
+
+def wait_until(predicate, timeout: float = 40.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def run_key(client: httpx.Client, request_id: str) -> str:
+    """The console's key for the run with this request id, from the runs page."""
+    found: list[str] = []
+
+    def listed() -> bool:
+        page = client.get("/console/").text
+        found[:] = re.findall(rf'data-key="([^"]+)"[^>]*>\s*(?:<td>[^<]*</td>\s*)<td><a class="run-link" href="[^"]+">{re.escape(request_id)}<', page)
+        return bool(found)
+
+    assert wait_until(listed), f"{request_id} never appeared on the runs page"
+    return found[0]
+
+
+def test_the_console_is_off_unless_asked_for() -> None:
+    """create_app without console=True serves no /console (engine serve turns it on)."""
+    engine = Engine.load([PIPELINES], env={"OPENROUTER_BASE_URL": "http://127.0.0.1:9", "OPENROUTER_MODELS_FETCH": "false"})
+    with serve_asgi(create_app(engine)) as url:
+        r = httpx.get(f"{url}/console/")
+        assert r.status_code == 404
+        assert engine.console is None
+
+
+def test_a_run_is_pushed_over_server_sent_events(gw: ConsoleGateway) -> None:
+    """A finished run arrives on /console/events as a `run` event with its access facts."""
+    with gw.http() as client, client.stream("GET", "/console/events") as feed:
+        assert feed.headers["content-type"].startswith("text/event-stream")
+        assert gw.message(client, "req-sse-1").status_code == 200
+        buffer = ""
+        for text in feed.iter_text():
+            buffer += text
+            if "req-sse-1" in buffer and buffer.rstrip().endswith("}"):
+                break
+        event = next(b for b in buffer.split("\n\n") if "req-sse-1" in b)
+    lines = dict(line.split(": ", 1) for line in event.splitlines() if not line.startswith(":"))
+    assert lines["event"] == "run"
+    run = orjson.loads(lines["data"])
+    assert run["request_id"] == "req-sse-1" and run["pipeline"] == "messages"
+    assert run["status"] == 200 and run["outcome"] == "ok" and not run["failed"]
+    assert run["requested"] == "claude-sonnet-4-5"
+    assert run["facts"]["model"] == "test/big"  # the access line's `model`: the one that answered
+    assert int(lines["id"]) >= 1
+
+
+def test_the_run_page_draws_the_graph_with_the_trace(gw: ConsoleGateway) -> None:
+    """Every step of both pipelines the run went through is drawn, coloured by what it did."""
+    with gw.http() as client:
+        assert gw.message(client, "req-page-1", stream=True).status_code == 200
+        page = client.get(f"/console/runs/{run_key(client, 'req-page-1')}").text
+    for name in ("messages", "turn"):
+        assert f'data-pipeline="{name}"' in page
+    assert 'id="node-turn.call" data-step="call" data-state="ran"' in page
+    assert 'id="node-turn.message" data-step="message" data-state="skipped"' in page  # a stream skips the JSON conversion
+    assert 'class="waterfall"' in page
+    assert 'id="call-turn.call-1"' in page  # what went upstream, attempt 1
+    assert "message_start" in page and "content_block_delta" in page  # the answer's events
+    assert "sk-ant-test-client-key" not in page
+
+
+def test_a_failed_run_links_to_its_failing_step(gw: ConsoleGateway) -> None:
+    """Upstream 500s until the retries run out: the page names turn.call, with each attempt's status."""
+    gw.fake.script("500", "500", "500")
+    with gw.http() as client:
+        assert gw.message(client, "req-fail-1").status_code >= 500
+        page = client.get(f"/console/runs/{run_key(client, 'req-fail-1')}").text
+    assert 'class="failed-step" href="#step-turn.call"' in page
+    assert 'id="step-turn.call" class="step-row failed"' in page
+    assert 'data-state="failed"' in page
+    assert page.count("upstream status 500") == 3
+
+
+def test_pipelines_usage_and_replay_pages(gw: ConsoleGateway) -> None:
+    with gw.http() as client:
+        assert gw.message(client, "req-replay-1").status_code == 200
+        key = run_key(client, "req-replay-1")
+        pipelines = client.get("/console/pipelines").text
+        assert 'id="check-result">OK' in pipelines
+        assert pipelines.count('class="pipeline-graph"') == len(gw.engine.plans)
+        usage = client.get("/console/usage").text
+        assert "requests by model" in usage and "test/big" in usage
+        replayed = client.post("/console/replay", data={"run": key}, headers={"origin": gw.url}).text
+        assert "1 same, 0 changed" in replayed
+        refused = client.post("/console/replay", data={"run": key}, headers={"origin": "http://evil.example"})
+        assert refused.status_code == 403
+
+
+def test_capture_files_are_listed_and_opened(tmp_path: Path) -> None:
+    """With capture on, runs in the capture directory (earlier processes' too) are shown."""
+    captures = tmp_path / "captures"
+    captures.mkdir()
+    shutil.copy(REPO / "tests" / "captures" / "gateway.jsonl", captures / "capture-earlier.jsonl")
+    with console_gateway(capture=str(captures)) as g, g.http() as client:
+        page = client.get("/console/").text
+        assert "req_B94B5c2Wb5wnlx1Yx87VsVS6" in page
+        key = re.search(r'href="/console/runs/(capture-earlier\.jsonl@\d+)">req_B94B5c2Wb5wnlx1Yx87VsVS6', page).group(1)
+        run = client.get(f"/console/runs/{key}").text
+        assert 'data-pipeline="turn"' in run and "from capture file capture-earlier.jsonl" in run
+        assert client.get("/console/runs/..%2F..%2Fetc%2Fpasswd@0").status_code == 404
+        assert g.message(client, "req-captured-1").status_code == 200
+    written = b"".join(p.read_bytes() for p in captures.glob("capture-2*.jsonl"))
+    record = orjson.loads(written.splitlines()[-1])
+    assert record["access"]["request_id"] == "req-captured-1" and record["access"]["model"] == "test/big"
+
+
+def test_inbound_keys_guard_the_console() -> None:
+    """A login form takes a key; the session cookie holds no key; every page needs it."""
+    key = "console-inbound-key-123456"
+    upstream = "sk-or-upstream-secret-7890"
+    with console_gateway({"OPENROUTER_API_KEY": upstream}, api_keys=[key]) as g:
+        anon = httpx.Client(base_url=g.url, timeout=30)
+        r = anon.get("/console/")
+        assert r.status_code == 303 and r.headers["location"] == "/console/login"
+        assert anon.get("/console/events").status_code == 401
+        assert anon.get("/console/runs/1").status_code == 303
+        assert anon.post("/console/login", data={"key": "wrong-key-000000"}).status_code == 401
+        r = anon.post("/console/login", data={"key": key})
+        assert r.status_code == 303
+        cookie = r.headers["set-cookie"]
+        assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower() and "path=/console" in cookie.lower()
+        assert key not in cookie
+        with httpx.Client(base_url=g.url, timeout=30, headers={"x-api-key": key}) as client:
+            assert g.message(client, "req-auth-1").status_code == 200
+        assert anon.get("/console/").status_code == 200
+        run = anon.get(f"/console/runs/{run_key(anon, 'req-auth-1')}").text
+        assert key not in run and upstream not in run and 'data-pipeline="messages"' in run
+        assert anon.post("/console/logout", headers={"origin": g.url}).status_code == 303
+        anon.cookies.clear()
+        assert anon.get("/console/").status_code == 303
