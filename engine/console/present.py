@@ -29,11 +29,11 @@ def scrubbed(text: str) -> str:
     return logs.scrub(text)
 
 
-def pretty(value: Any) -> str:
-    """Indented JSON of a recorded value (a text body that is JSON is shown as JSON)."""
+def pretty(value: Any, *, compact: bool = False) -> str:
+    """JSON of a recorded value, indented unless `compact` (a text body that is JSON is shown as JSON)."""
     value = _decoded(value)
     try:
-        text = orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode()
+        text = orjson.dumps(value, option=0 if compact else orjson.OPT_INDENT_2, default=str).decode()
     except TypeError:
         text = repr(value)
     text = scrubbed(text)
@@ -69,7 +69,7 @@ def _events(chunks: list[Any]) -> list[dict[str, Any]]:
     for chunk in chunks[: MAX_ITEMS * 4]:
         offset, item = (chunk[0], chunk[1]) if isinstance(chunk, list) and len(chunk) == 2 else (None, chunk)
         if not isinstance(item, str):
-            out.append({"at": offset, "event": "", "data": pretty(item)})
+            out.append({"at": offset, "event": "", "data": pretty(item, compact=True)})
             continue
         buffer += item.replace("\r\n", "\n")
         while "\n\n" in buffer:
@@ -81,7 +81,7 @@ def _events(chunks: list[Any]) -> list[dict[str, Any]]:
                 name, _, value = line.partition(":")
                 fields[name] = fields.get(name, "") + value.removeprefix(" ")
             data = fields.get("data", block)
-            out.append({"at": offset, "event": fields.get("event", ""), "data": pretty(data)})
+            out.append({"at": offset, "event": fields.get("event", ""), "data": pretty(data, compact=True)})
     if buffer.strip():
         out.append({"at": None, "event": "", "data": scrubbed(buffer)})
     return out[:MAX_ITEMS]
@@ -101,7 +101,7 @@ def _attempt(n: int, call: dict[str, Any]) -> dict[str, Any]:
         "error_class": str(error.get("class", "")).rpartition(":")[2] if error else None,
         "input": pretty(call.get("input")),
         "output": pretty(call["output"]) if "output" in call else None,
-        "stream_items": [{"at_ms": float(i[0]) * 1000, "data": pretty(i[1])} for i in (call.get("items") or [])[:MAX_ITEMS]],
+        "stream_items": [{"at_ms": float(i[0]) * 1000, "data": pretty(i[1], compact=True)} for i in (call.get("items") or [])[:MAX_ITEMS]],
         "item_count": len(call.get("items") or []),
         "end": call.get("end"),
     }

@@ -73,41 +73,79 @@ def _clip(text: str, limit: int = 26) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def layout(plan: Plan) -> tuple[dict[str, tuple[float, float]], list[tuple[str, str]], float, float]:
-    """Node centres, edges, width and height of `plan` drawn top to bottom."""
+DUMMY_W = 14
+
+
+def layout(plan: Plan) -> tuple[dict[str, tuple[float, float]], list[list[tuple[float, float]]], float, float]:
+    """Node centres, edges as point lists (bends where an edge crosses a layer), width, height.
+
+    An edge that spans several layers gets a virtual point in each layer it crosses; the
+    points take part in ordering like steps, so long edges go around boxes, not through them.
+    Long edges from one step share their points: one trunk that branches where it arrives.
+    """
     g = nx.DiGraph()
     steps = _file_order(plan)
     g.add_nodes_from(["input", *steps, "output"])
-    edges = [("input", n) for n in _uses_input(plan)] + _edges(plan) + [(d, "output") for d in _output_deps(plan)]
-    g.add_edges_from(edges)
-    if g.in_degree("input") == 0 and g.out_degree("input") == 0:
+    g.add_edges_from([("input", n) for n in _uses_input(plan)] + _edges(plan) + [(d, "output") for d in _output_deps(plan)])
+    if g.degree("input") == 0:
         g.remove_node("input")
     layer: dict[str, int] = {}
     for n in nx.topological_sort(g):
         preds = list(g.predecessors(n))
-        layer[n] = 1 + max(layer[p] for p in preds) if preds else (0 if n == "input" else (1 if "input" in g else 0))
+        layer[n] = 1 + max(layer[p] for p in preds) if preds else (0 if n == "input" or "input" not in g else 1)
+    chains: list[list[str]] = []  # each edge as the nodes it passes, virtual ones included
+    h = nx.DiGraph()
+    h.add_nodes_from(g.nodes)
+    for a, b in g.edges:
+        chain = [a] + [f"\0{a}\0{d}" for d in range(layer[a] + 1, layer[b])] + [b]  # one trunk per source
+        for d, v in enumerate(chain[1:-1], layer[a] + 1):
+            layer[v] = d
+        nx.add_path(h, chain)
+        chains.append(chain)
     rows: dict[int, list[str]] = {}
-    for n in g.nodes:  # file order within a layer to begin with
+    for n in h.nodes:  # file order within a layer to begin with
         rows.setdefault(layer[n], []).append(n)
-    for _ in range(2):
+    for _ in range(3):
         pos = {n: i for row in rows.values() for i, n in enumerate(row)}
         for depth in sorted(rows)[1:]:
             def centre(n: str) -> float:
-                preds = list(g.predecessors(n))
+                preds = list(h.predecessors(n))
                 return sum(pos[p] for p in preds) / len(preds) if preds else pos[n]
 
             rows[depth].sort(key=centre)
             pos.update({n: i for i, n in enumerate(rows[depth])})
-    widest = max(len(r) for r in rows.values())
-    width = MARGIN * 2 + widest * NODE_W + (widest - 1) * GAP_X
+
+    def w(n: str) -> float:
+        return DUMMY_W if n.startswith("\0") else NODE_W
+
+    spans = {d: sum(w(n) for n in row) + (len(row) - 1) * GAP_X for d, row in rows.items()}
+    width = MARGIN * 2 + max(spans.values())
     coords: dict[str, tuple[float, float]] = {}
     for depth, row in rows.items():
-        span = len(row) * NODE_W + (len(row) - 1) * GAP_X
-        x0 = (width - span) / 2
-        for i, n in enumerate(row):
-            coords[n] = (x0 + i * (NODE_W + GAP_X) + NODE_W / 2, MARGIN + depth * (NODE_H + GAP_Y) + NODE_H / 2)
+        x = (width - spans[depth]) / 2
+        for n in row:
+            coords[n] = (x + w(n) / 2, MARGIN + depth * (NODE_H + GAP_Y) + NODE_H / 2)
+            x += w(n) + GAP_X
     height = MARGIN * 2 + (max(rows) + 1) * NODE_H + max(rows) * GAP_Y
-    return coords, [e for e in g.edges if e[0] in coords and e[1] in coords], width, height
+    paths = [[coords[n] for n in chain] for chain in chains]
+    return {n: c for n, c in coords.items() if not n.startswith("\0")}, paths, width, height
+
+
+def _edge_path(points: list[tuple[float, float]]) -> str:
+    """A smooth path from the bottom of the first box through the bends to the top of the last."""
+    (x, y), rest = points[0], points[1:]
+    d = [f"M{x:.1f},{y + NODE_H / 2:.1f}"]
+    py = y + NODE_H / 2
+    for i, (nx_, ny) in enumerate(rest):
+        last = i == len(rest) - 1
+        ty = ny - NODE_H / 2 - (1 if last else 0)
+        mid = (py + ty) / 2
+        d.append(f"C{x:.1f},{mid:.1f} {nx_:.1f},{mid:.1f} {nx_:.1f},{ty:.1f}")
+        if not last:  # straight down through the layer the edge crosses
+            d.append(f"L{nx_:.1f},{ny + NODE_H / 2:.1f}")
+            ty = ny + NODE_H / 2
+        x, py = nx_, ty
+    return " ".join(d)
 
 
 def pipeline_svg(plan: Plan, run: dict[str, StepState] | None = None, *, anchor: str = "step") -> Markup:
@@ -123,11 +161,8 @@ def pipeline_svg(plan: Plan, run: dict[str, StepState] | None = None, *, anchor:
         '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse">'
         '<path d="M0,0 L10,5 L0,10 z" fill="#78909c"/></marker></defs>',
     ]
-    for a, b in edges:
-        (x1, y1), (x2, y2) = coords[a], coords[b]
-        y1, y2 = y1 + NODE_H / 2, y2 - NODE_H / 2
-        mid = (y1 + y2) / 2
-        out.append(f'<path class="edge" d="M{x1:.1f},{y1:.1f} C{x1:.1f},{mid:.1f} {x2:.1f},{mid:.1f} {x2:.1f},{y2 - 1:.1f}" fill="none" stroke="#90a4ae" stroke-width="1.4" marker-end="url(#arrow)"/>')
+    for points in edges:
+        out.append(f'<path class="edge" d="{_edge_path(points)}" fill="none" stroke="#90a4ae" stroke-width="1.4" marker-end="url(#arrow)"/>')
     for name, (cx, cy) in coords.items():
         x, y = cx - NODE_W / 2, cy - NODE_H / 2
         if name in {"input", "output"}:
