@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from engine.console import Console
 
 HERE = Path(__file__).parent
-STREAM_SECONDS = 10.0
+STREAM_SECONDS = 5.0
 """How long one live-feed response lasts before the browser reconnects (resuming where it
 left off, via Last-Event-ID). Bounded because uvicorn's graceful shutdown waits for open
 responses and gives an application no sign that it started: an endless feed would hold a

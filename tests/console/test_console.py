@@ -153,3 +153,24 @@ def test_inbound_keys_guard_the_console() -> None:
         assert anon.post("/console/logout", headers={"origin": g.url}).status_code == 303
         anon.cookies.clear()
         assert anon.get("/console/").status_code == 303
+
+
+def test_the_pipelines_page_shows_reloads_and_located_errors(tmp_path: Path) -> None:
+    """A broken edit is refused by the reload and shown with file:line:col; fixing it applies."""
+    pipelines = tmp_path / "pipelines"
+    shutil.copytree(PIPELINES, pipelines)
+    env = {"OPENROUTER_BASE_URL": "http://127.0.0.1:9/v1", "OPENROUTER_MODELS_FETCH": "false"}
+    engine = Engine.load([pipelines], env=env)
+    app = create_app(engine, console=True, reload_from=[str(pipelines)], reload_interval=0.1)
+    with serve_asgi(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        broken = pipelines / "broken.yaml"
+        broken.write_text("name: broken\nsteps:\n  one:\n    uses: no.such_step\noutput: ${{ steps.one }}\n")
+        assert wait_until(lambda: len(engine.console.reloads) == 1)
+        page = client.get("/console/pipelines").text
+        assert 'id="check-result">errors' in page
+        assert f"{broken}:4:11: step &#39;one&#39;: unknown step &#39;no.such_step&#39;" in page
+        assert "refused" in page
+        broken.unlink()
+        assert wait_until(lambda: len(engine.console.reloads) == 2)
+        page = client.get("/console/pipelines").text
+        assert 'id="check-result">OK' in page and "applied" in page
