@@ -55,7 +55,9 @@ class Console:
         """A live reload was attempted: applied (`ok`) or refused with located errors."""
         import time
 
-        self.reloads.append({"at": time.time(), "ok": ok, "errors": errors, "pipelines": pipelines})
+        from engine.logs import scrub
+
+        self.reloads.append({"at": time.time(), "ok": ok, "errors": [scrub(e) for e in errors], "pipelines": pipelines})
         del self.reloads[:-20]
 
     def app(self) -> ASGIApp:

@@ -175,9 +175,9 @@ def check_files(paths: list[str], env: dict[str, str] | None) -> dict[str, Any]:
     try:
         plans = load_plans(paths, env=env)
     except SpecErrors as exc:
-        return {"ok": False, "paths": paths, "errors": [str(e) for e in exc.errors]}
+        return {"ok": False, "paths": paths, "errors": [scrubbed(str(e)) for e in exc.errors]}
     except Exception as exc:  # a file that cannot be read at all
-        return {"ok": False, "paths": paths, "errors": [f"{type(exc).__name__}: {exc}"]}
+        return {"ok": False, "paths": paths, "errors": [scrubbed(f"{type(exc).__name__}: {exc}")]}
     return {"ok": True, "paths": paths, "lines": [f"{p.file}: OK ({len(p.nodes)} steps{', ' + ', '.join(f'{m} {r}' for m, r in p.routes) if p.routes else ''})" for p in plans]}
 
 

@@ -80,3 +80,29 @@ def test_the_capture_index_reads_only_what_was_appended(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("value", "on"), [("on", True), ("1", True), ("TRUE", True), ("off", False), ("", False), (None, False), ("banana", False)])
 def test_console_switch_values(value, on) -> None:
     assert enabled(value) is on
+
+
+def test_usage_adds_up_whatever_token_and_cost_fields_the_access_line_carries() -> None:
+    from engine.console.usage import summarize
+
+    runs = Runs()
+    now = 1_800_000_000.0
+    for i, (model, status) in enumerate([("a/x", 200), ("a/x", 200), ("b/y", 502)]):
+        facts = {"request_id": f"r{i}", "pipeline": "messages", "model": model, "status": status, "outcome": "ok" if status < 400 else "error", "input_tokens": 100, "output_tokens": 10 * (i + 1), "cost_usd": 0.25}
+        runs.add(facts, {"started_at": now - 90 * i, "trace": []})
+    u = summarize(runs.all(), now + 1)
+    assert u["token_fields"] == ["input_tokens", "output_tokens"] and u["cost_fields"] == ["cost_usd"]
+    assert u["totals"] == {"cost_usd": 0.75, "input_tokens": 300.0, "output_tokens": 60.0}
+    assert u["hour_requests"] == 3 and u["hour_errors"] == 1 and round(u["error_rate"], 1) == 33.3
+    by_model = {c["title"]: str(c["svg"]) for c in u["charts_model"]}
+    assert "a/x: 200" in by_model["input_tokens by model"] and "b/y: 100" in by_model["input_tokens by model"]
+    assert [c["title"] for c in u["charts_day"]] == ["cost_usd by day", "input_tokens by day", "output_tokens by day"]
+
+
+def test_usage_without_token_fields_says_so() -> None:
+    from engine.console.usage import summarize
+
+    runs = Runs()
+    runs.add({"request_id": "r", "pipeline": "p", "status": 200, "outcome": "ok"}, None)
+    u = summarize(runs.all(), 0.0)
+    assert u["totals"] == {} and u["charts_model"] == [] and u["hour_requests"] == 0
