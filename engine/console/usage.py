@@ -26,11 +26,14 @@ def summarize(entries: list[RunEntry], now: float) -> dict[str, Any]:
     tokens_day: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))  # field -> day -> sum
     cost_day: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     requests_by_model: dict[str, float] = defaultdict(float)
+    requests_by_day: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # day -> requests, errors
     minutes = [[0, 0] for _ in range(60)]  # oldest first: requests, errors
     for e in entries:
         model = str(e.facts.get("model") or e.summary().get("requested") or e.pipeline)
         day = time.strftime("%Y-%m-%d", time.localtime(e.started_at))
         requests_by_model[model] += 1
+        requests_by_day[day][0] += 1
+        requests_by_day[day][1] += int(e.failed)
         for name, value in e.facts.items():
             number = _number(value)
             if number is None:
@@ -60,6 +63,7 @@ def summarize(entries: list[RunEntry], now: float) -> dict[str, Any]:
         "charts_model": charts_model,
         "charts_day": charts_day,
         "requests_by_model": svg.bar_chart(list(requests_by_model.items()), empty="no runs yet"),
+        "requests_by_day": svg.column_chart([(d, n, err) for d, (n, err) in sorted(requests_by_day.items())], empty="no runs yet"),
         "hour": svg.column_chart([(labels[i], m[0], m[1]) for i, m in enumerate(minutes)], labels_every=10, empty="no requests in the last hour"),
         "hour_requests": hour_requests,
         "hour_errors": hour_errors,
