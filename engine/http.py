@@ -242,6 +242,8 @@ async def _serve(engine: Engine, plan: Plan, request: StarletteRequest, body_lim
         if engine.capture is not None or engine.console is not None:  # the console shows the record
             recorder = RunRecorder(engine.capture, plan.name, ctx.request_id, req)
             ctx.recorder, ctx.ids = recorder, RecordingIds(ctx.ids, recorder)
+            if engine.console is not None:
+                engine.console.started(ctx)
         out = await _run_unless_disconnected(engine, plan, req, ctx, request.receive)
         if out is _DISCONNECTED:
             _log_access(ctx, 499, "client_disconnected", start)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
     from engine.executor import Engine
+    from engine.run import RunContext
 
 __all__ = ["Console", "enabled"]
 
@@ -46,6 +47,21 @@ class Console:
         self.runs = Runs()
         self.captures = CaptureIndex(engine.capture.dir) if engine.capture is not None else None
         self.reloads: list[dict[str, Any]] = []  # newest last, bounded
+
+    def started(self, ctx: RunContext) -> None:
+        """A run began (its recorder in place): list it as running, with its trace so far."""
+        recorder = ctx.recorder
+        if recorder is None:
+            return
+        t0 = recorder.t0
+
+        def live_trace() -> list[dict[str, Any]]:  # the shape RunRecorder.finish gives the trace
+            return [
+                {"pipeline": p, "step": s, "outcome": o, "attempts": a, "start": round(max(b - t0, 0.0), 6), "end": round(max(e - t0, 0.0), 6)}
+                for p, s, o, a, b, e in list(ctx.trace)
+            ]
+
+        self.runs.started({"request_id": ctx.request_id, "pipeline": ctx.pipeline}, recorder.record, live_trace)
 
     def ran(self, facts: dict[str, Any], record: dict[str, Any] | None) -> None:
         """One finished run: its access-line fields and its run record (if one was kept)."""

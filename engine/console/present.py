@@ -7,6 +7,7 @@ no key reaches a page even when a step put one where no name gives it away.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,8 @@ def _attempt(n: int, call: dict[str, Any]) -> dict[str, Any]:
 def run_view(entry: RunEntry, plans: dict[str, Plan]) -> dict[str, Any]:
     """What the run page shows of one run."""
     record = entry.record or {}
+    if entry.running and entry.live_trace is not None:  # what it did so far
+        record = {**record, "trace": entry.live_trace(), "duration": max(time.time() - entry.started_at, 0.0)}
     trace = record.get("trace") or []
     ran = list(dict.fromkeys([record.get("pipeline", entry.pipeline), *[t.get("pipeline") for t in trace]]))
     graphs = []

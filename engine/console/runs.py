@@ -18,6 +18,7 @@ import asyncio
 import re
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,13 @@ class RunEntry:
     record: dict[str, Any] | None
     source: str = "live"
     failed_steps: list[str] = field(default_factory=list)
+    version: int = 0
+    live_trace: Callable[[], list[dict[str, Any]]] | None = None  # set while the run is in flight
     _summary: dict[str, Any] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.live_trace is not None
 
     @property
     def request_id(self) -> str:
@@ -96,16 +103,18 @@ class RunEntry:
 
     @property
     def failed(self) -> bool:
-        return self.status >= 400 or self.outcome not in {"ok", "?"}
+        return self.status >= 400 or self.outcome not in {"ok", "?", "running"}
 
     def summary(self) -> dict[str, Any]:
         """What a row of the runs table shows (also the JSON pushed over Server-Sent Events)."""
-        if self._summary is None:
+        if self._summary is None or self.running:
             if self.record is not None:  # finished by now: the writer runs after the access line
                 self.failed_steps = _failed_steps(self.record)
             extra = {k: v for k, v in ordered_facts(self.facts) if k not in {"status", "outcome", "duration_ms"}}
             duration = self.facts.get("duration_ms")
-            if duration is None and self.record and isinstance(self.record.get("duration"), (int, float)):
+            if self.running:
+                duration = round((time.time() - self.started_at) * 1000, 2)
+            elif duration is None and self.record and isinstance(self.record.get("duration"), (int, float)):
                 duration = round(self.record["duration"] * 1000, 2)
             self._summary = {
                 "key": self.key,
@@ -121,6 +130,8 @@ class RunEntry:
                 "facts": extra,
                 "failed_steps": self.failed_steps,
                 "source": self.source,
+                "running": self.running,
+                "version": self.version,
             }
         return self._summary
 
@@ -130,23 +141,52 @@ def _failed_steps(record: dict[str, Any] | None) -> list[str]:
 
 
 class Runs:
-    """The newest runs of this process, newest last; wakes Server-Sent Event writers on each."""
+    """The newest runs of this process; wakes Server-Sent Event writers on each change.
+
+    A run is listed from its start (`started`, outcome "running") and updated when it ends
+    (`add`). Every change takes the next `version`, so a feed that saw version N asks for
+    what changed after N and gets new runs and finished ones alike.
+    """
 
     def __init__(self, keep: int = 1000, detailed: int = 50) -> None:
         self.keep = keep
         self.detailed = detailed
-        self.seq = 0
+        self.version = 0
+        self._keys = 0
         self._entries: OrderedDict[str, RunEntry] = OrderedDict()
         self._with_record: deque[RunEntry] = deque()
+        self._running: dict[int, RunEntry] = {}  # by id() of the run's record
         self._changed = asyncio.Event()
 
+    def started(self, facts: dict[str, Any], record: dict[str, Any], live_trace: Callable[[], list[dict[str, Any]]]) -> RunEntry:
+        """A run began: list it as running, its trace read live until it ends."""
+        started = record.get("started_at")
+        entry = self._new(float(started) if isinstance(started, (int, float)) else time.time(), {**facts, "outcome": "running"}, record)
+        entry.live_trace = live_trace
+        self._running[id(record)] = entry
+        while len(self._running) > self.keep:  # a run that never reported its end (cancelled at shutdown)
+            self._running.pop(next(iter(self._running))).live_trace = None
+        self._changed_now(entry)
+        return entry
+
     def add(self, facts: dict[str, Any], record: dict[str, Any] | None) -> RunEntry:
-        """Note a finished run: its access facts and its run record (finished or about to be)."""
-        self.seq += 1
-        started = record.get("started_at") if record else None
-        if not isinstance(started, (int, float)):
-            started = time.time() - float(facts.get("duration_ms") or 0) / 1000
-        entry = RunEntry(str(self.seq), float(started), dict(facts), record)
+        """A run ended: its access facts and its run record (finished or about to be)."""
+        entry = self._running.pop(id(record), None) if record is not None else None
+        if entry is None:
+            started = record.get("started_at") if record else None
+            if not isinstance(started, (int, float)):
+                started = time.time() - float(facts.get("duration_ms") or 0) / 1000
+            entry = self._new(float(started), dict(facts), record)
+        else:
+            entry.facts, entry.live_trace = dict(facts), None
+            if entry.key not in self._entries:  # aged out while it ran: list it again
+                self._entries[entry.key] = entry
+        self._changed_now(entry)
+        return entry
+
+    def _new(self, started: float, facts: dict[str, Any], record: dict[str, Any] | None) -> RunEntry:
+        self._keys += 1
+        entry = RunEntry(str(self._keys), started, facts, record)
         self._entries[entry.key] = entry
         while len(self._entries) > self.keep:
             self._entries.popitem(last=False)
@@ -154,24 +194,34 @@ class Runs:
             self._with_record.append(entry)
             while len(self._with_record) > self.detailed:
                 old = self._with_record.popleft()
+                if old.running:  # still running: keep it, and drop the next oldest instead
+                    self._with_record.append(old)
+                    if all(e.running for e in self._with_record):
+                        break
+                    continue
                 old.failed_steps = _failed_steps(old.record)
                 old.record = None
+        return entry
+
+    def _changed_now(self, entry: RunEntry) -> None:
+        self.version += 1
+        entry.version = self.version
+        entry._summary = None
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
-        return entry
 
     def get(self, key: str) -> RunEntry | None:
         return self._entries.get(key)
 
-    def after(self, key: int) -> list[RunEntry]:
-        """Entries newer than sequence number `key`, oldest first."""
-        return [e for e in self._entries.values() if int(e.key) > key]
+    def after(self, version: int) -> list[RunEntry]:
+        """Entries added or changed after `version`, in the order they changed."""
+        return sorted((e for e in self._entries.values() if e.version > version), key=lambda e: e.version)
 
     def all(self) -> list[RunEntry]:
         return list(self._entries.values())
 
     async def wait(self, timeout: float) -> None:
-        """Return when a run is added, or after `timeout` seconds."""
+        """Return when a run starts or ends, or after `timeout` seconds."""
         try:
             await asyncio.wait_for(self._changed.wait(), timeout)
         except TimeoutError:

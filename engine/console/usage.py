@@ -29,6 +29,8 @@ def summarize(entries: list[RunEntry], now: float) -> dict[str, Any]:
     requests_by_day: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # day -> requests, errors
     minutes = [[0, 0] for _ in range(60)]  # oldest first: requests, errors
     for e in entries:
+        if e.running:
+            continue
         model = str(e.facts.get("model") or e.summary().get("requested") or e.pipeline)
         day = time.strftime("%Y-%m-%d", time.localtime(e.started_at))
         requests_by_model[model] += 1

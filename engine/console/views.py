@@ -126,13 +126,13 @@ def build(console: Console) -> ASGIApp:
 
     async def runs_page(request: Request) -> Response:
         rows = [e.summary() for e in (await entries())[:500]]
-        return page(request, "runs.html", runs=rows, last=console.runs.seq, capturing=console.captures is not None, title="runs")
+        return page(request, "runs.html", runs=rows, last=console.runs.version, capturing=console.captures is not None, title="runs")
 
     async def events(request: Request) -> Response:
         try:
-            last = int(request.headers.get("last-event-id") or request.query_params.get("after") or console.runs.seq)
+            last = int(request.headers.get("last-event-id") or request.query_params.get("after") or console.runs.version)
         except ValueError:
-            last = console.runs.seq
+            last = console.runs.version
 
         async def feed() -> Any:
             nonlocal last
@@ -140,9 +140,9 @@ def build(console: Console) -> ASGIApp:
             ends = anyio.current_time() + STREAM_SECONDS
             while anyio.current_time() < ends:
                 for entry in console.runs.after(last):
-                    last = int(entry.key)
+                    last = entry.version
                     data = present.scrubbed(orjson.dumps(entry.summary()).decode())
-                    yield f"id: {entry.key}\nevent: run\ndata: {data}\n\n"
+                    yield f"id: {entry.version}\nevent: run\ndata: {data}\n\n"
                 await console.runs.wait(min(2.0, max(ends - anyio.current_time(), 0.0)))
                 yield ": keepalive\n\n"
 

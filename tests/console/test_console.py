@@ -26,16 +26,18 @@ def wait_until(predicate, timeout: float = 40.0) -> bool:
     return False
 
 
-def run_key(client: httpx.Client, request_id: str) -> str:
-    """The console's key for the run with this request id, from the runs page."""
+def run_key(client: httpx.Client, request_id: str, *, running: bool = False) -> str:
+    """The console's key for the run with this request id, once the runs page lists it
+    finished (or, with `running`, in flight)."""
     found: list[str] = []
+    state = "running" if running else "(?:ok|failed)"
 
     def listed() -> bool:
         page = client.get("/console/").text
-        found[:] = re.findall(rf'data-key="([^"]+)"[^>]*>\s*(?:<td>[^<]*</td>\s*)<td><a class="run-link" href="[^"]+">{re.escape(request_id)}<', page)
+        found[:] = re.findall(rf'<tr class="run {state}" data-key="([^"]+)"[^>]*>\s*(?:<td>[^<]*</td>\s*)<td><a class="run-link" href="[^"]+">{re.escape(request_id)}<', page)
         return bool(found)
 
-    assert wait_until(listed), f"{request_id} never appeared on the runs page"
+    assert wait_until(listed), f"{request_id} never appeared on the runs page ({'running' if running else 'finished'})"
     return found[0]
 
 
@@ -49,10 +51,10 @@ def test_the_console_is_off_unless_asked_for() -> None:
 
 
 def test_a_run_is_pushed_over_server_sent_events(gw: ConsoleGateway) -> None:
-    """A run that finishes while the feed is open arrives on it as a `run` event with its
-    access facts. Each feed response lasts a few seconds; like EventSource, the test then
+    """A run that starts while the feed is open arrives on it as a `run` event when it starts
+    (running) and again when it ends, with its access facts. Each feed response lasts a few seconds; like EventSource, the test then
     reconnects with Last-Event-ID."""
-    event = None
+    event = started = None
     last = ""
     deadline = time.monotonic() + 40
     with gw.http() as client:
@@ -73,17 +75,21 @@ def test_a_run_is_pushed_over_server_sent_events(gw: ConsoleGateway) -> None:
                         fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":"))
                         last = fields.get("id", last)
                         if "req-sse-1" in fields.get("data", ""):
-                            event = fields
+                            if orjson.loads(fields["data"])["running"]:
+                                started = fields
+                            else:
+                                event = fields
                     if event is not None:
                         break
     assert event is not None, "the run never arrived on the feed"
-    assert event["event"] == "run"
+    assert started is not None and orjson.loads(started["data"])["outcome"] == "running"  # listed from its start
+    assert event["event"] == "run" and int(event["id"]) > int(started["id"])
     run = orjson.loads(event["data"])
     assert run["request_id"] == "req-sse-1" and run["pipeline"] == "messages"
     assert run["status"] == 200 and run["outcome"] == "ok" and not run["failed"]
     assert run["requested"] == "claude-sonnet-4-5"
     assert run["facts"]["model"] == "test/big"  # the access line's `model`: the one that answered
-    assert event["id"] == run["key"]
+    assert event["id"] == str(run["version"]) and orjson.loads(started["data"])["key"] == run["key"]
 
 
 def test_the_run_page_draws_the_graph_with_the_trace(gw: ConsoleGateway) -> None:
@@ -191,3 +197,27 @@ def test_the_pipelines_page_shows_reloads_and_located_errors(tmp_path: Path) -> 
         assert wait_until(lambda: len(engine.console.reloads) == 2)
         page = client.get("/console/pipelines").text
         assert 'id="check-result">OK' in page and "applied" in page
+
+
+def test_a_run_in_flight_is_listed_as_running(gw: ConsoleGateway) -> None:
+    """A slow stream is listed from its start, its page shows the steps done so far, and the
+    same row turns into the finished run when it ends."""
+    import threading
+
+    gw.fake.script("slow_drip;delay_ms=150;chunks=30")
+    with gw.http() as client:
+        done = threading.Event()
+        worker = threading.Thread(target=lambda: (gw.message(client, "req-slow-1", stream=True), done.set()))
+        worker.start()
+        try:
+            key = run_key(client, "req-slow-1", running=True)
+            page = client.get(f"/console/runs/{key}").text
+            if not done.is_set():
+                assert 'id="running">running<' in page
+                assert 'data-state="ran"' in page  # the steps before the upstream call are done
+        finally:
+            worker.join(40)
+        assert done.is_set()
+        assert run_key(client, "req-slow-1") == key
+        page = client.get(f"/console/runs/{key}").text
+        assert 'id="running"' not in page and 'id="node-turn.call" data-step="call" data-state="ran"' in page

@@ -59,7 +59,7 @@
     tr.dataset.failed = run.failed ? "yes" : "no";
     tr.dataset.model = `${run.requested || ""} ${facts.model || ""}`;
     tr.dataset.text = [run.request_id, run.pipeline, run.outcome, ...Object.values(facts).map(fmt)].join(" ");
-    tr.className = `run ${run.failed ? "failed" : "ok"} fresh`;
+    tr.className = `run ${run.running ? "running" : run.failed ? "failed" : "ok"} fresh`;
     cell("time").textContent = run.time;
     const link = cell("link");
     link.textContent = run.request_id;
@@ -67,7 +67,7 @@
     cell("pipeline").textContent = run.pipeline;
     cell("model").textContent = [run.requested, facts.model].filter(Boolean).join(" → ");
     cell("fallback").textContent = facts.fallback || "";
-    cell("status").textContent = run.status;
+    cell("status").textContent = run.running ? "…" : run.status;
     cell("outcome").textContent = run.outcome;
     if (run.failed_steps && run.failed_steps.length) {
       const at = document.createElement("span");
@@ -92,12 +92,15 @@
     source.addEventListener("open", () => live.classList.add("on"));
     source.addEventListener("error", () => live.classList.remove("on"));
     source.addEventListener("run", (event) => {
+      // A run is sent when it starts (running) and again when it ends: the second replaces
+      // the first row in place.
       const run = JSON.parse(event.data);
-      table.dataset.last = run.key;
-      if (body.querySelector(`tr[data-key="${CSS.escape(run.key)}"]`)) return;
+      table.dataset.last = run.version;
       const tr = row(run);
       tr.hidden = !matches(tr);
-      body.insertBefore(tr, body.firstChild);
+      const old = body.querySelector(`tr[data-key="${CSS.escape(run.key)}"]`);
+      if (old) old.replaceWith(tr);
+      else body.insertBefore(tr, body.firstChild);
       while (body.rows.length > MAX_ROWS) body.deleteRow(body.rows.length - 1);
       const empty = document.getElementById("empty");
       if (empty) empty.remove();
