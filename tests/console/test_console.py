@@ -173,6 +173,11 @@ def test_inbound_keys_guard_the_console() -> None:
         assert anon.get("/console/").status_code == 200
         run = anon.get(f"/console/runs/{run_key(anon, 'req-auth-1')}").text
         assert key not in run and upstream not in run and 'data-pipeline="messages"' in run
+        with httpx.Client(base_url=g.url, timeout=30, headers={"x-api-key": "not-the-key-00000"}) as client:
+            assert g.message(client, "req-refused-1").status_code == 401
+        refused = anon.get(f"/console/runs/{run_key(anon, 'req-refused-1')}")
+        assert refused.status_code == 200 and "401 refused" in refused.text
+        assert "not-the-key-00000" not in refused.text
         assert anon.post("/console/logout", headers={"origin": g.url}).status_code == 303
         anon.cookies.clear()
         assert anon.get("/console/").status_code == 303
@@ -221,3 +226,16 @@ def test_a_run_in_flight_is_listed_as_running(gw: ConsoleGateway) -> None:
         assert run_key(client, "req-slow-1") == key
         page = client.get(f"/console/runs/{key}").text
         assert 'id="running"' not in page and 'id="node-turn.call" data-step="call" data-state="ran"' in page
+
+
+def test_a_stream_cut_after_it_started_is_shown_as_such(gw: ConsoleGateway) -> None:
+    """The upstream cuts a stream mid-way: the 200 was already sent, the run's outcome says
+    what happened, and the page shows the events the client got."""
+    gw.fake.script("cut_mid_stream;after=3")
+    with gw.http() as client:
+        assert gw.message(client, "req-cut-1", stream=True).status_code == 200
+        key = run_key(client, "req-cut-1")
+        page = client.get(f"/console/runs/{key}").text
+    assert 'id="failure"' in page
+    assert "upstream_cut" in page
+    assert 'id="events"' in page and "message_start" in page
