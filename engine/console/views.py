@@ -74,6 +74,38 @@ class _LoginRequired:
         await self.app(scope, receive, send)
 
 
+_HEADERS = [
+    (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+]
+
+
+class _Headers:
+    """Adds a strict content security policy to every response, and keeps pages out of caches
+    (they show request contents); the console's own script and stylesheet are all it loads."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = "/static/" in scope["path"]
+
+        async def with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), *_HEADERS]
+                if not static:
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
 def _same_origin(request: Request) -> bool:
     """A form post from a page of this console (browsers always send Origin on a POST)."""
     origin = request.headers.get("origin")
@@ -146,7 +178,7 @@ def build(console: Console) -> ASGIApp:
                 await console.runs.wait(min(2.0, max(ends - anyio.current_time(), 0.0)))
                 yield ": keepalive\n\n"
 
-        return StreamingResponse(feed(), media_type="text/event-stream", headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+        return StreamingResponse(feed(), media_type="text/event-stream", headers={"x-accel-buffering": "no"})
 
     async def run_page(request: Request) -> Response:
         key = request.path_params["key"]
@@ -212,9 +244,9 @@ def build(console: Console) -> ASGIApp:
         Route("/logout", logout, methods=["POST"]),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    middleware = []
+    middleware = [Middleware(_Headers)]
     if fingerprints:
-        middleware = [
+        middleware += [
             Middleware(SessionMiddleware, secret_key=_session_secret(console.api_keys), session_cookie="engine_console", max_age=SESSION_SECONDS, path="/console", same_site="strict"),
             Middleware(_LoginRequired, fingerprints=fingerprints),
         ]

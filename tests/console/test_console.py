@@ -126,6 +126,8 @@ def test_pipelines_usage_and_replay_pages(gw: ConsoleGateway) -> None:
         pipelines = client.get("/console/pipelines").text
         assert 'id="check-result">OK' in pipelines
         assert pipelines.count('class="pipeline-graph"') == len(gw.engine.plans)
+        headers = client.get("/console/pipelines").headers
+        assert "script-src 'self'" in headers["content-security-policy"] and headers["cache-control"] == "no-store"
         usage = client.get("/console/usage").text
         assert "requests by model" in usage and "test/big" in usage
         replayed = client.post("/console/replay", data={"run": key}, headers={"origin": gw.url}).text

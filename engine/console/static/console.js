@@ -109,6 +109,7 @@
   }
 
   for (const input of [status, model, text]) input.addEventListener("input", applyFilters);
+  document.getElementById("filters").addEventListener("submit", (event) => event.preventDefault());
   applyFilters();
   connect();
 })();
