@@ -228,6 +228,13 @@ class Runs:
             pass
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # pruned by the capture writer a moment ago
+        return 0.0
+
+
 @dataclass(slots=True)
 class _Indexed:
     size: int = 0
@@ -237,17 +244,21 @@ class _Indexed:
 class CaptureIndex:
     """The runs in a capture directory, indexed by reading only what was appended since."""
 
-    def __init__(self, directory: str | Path, max_runs: int = 5000) -> None:
+    def __init__(self, directory: str | Path, max_runs: int = 5000, max_files: int = 5) -> None:
+        """Only the newest `max_files` files are read (a full capture directory holds 20 files
+        of 64 MB: reading them all would hold a page for seconds)."""
         self.dir = Path(directory)
         self.max_runs = max_runs
+        self.max_files = max_files
         self._files: dict[str, _Indexed] = {}
 
     def refresh(self) -> list[RunEntry]:
         """Every indexed run, oldest first (newest `max_runs`). Blocking: call in a thread."""
         try:
-            names = sorted(p.name for p in self.dir.glob("*.jsonl"))
+            files = list(self.dir.glob("*.jsonl"))
         except OSError:
-            names = []
+            files = []
+        names = [p.name for p in sorted(files, key=lambda p: (_mtime(p), p.name))][-self.max_files :]
         for gone in set(self._files) - set(names):
             del self._files[gone]
         for name in names:
