@@ -400,6 +400,9 @@ class _Run:
             entry["error"] = capture.error_record(exc)
             raise
         if streams.is_stream(value):
+            if not self.ctx.recorder.stream_items:
+                entry["stream"] = "not recorded"
+                return value
             return capture.recording_stream(value, entry, self.ctx.recorder)
         entry["output"] = capture.jsonable(value)
         return value

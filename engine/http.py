@@ -240,7 +240,7 @@ async def _serve(engine: Engine, plan: Plan, request: StarletteRequest, body_lim
             client=request.client.host if request.client else "",
         )
         if engine.capture is not None or engine.console is not None:  # the console shows the record
-            recorder = RunRecorder(engine.capture, plan.name, ctx.request_id, req)
+            recorder = RunRecorder(engine.capture, plan.name, ctx.request_id, req, stream_items=engine.capture is not None)
             ctx.recorder, ctx.ids = recorder, RecordingIds(ctx.ids, recorder)
             if engine.console is not None:
                 engine.console.started(ctx)

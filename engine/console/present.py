@@ -105,6 +105,7 @@ def _attempt(n: int, call: dict[str, Any]) -> dict[str, Any]:
         "stream_items": [{"at_ms": float(i[0]) * 1000, "data": pretty(i[1], compact=True)} for i in (call.get("items") or [])[:MAX_ITEMS]],
         "item_count": len(call.get("items") or []),
         "end": call.get("end"),
+        "items_not_recorded": call.get("stream") == "not recorded",
     }
     return view
 

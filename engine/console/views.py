@@ -196,8 +196,12 @@ def build(console: Console) -> ASGIApp:
         return page(request, "usage.html", usage=usage.summarize(await entries(), time.time()), title="usage")
 
     def replayable(entry: RunEntry) -> bool:
+        """Capture runs, and recent runs whose record holds every answer replay needs (a
+        stream's items are kept only with capture on)."""
         r = entry.record
-        return entry.source != "live" or (r is not None and "output" in r and r.get("outcome") != "client_disconnected")
+        if entry.source != "live":
+            return True
+        return r is not None and "output" in r and r.get("outcome") != "client_disconnected" and all(c.get("stream") != "not recorded" for c in r.get("calls") or [])
 
     async def replay_page(request: Request) -> Response:
         results: list[dict[str, Any]] = []

@@ -105,6 +105,9 @@ def test_the_run_page_draws_the_graph_with_the_trace(gw: ConsoleGateway) -> None
     assert 'id="call-turn.call-1"' in page  # what went upstream, attempt 1
     assert "message_start" in page and "content_block_delta" in page  # the answer's events
     assert "sk-ant-test-client-key" not in page
+    assert "items are kept only with capture on" in page  # capture is off: the upstream stream's items are not kept
+    with gw.http() as client:
+        assert "req-page-1" not in client.get("/console/replay").text  # so it cannot be replayed
 
 
 def test_a_failed_run_links_to_its_failing_step(gw: ConsoleGateway) -> None:
@@ -149,8 +152,12 @@ def test_capture_files_are_listed_and_opened(tmp_path: Path) -> None:
         assert 'data-pipeline="turn"' in run and "from capture file capture-earlier.jsonl" in run
         assert client.get("/console/runs/..%2F..%2Fetc%2Fpasswd@0").status_code == 404
         assert g.message(client, "req-captured-1").status_code == 200
+        assert g.message(client, "req-captured-2", stream=True).status_code == 200
+        page = client.get(f"/console/runs/{run_key(client, 'req-captured-2')}").text
+        assert "stream items (" in page and "kept only with capture on" not in page
+        assert "req-captured-2" in client.get("/console/replay").text
     written = b"".join(p.read_bytes() for p in captures.glob("capture-2*.jsonl"))
-    record = orjson.loads(written.splitlines()[-1])
+    record = orjson.loads(written.splitlines()[-2])
     assert record["access"]["request_id"] == "req-captured-1" and record["access"]["model"] == "test/big"
 
 
