@@ -1,12 +1,13 @@
 """The runs the console shows: a bounded ring of this process's recent runs, and capture files.
 
-A run enters the ring when its access line is written (engine/http.py calls `Runs.add` from
+A run enters the ring when it starts (engine/http.py calls `Console.started` once its
+recorder is in place) and is completed where its access line is written (`Runs.add`, from
 the same place), with the access facts (status, outcome, duration and whatever fields the
 pipelines add: model, fallback, tokens, cost) and the run record that
 `engine.capture.RunRecorder` collects (redacted input, recorded step calls, trace, the
 answer as sent). The record is finished right after the access line, before anyone can read
-it. Only the newest `detailed` runs keep their record (a Claude Code request with its history
-is megabytes); older ones keep their facts and trace summary.
+it. Only the newest runs keep their record (50, and about 64 MB: a Claude Code request with
+its history is megabytes); older ones keep their facts and what failed.
 
 With capture on, the capture directory is indexed too, read incrementally (only the bytes
 appended since the last look), so runs from before a restart and from other workers appear.
@@ -75,6 +76,7 @@ class RunEntry:
     source: str = "live"
     failed_steps: list[str] = field(default_factory=list)
     version: int = 0
+    weight: int = 0
     live_trace: Callable[[], list[dict[str, Any]]] | None = None  # set while the run is in flight
     _summary: dict[str, Any] | None = None
 
@@ -136,6 +138,15 @@ class RunEntry:
         return self._summary
 
 
+def _weight(record: dict[str, Any]) -> int:
+    """A run record's rough size: its request body three times over (the record holds the
+    request, and each recorded call's inputs usually hold it again, converted), plus 4 KB."""
+    body = (record.get("input") or {}).get("body") if isinstance(record.get("input"), dict) else None
+    if isinstance(body, dict):
+        body = body.get("$bytes") or body.get("$base64")
+    return 3 * (len(body) if isinstance(body, (str, bytes)) else 0) + 4096
+
+
 def _failed_steps(record: dict[str, Any] | None) -> list[str]:
     return [f"{t.get('pipeline')}.{t.get('step')}" for t in (record or {}).get("trace") or [] if t.get("outcome") in {"error", "timeout"}]
 
@@ -148,9 +159,11 @@ class Runs:
     what changed after N and gets new runs and finished ones alike.
     """
 
-    def __init__(self, keep: int = 1000, detailed: int = 50) -> None:
+    def __init__(self, keep: int = 1000, detailed: int = 50, detail_bytes: int = 64 * 1024 * 1024) -> None:
         self.keep = keep
         self.detailed = detailed
+        self.detail_bytes = detail_bytes
+        self._held = 0  # estimated bytes of the records kept
         self.version = 0
         self._keys = 0
         self._entries: OrderedDict[str, RunEntry] = OrderedDict()
@@ -191,8 +204,10 @@ class Runs:
         while len(self._entries) > self.keep:
             self._entries.popitem(last=False)
         if record is not None:
+            entry.weight = _weight(record)
+            self._held += entry.weight
             self._with_record.append(entry)
-            while len(self._with_record) > self.detailed:
+            while len(self._with_record) > 1 and (len(self._with_record) > self.detailed or self._held > self.detail_bytes):
                 old = self._with_record.popleft()
                 if old.running:  # still running: keep it, and drop the next oldest instead
                     self._with_record.append(old)
@@ -201,6 +216,7 @@ class Runs:
                     continue
                 old.failed_steps = _failed_steps(old.record)
                 old.record = None
+                self._held -= old.weight
         return entry
 
     def _changed_now(self, entry: RunEntry) -> None:

@@ -106,3 +106,12 @@ def test_usage_without_token_fields_says_so() -> None:
     runs.add({"request_id": "r", "pipeline": "p", "status": 200, "outcome": "ok"}, None)
     u = summarize(runs.all(), 0.0)
     assert u["totals"] == {} and u["charts_model"] == [] and u["hour_requests"] == 0
+
+
+def test_kept_records_are_bounded_by_size_too() -> None:
+    """Big requests: fewer records are kept, the newest always."""
+    runs = Runs(detailed=50, detail_bytes=1_000_000)
+    body = {"$bytes": "x" * 200_000}  # weighs 3 x 200 KB + 4 KB
+    for i in range(5):
+        runs.add({"request_id": f"r{i}", "pipeline": "p", "status": 200, "outcome": "ok"}, {"input": {"body": body}, "trace": []})
+    assert [e.record is not None for e in runs.all()] == [False, False, False, False, True]
