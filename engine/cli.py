@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default=None, help="debug, info, warning, error (default info)")
     p.add_argument("--capture", default=os.environ.get("ENGINE_CAPTURE_DIR"), metavar="DIR", help="record every run into JSONL files in DIR (replay them with `engine replay`)")
     p.add_argument("--reload", action="store_true", help="apply pipeline edits without a restart (a broken edit is reported and the old set kept)")
+    p.add_argument("--no-console", action="store_true", help="do not serve the web console at /console (same as ENGINE_CONSOLE=off; on by default on a loopback address)")
     p.add_argument(
         "--server-tools",
         action="store_true",
@@ -463,6 +464,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["ENGINE_CAPTURE_DIR"] = args.capture
     if args.reload:
         os.environ["ENGINE_RELOAD"] = "1"
+    os.environ["ENGINE_CONSOLE"] = "off" if args.no_console else os.environ.get("ENGINE_CONSOLE") or ("on" if _is_loopback(args.host) else "off")
     if args.log_format:
         os.environ["ENGINE_LOG_FORMAT"] = args.log_format
     if args.log_level:
@@ -495,6 +497,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"  {_server_tools_line(code)}", file=sys.stderr)
     if args.capture:
         print(f"  capturing every run into {args.capture}", file=sys.stderr)
+    from engine.console import enabled
+
+    if enabled(os.environ["ENGINE_CONSOLE"]):
+        print(f"  console at http://{args.host}:{args.port}/console" + (" (log in with an inbound key)" if keys else ""), file=sys.stderr)
     if args.reload:
         print(f"  reloading pipelines when files in {pipelines} change", file=sys.stderr)
     for line in registry.serving_notes():

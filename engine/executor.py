@@ -108,6 +108,7 @@ class Engine:
         self.resources = Resources()
         self.ids = ids or IdSource()
         self.capture: Any = None  # a CaptureWriter when `engine serve --capture DIR`
+        self.console: Any = None  # an engine.console.Console when the web console is on
         self.env: dict[str, str] | None = None  # None: the process environment
         self.step_log_level = os.environ.get("ENGINE_STEP_LOG_LEVEL", "debug").lower()
         self._step_log_checked: bool | None = None
@@ -402,6 +403,9 @@ class _Run:
             entry["error"] = capture.error_record(exc)
             raise
         if streams.is_stream(value):
+            if not self.ctx.recorder.stream_items:
+                entry["stream"] = "not recorded"
+                return value
             return capture.recording_stream(value, entry, self.ctx.recorder)
         entry["output"] = capture.jsonable(value)
         return value
