@@ -1,7 +1,11 @@
-"""The `engine` command: serve, check, graph, run and steps.
+"""The `engine` command: serve, check, graph, run, replay, steps, doctor, usage, statusline.
 
 Argparse, because none of the project's libraries is a CLI framework and the standard
 library's is enough. Every subcommand's help ends with examples.
+
+Start-up time matters (`engine statusline` runs after every Claude Code message, `engine check`
+in editors and CI), so this module imports only the standard library at the top; each command
+imports what it needs (the executor with the step packages, uvicorn, networkx, ...).
 """
 
 from __future__ import annotations
@@ -11,16 +15,35 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
-
-from engine import graph as graphs
-from engine import logs, registry
 from engine.errors import EngineError, SpecErrors
-from engine.executor import Engine, load_plans, pipeline_files
-from engine.streams import is_stream
-from engine.types import Reply
+
+if TYPE_CHECKING:
+    from engine.executor import Engine
+
+
+def version() -> str:
+    """The installed package's version (pyproject.toml's when run from a checkout)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("engine")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def load_plans(*args: Any, **kwargs: Any) -> Any:
+    from engine.executor import load_plans as load
+
+    return load(*args, **kwargs)
+
+
+def pipeline_files(*args: Any, **kwargs: Any) -> Any:
+    from engine.executor import pipeline_files as files
+
+    return files(*args, **kwargs)
 
 
 def default_pipelines() -> str:
@@ -44,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples("engine serve", "engine check pipelines/", "engine graph messages --format mermaid", "engine steps"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"engine {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help: str, examples: list[str]) -> argparse.ArgumentParser:
@@ -96,6 +120,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("doctor", "check the configuration, the pipelines and the upstream, and say what clients need", ["engine doctor", "OPENROUTER_API_KEY=sk-or-... engine doctor"])
     p.add_argument("--pipelines", default=None, metavar="DIR")
+
+    p = add(
+        "usage",
+        "tokens and cost by model and by day, from JSON access logs or capture files",
+        ["engine usage captures/", "ENGINE_LOG_FORMAT=json engine serve 2>> access.log; engine usage access.log", "engine usage captures/ --since 2026-12-01 --format json"],
+    )
+    p.add_argument("paths", nargs="*", metavar="LOG_OR_CAPTURE_DIR", help="JSON access logs, capture files, or directories of them (default: $ENGINE_CAPTURE_DIR)")
+    p.add_argument("--format", default="table", choices=["table", "json"])
+    p.add_argument("--session", default=None, metavar="ID", help="only the requests of one client session (Claude Code's session id)")
+    p.add_argument("--since", default=None, metavar="YYYY-MM-DD", help="only requests from that day (UTC) on")
+
+    p = add(
+        "statusline",
+        "one status line for Claude Code's statusLine setting: the session's upstream model, tokens and cost",
+        ['echo \'{"session_id": "..."}\' | engine statusline', "engine statusline --url http://127.0.0.1:8082", "engine statusline --from captures/"],
+    )
+    p.add_argument("--url", default=None, help="the gateway (default: $ANTHROPIC_BASE_URL, else http://127.0.0.1:8082)")
+    p.add_argument("--from", dest="sources", nargs="+", default=None, metavar="LOG_OR_CAPTURE_DIR", help="read JSON access logs or captures instead of asking the gateway")
     return parser
 
 
@@ -104,7 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     # Like `python -m` and uvicorn: user steps named package.module:function import from here.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    handler = {"serve": cmd_serve, "check": cmd_check, "graph": cmd_graph, "run": cmd_run, "replay": cmd_replay, "steps": cmd_steps, "doctor": cmd_doctor}[args.command]
+    handler = {
+        "serve": cmd_serve,
+        "check": cmd_check,
+        "graph": cmd_graph,
+        "run": cmd_run,
+        "replay": cmd_replay,
+        "steps": cmd_steps,
+        "doctor": cmd_doctor,
+        "usage": cmd_usage,
+        "statusline": cmd_statusline,
+    }[args.command]
     try:
         return handler(args)
     except SpecErrors as exc:
@@ -148,6 +200,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
+    from engine import graph as graphs
+
     plans, name = _select(args.pipeline, args.pipelines)
     plan = next(p for p in plans if p.name == name)
     trace = _trace(args.trace, args.run, name) if args.trace else None
@@ -172,6 +226,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 def _trace(capture: str, run: str | None, pipeline: str) -> Any:
     """The step timeline of one captured run of `pipeline`."""
+    from engine import graph as graphs
     from engine.replay import Captured, read_captures
 
     chosen = None
@@ -188,6 +243,10 @@ def _trace(capture: str, run: str | None, pipeline: str) -> Any:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    import anyio
+
+    from engine import logs
+    from engine.executor import Engine
     from engine.replay import CaptureProblem, read_captures, replay_one
 
     logs.configure(os.environ.get("ENGINE_LOG_FORMAT", "console"), os.environ.get("ENGINE_LOG_LEVEL", "error"))
@@ -243,6 +302,13 @@ def _read_input(path: str) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from engine import logs
+    from engine.executor import Engine
+    from engine.streams import is_stream
+    from engine.types import Reply
+
     logs.configure(os.environ.get("ENGINE_LOG_FORMAT", "console"), os.environ.get("ENGINE_LOG_LEVEL", "warning"))
     plans, name = _select(args.pipeline, args.pipelines)
     data = _read_input(args.input)
@@ -281,6 +347,8 @@ def _print_item(item: Any) -> None:
 
 def catalogue_markdown() -> str:
     """The step catalogue as a Markdown table (the README's copy is checked against it)."""
+    from engine import registry
+
     rows = ["| step | what it does |", "| --- | --- |"]
     for info in registry.catalogue():
         params = ", ".join(info.params)
@@ -292,6 +360,10 @@ def catalogue_markdown() -> str:
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Run the engine's own checks (pipelines load) and every check the step packages register."""
     import inspect
+
+    import anyio
+
+    from engine import registry
 
     utf8 = (sys.stdout.encoding or "").lower().startswith("utf")
     marks = {"ok": "✓" if utf8 else "ok", "warn": "!" if utf8 else "WARN", "fail": "✗" if utf8 else "FAIL"}
@@ -324,6 +396,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_steps(args: argparse.Namespace) -> int:
+    from engine import registry
+
     if args.format == "markdown":
         print(catalogue_markdown(), end="")
         return 0
@@ -337,6 +411,8 @@ def cmd_steps(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
+
+    from engine import logs, registry
 
     pipelines = args.pipelines or default_pipelines()
     os.environ["ENGINE_PIPELINES"] = pipelines
@@ -383,6 +459,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=False,
         timeout_graceful_shutdown=30,
     )
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    from engine import usage
+
+    paths = args.paths or ([os.environ["ENGINE_CAPTURE_DIR"]] if os.environ.get("ENGINE_CAPTURE_DIR") else [])
+    if not paths:
+        print("engine: name JSON access logs or capture directories (or set ENGINE_CAPTURE_DIR); see `engine usage --help`", file=sys.stderr)
+        return 2
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        print(f"engine: no such file or directory: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    summary = usage.summarise(paths, session=args.session, since=args.since)
+    for problem in summary.problems:
+        print(f"engine: {problem}", file=sys.stderr)
+    if args.format == "json":
+        print(json.dumps(summary.as_dict(), indent=2))
+    elif not summary.records:
+        print(f"no requests with usage in {', '.join(paths)} ({summary.skipped} other lines); access logs must be JSON (ENGINE_LOG_FORMAT=json)")
+    else:
+        print(usage.table(summary), end="")
+    return 1 if summary.problems else 0
+
+
+def cmd_statusline(args: argparse.Namespace) -> int:
+    from engine.statusline import status_line
+
+    print(status_line(sys.stdin.read(), args.url, args.sources))
     return 0
 
 

@@ -41,7 +41,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from engine import logs, metrics
+from engine import logs, metrics, usage
 from engine.capture import RecordingIds, RunRecorder
 from engine.check import Plan
 from engine.errors import HttpError, SpecErrors
@@ -93,8 +93,18 @@ def create_app(
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
+    async def usage_endpoint(request: StarletteRequest) -> Response:
+        # Only by session id (unguessable, the client's own): no listing of other sessions.
+        session = request.query_params.get("session", "")
+        if not session:
+            return Response(orjson.dumps({"error": "send ?session=ID"}), status_code=400, media_type="application/json")
+        found = usage.SESSIONS.get(session)
+        if found is None:
+            return Response(orjson.dumps({"error": "no usage recorded for this session (yet)", "session": session}), status_code=404, media_type="application/json")
+        return Response(orjson.dumps(found), media_type="application/json")
+
     def build_routes() -> list[Route]:
-        routes = [Route("/health", _health(engine), methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"])]
+        routes = [Route("/health", _health(engine), methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"]), Route("/usage", usage_endpoint, methods=["GET"])]
         for plan in engine.plans.values():
             for method, path in plan.routes:
                 routes.append(Route(path, endpoint_for(plan.name), methods=[method], name=f"{plan.name}:{method}:{path}"))
@@ -318,9 +328,14 @@ def _to_response(out: Any, ctx: RunContext, start: float | None) -> Response:
 
 
 def _finish_capture(ctx: RunContext, response: Response, outcome: str, chunks: list[Any] | None = None) -> None:
-    """Close the run's capture record with what the client was sent."""
+    """Close the run's capture record with what the client was sent (and what it used)."""
     if ctx.recorder is None:
         return
+    used, session = usage.of_run(ctx)
+    if used is not None:
+        ctx.recorder.record[usage.USAGE_FACT] = used
+        if session:
+            ctx.recorder.record[usage.SESSION_FACT] = session
     headers = {k: v for k, v in response.headers.items() if k not in {"content-length", "date"}}
     output: dict[str, Any] = {"status": response.status_code, "headers": headers}
     if chunks is not None:
@@ -339,6 +354,7 @@ def _log_access(ctx: RunContext, status: int, outcome: str, start: float, **extr
     fields = {"outcome": outcome, **ctx.attributes}
     metrics.REQUESTS.labels(ctx.pipeline, str(status), fields["outcome"]).inc()
     metrics.REQUEST_SECONDS.labels(ctx.pipeline).observe(seconds)
+    usage.settle(ctx)
     _access.info(
         "request",
         request_id=ctx.request_id,

@@ -2,7 +2,8 @@
 
 The engine measures what every pipeline has (requests, latency, steps, retries, streams);
 a step package adds its own domain figures with `prometheus_client` directly (they land in
-the same default registry). With several workers each process exposes its own figures, as
+the same default registry). Tokens and cost by model come from what steps report through
+`engine.usage`. With several workers each process exposes its own figures, as
 DESIGN.md's "Scale" section says: scrape each replica.
 """
 
@@ -19,6 +20,8 @@ STEP_SECONDS = Histogram("engine_step_duration_seconds", "Step duration (a strea
 RETRIES = Counter("engine_step_retries_total", "Step attempts retried, by error kind", ["pipeline", "step", "kind"])
 ACTIVE_STREAMS = Gauge("engine_active_streams", "Responses currently streaming to clients", ["pipeline"])
 CAPTURE_FAILURES = Counter("engine_capture_failures_total", "Capture records lost (disk full, I/O error, queue full); requests are unaffected")
+TOKENS = Counter("engine_tokens_total", "Tokens used, by upstream model and kind (as the upstream reported them, else the gateway's estimate)", ["model", "kind"])
+COST = Counter("engine_cost_usd_total", "USD spent, by upstream model (the upstream's reported cost, else the model's prices; unknown costs add nothing)", ["model"])
 RELOADS = Counter("engine_pipeline_reloads_total", "Pipeline reloads (--reload), by result", ["result"])
 
 

@@ -7,6 +7,10 @@ the model family which produced them can read. Each of those needs to know the m
 when it is reachable (fetched once per TTL through the upstream's pooled client) and from
 `pipelines/profiles/models.yaml` otherwise; what no listing says (cache support, the
 reasoning wire format, rejected schema keywords) always comes from the YAML.
+
+Prices (USD per million tokens) come from the same two sources, the listing's `pricing` over the
+YAML's `price`, and travel separately (`openrouter.prices`): a cost is accounting, not a
+capability, so what goes upstream never depends on it.
 """
 
 from __future__ import annotations
@@ -52,10 +56,36 @@ class Profile:
         return self.supported is None or param in self.supported
 
 
+@dataclass(frozen=True, slots=True)
+class Prices:
+    """USD per million tokens of each kind; a cache price of None is billed as input."""
+
+    input: float
+    output: float
+    cache_read: float | None = None
+    cache_write: float | None = None
+
+    def cost(self, input: int, output: int, cache_read: int = 0, cache_write: int = 0) -> float:
+        """The USD cost of a call's tokens (input excludes cache reads and writes)."""
+        read = self.input if self.cache_read is None else self.cache_read
+        write = self.input if self.cache_write is None else self.cache_write
+        return (input * self.input + output * self.output + cache_read * read + cache_write * write) / 1e6
+
+
+class _Price(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: float
+    output: float
+    cache_read: float | None = None
+    cache_write: float | None = None
+
+
 class _Rule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     match: list[str]
+    price: _Price | None = None
     family: str | None = None
     context_length: int | None = None
     max_output: int | None = None
@@ -95,6 +125,7 @@ class ProfileBook:
         self.fetched_at: float | None = None  # monotonic time of the last attempt
         self.fetch_ok = False
         self._memo: dict[str, Profile] = {}
+        self._prices: dict[str, Prices | None] = {}
         self._lock = anyio.Lock()
 
     def get(self, model: str) -> Profile:
@@ -108,7 +139,7 @@ class ProfileBook:
         lowered = model.lower()
         for rule in self.rules:
             if any(fnmatch.fnmatchcase(lowered, pat.lower()) for pat in rule.match):
-                for key, value in rule.model_dump(exclude={"match"}, exclude_none=True).items():
+                for key, value in rule.model_dump(exclude={"match", "price"}, exclude_none=True).items():
                     fields[key] = value
         profile = Profile(
             model=model,
@@ -125,6 +156,19 @@ class ProfileBook:
         )
         entry = self.live.get(model) or self.live.get(model.split(":", 1)[0])
         return _overlay(profile, entry) if entry else profile
+
+    def prices(self, model: str) -> Prices | None:
+        """The model's prices: the live listing's `pricing`, else the last matching YAML `price`."""
+        if model not in self._prices:
+            entry = self.live.get(model) or self.live.get(model.split(":", 1)[0])
+            found = _listed_prices(entry) if entry else None
+            if found is None:
+                lowered = model.lower()
+                for rule in self.rules:
+                    if rule.price is not None and any(fnmatch.fnmatchcase(lowered, pat.lower()) for pat in rule.match):
+                        found = Prices(**rule.price.model_dump())
+            self._prices[model] = found
+        return self._prices[model]
 
     def stale(self, ttl: float) -> bool:
         if self.fetched_at is None:
@@ -156,6 +200,7 @@ class ProfileBook:
                 log.info("openrouter.models_unavailable", error=f"{type(exc).__name__}: {exc}"[:200])
             self.fetched_at = time.monotonic()
             self._memo = {}
+            self._prices = {}
 
 
 def _overlay(profile: Profile, entry: dict) -> Profile:
@@ -176,6 +221,28 @@ def _overlay(profile: Profile, entry: dict) -> Profile:
     if isinstance(modalities, list):
         changes["vision"] = "image" in modalities
     return replace(profile, **changes) if changes else profile
+
+
+def _per_million(value: Any) -> float | None:
+    """An OpenRouter per-token price (a decimal string) in USD per million; None if absent or
+    negative (OpenRouter lists -1 for routers whose price depends on the model they pick)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return round(number * 1e6, 9) if number >= 0 else None
+
+
+def _listed_prices(entry: dict) -> Prices | None:
+    """Prices from a listing entry's `pricing` (`prompt`, `completion`, `input_cache_read`,
+    `input_cache_write`), or None when it has no usable prompt and completion price."""
+    pricing = entry.get("pricing")
+    if not isinstance(pricing, dict):
+        return None
+    prompt, completion = _per_million(pricing.get("prompt")), _per_million(pricing.get("completion"))
+    if prompt is None or completion is None:
+        return None
+    return Prices(prompt, completion, _per_million(pricing.get("input_cache_read")), _per_million(pricing.get("input_cache_write")))
 
 
 def _listing_client() -> httpx.AsyncClient:
@@ -217,3 +284,16 @@ async def profiles(
         client = await ctx.resource("openrouter.models_client", _listing_client)
         await book.refresh(client, base_url, api_key or _client_key(request), ttl, fetch_timeout, ctx.log)
     return {m: book.get(m) for m in models}
+
+
+@step("openrouter.prices")
+async def prices(models: list[str], ctx: RunContext, profiles: dict[str, Profile] | None = None, data: str = "") -> dict[str, Prices]:
+    """USD per million input, output, cache-read and cache-write tokens, per model (when known).
+
+    From the model listing `openrouter.profiles` fetched (pass its output as `profiles` so this
+    runs after it), else from the `price` of the YAML rules in `data`. A model with no known
+    price is left out; its cost is then known only when the upstream reports one.
+    """
+    book = await profile_book(ctx, data)
+    found = {m: book.prices(m) for m in models}
+    return {m: p for m, p in found.items() if p is not None}
