@@ -386,6 +386,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             except Exception as exc:  # a check that crashes is itself a finding
                 findings.append(registry.Finding("fail", f"{getattr(check, '__name__', 'check')} failed: {exc}"))
 
+    findings += [registry.Finding("fail", reason, "`engine serve` refuses to start until this is fixed") for reason in registry.startup_refusals()]
     anyio.run(run_checks)
     for f in findings:
         print(f"{marks.get(f.status, '?')} {f.message}")
@@ -438,6 +439,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if unsafe:
         print(f"engine: refusing to serve: {unsafe} is writable by group or others, and pipeline files run code (chmod go-w it)", file=sys.stderr)
         return 1
+    refusals = registry.startup_refusals()
+    if refusals:
+        for reason in refusals:
+            print(f"engine: refusing to serve: {reason}", file=sys.stderr)
+        return 2
     plans = load_plans([pipelines])  # fail here, before binding, with every error listed
     routes = [f"{m} {p} -> {plan.name}" for plan in plans for m, p in plan.routes]
     print(f"engine serving http://{args.host}:{args.port} ({len(plans)} pipelines from {pipelines})", file=sys.stderr)
