@@ -15,12 +15,9 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engine.errors import EngineError, SpecErrors
-
-if TYPE_CHECKING:
-    from engine.executor import Engine
 
 
 def version() -> str:
@@ -32,6 +29,17 @@ def version() -> str:
         return installed("engine")
     except PackageNotFoundError:
         return "unknown"
+
+
+class _Version(argparse.Action):
+    """`--version`, looked up only when asked for (importlib.metadata costs a few tens of ms)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(f"engine {version()}")
+        parser.exit()
 
 
 def load_plans(*args: Any, **kwargs: Any) -> Any:
@@ -67,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples("engine serve", "engine check pipelines/", "engine graph messages --format mermaid", "engine steps"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"engine {version()}")
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help: str, examples: list[str]) -> argparse.ArgumentParser:

@@ -19,10 +19,9 @@ import fnmatch
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
-import httpx
 import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict
@@ -30,6 +29,9 @@ from pydantic import BaseModel, ConfigDict
 from engine.registry import step
 from engine.run import RunContext
 from engine.types import Request
+
+if TYPE_CHECKING:  # httpx loads with the first listing fetch, not with `engine check`
+    import httpx
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "pipelines" / "profiles" / "models.yaml"
 RETRY_FAILED_FETCH = 60.0  # seconds before trying an unreachable listing again
@@ -180,6 +182,8 @@ class ProfileBook:
         """Fetch the listing once per TTL; one request fetches while the others use what is known."""
         if not self.stale(ttl) or (self._lock.locked() and self.fetched_at is not None):
             return
+        import httpx
+
         async with self._lock:
             if not self.stale(ttl):
                 return
@@ -248,6 +252,8 @@ def _listed_prices(entry: dict) -> Prices | None:
 def _listing_client() -> httpx.AsyncClient:
     """For the model listing: a request an hour, so plain httpx (the per-request upstream
     path is steps/openrouter/transport.py)."""
+    import httpx
+
     from steps.openrouter.transport import USER_AGENT
 
     return httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), trust_env=False, follow_redirects=False, headers={"user-agent": USER_AGENT})

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import regex
-from wcmatch import glob as wglob
 
 from steps.tools.workspace import ToolRefused, Workspace
 
@@ -190,6 +188,8 @@ def multi_edit(ws: Workspace, lim: FileLimits, args: dict) -> str:
 def ls(ws: Workspace, lim: FileLimits, args: dict) -> str:
     real = ws.resolve(args.get("path") or None, must_exist=True)
     ignore = args.get("ignore") or []
+    from wcmatch import glob as wglob  # imported when a tool runs, not when pipelines load
+
     matcher = wglob.compile([p for p in ignore if isinstance(p, str)], flags=wglob.GLOBSTAR | wglob.DOTGLOB) if ignore else None
     if not os.path.isdir(real) or os.path.islink(real):
         raise ToolRefused(f"{ws.display(real)} is not a directory")
@@ -259,6 +259,8 @@ def glob(ws: Workspace, lim: FileLimits, args: dict) -> str:
     top = ws.resolve(args.get("path") or None, must_exist=True)
     if not os.path.isdir(top):
         raise ToolRefused(f"{ws.display(top)} is not a directory")
+    from wcmatch import glob as wglob
+
     matcher = wglob.compile(pattern, flags=wglob.GLOBSTAR | wglob.BRACE | wglob.DOTGLOB)
     walk = _Walk(top, lim.walk_entries, lim.walk_seconds)
     found: list[str] = []
@@ -284,6 +286,9 @@ def grep(ws: Workspace, lim: FileLimits, args: dict) -> str:
     """ripgrep-like search with a time budget: the `regex` module's `timeout` interrupts a
     catastrophic pattern such as `(a+)+$`, which the standard `re` cannot."""
     source = _str(args.get("pattern"), "pattern")
+    import regex
+    from wcmatch import glob as wglob
+
     flags = regex.MULTILINE | (regex.IGNORECASE if args.get("-i") else 0)
     if args.get("multiline"):
         flags |= regex.DOTALL
