@@ -56,3 +56,25 @@ def test_inbound_keys_without_an_upstream_key_refuse_to_start() -> None:
 def test_version() -> None:
     out = engine_cli("--version", env={})
     assert out.returncode == 0 and re.fullmatch(r"engine \d+\.\d+\.\d+\S*\n", out.stdout)
+
+
+HEAVY = ("networkx", "aiohttp", "httpx", "markdownify", "bs4", "regex", "wcmatch", "prometheus_client", "starlette", "uvicorn")
+
+
+def test_cli_commands_that_serve_nothing_import_nothing_heavy() -> None:
+    """`engine --help`, `check`, `steps` and `statusline` start fast because they never import
+    the serving stack or the libraries only a request needs (checked by module, not by clock)."""
+    probe = (
+        "import contextlib, io, sys\n"
+        "from engine.cli import main\n"
+        "for argv in (['check'], ['steps'], ['statusline', '--url', 'http://127.0.0.1:9']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        "        sys.stdin = io.StringIO('{\"session_id\": \"s\"}')\n"
+        "        assert main(argv) == 0, argv\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    helped = subprocess.run([sys.executable, "-c", "import sys\nfrom engine.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\nprint(sorted(m for m in sys.modules if m.startswith(('steps', 'pydantic', 'yaml', 'structlog', 'anyio'))))"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert helped.stdout.strip().splitlines()[-1] == "[]"
