@@ -483,6 +483,14 @@ def cmd_usage(args: argparse.Namespace) -> int:
     if not paths:
         print("engine: name JSON access logs or capture directories (or set ENGINE_CAPTURE_DIR); see `engine usage --help`", file=sys.stderr)
         return 2
+    if args.since is not None:
+        import datetime
+
+        try:
+            datetime.date.fromisoformat(args.since)
+        except ValueError:
+            print(f"engine: --since {args.since!r} is not a day; write it as YYYY-MM-DD (UTC), e.g. --since 2026-12-01", file=sys.stderr)
+            return 2
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
         print(f"engine: no such file or directory: {', '.join(missing)}", file=sys.stderr)

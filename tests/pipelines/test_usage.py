@@ -181,3 +181,16 @@ def test_statusline_prints_the_sessions_model_tokens_and_cost(gw: Gateway) -> No
     assert fresh.returncode == 0 and "no requests yet" in fresh.stdout
     dead = engine_cli("statusline", "--url", "http://127.0.0.1:9", stdin=json.dumps(claude_code))
     assert dead.returncode == 0 and "unreachable" in dead.stdout
+
+
+def test_a_stream_cut_midway_still_counts_what_it_used(gw: Gateway) -> None:
+    """An upstream that dies mid-stream billed the output so far: the access line carries the
+    gateway's estimate (input estimate, output from the characters streamed), priced if it can."""
+    gw.fake.default_mode = "cut_mid_stream"
+    with gw.http() as http, captured_logs() as sink:
+        r = http.post("/v1/messages", json={"model": "claude-opus-5-5", "max_tokens": 50, "messages": ASK, "stream": True})
+        assert r.status_code == 200 and "event: error" in r.text
+        (line,) = sink.wait_for("request", request_id=r.headers["request-id"])
+    assert line["outcome"] == "upstream_cut"
+    used = line["usage"]["test/big"]
+    assert used["input"] > 0 and used["output"] >= 1 and used["cost_usd"] is None
