@@ -67,17 +67,28 @@ def settle(ctx: Any) -> dict[str, dict[str, Any]] | None:
     usage, session = of_run(ctx)
     if usage is None:
         return None
-    from engine import metrics
-
     for model, entry in usage.items():
         for kind, n in entry.items():
-            if kind != COST and n:
-                metrics.TOKENS.labels(model, kind).inc(n)
+            if n and kind != COST:
+                _counter("TOKENS", model, kind).inc(n)
         if entry.get(COST):
-            metrics.COST.labels(model).inc(entry[COST])
+            _counter("COST", model).inc(entry[COST])
     if session:
         SESSIONS.add(session, usage)
     return usage
+
+
+_children: dict[tuple[str, ...], Any] = {}
+
+
+def _counter(name: str, *labels: str) -> Any:
+    """A labelled Prometheus counter, kept: `labels()` costs a lock and a tuple every call."""
+    child = _children.get((name, *labels))
+    if child is None:
+        from engine import metrics
+
+        child = _children[(name, *labels)] = getattr(metrics, name).labels(*labels)
+    return child
 
 
 # -- totals -----------------------------------------------------------------------------------
@@ -110,6 +121,29 @@ class Total:
         return {"requests": self.requests, "tokens": dict(self.tokens), COST: round(self.cost_usd, 6), "unpriced": self.unpriced}
 
 
+def add_by_model(by_model: dict[str, Total], usage: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Count one request's usage in `by_model`; return its totals over models and whether
+    its whole cost is known."""
+    merged: dict[str, Any] = {COST: 0.0}
+    priced = True
+    for model, entry in usage.items():
+        if not isinstance(entry, Mapping):
+            continue
+        total = by_model.get(model)
+        if total is None:
+            total = by_model[model] = Total()
+        total.add(entry)
+        for kind, n in entry.items():
+            if kind != COST and isinstance(n, int) and not isinstance(n, bool):
+                merged[kind] = merged.get(kind, 0) + n
+        cost = entry.get(COST)
+        if isinstance(cost, (int, float)) and not isinstance(cost, bool):
+            merged[COST] += cost
+        else:
+            priced = False
+    return merged, priced
+
+
 @dataclass
 class Record:
     """One request's usage as an access log line or a capture record tells it."""
@@ -130,20 +164,7 @@ class Summary:
 
     def add(self, record: Record) -> None:
         self.records += 1
-        merged: dict[str, Any] = {COST: 0.0}
-        priced = True
-        for model, entry in record.usage.items():
-            if not isinstance(entry, Mapping):
-                continue
-            self.by_model.setdefault(model, Total()).add(entry)
-            for kind, n in entry.items():
-                if kind != COST and isinstance(n, int) and not isinstance(n, bool):
-                    merged[kind] = merged.get(kind, 0) + n
-            cost = entry.get(COST)
-            if isinstance(cost, (int, float)) and not isinstance(cost, bool):
-                merged[COST] += cost
-            else:
-                priced = False
+        merged, priced = add_by_model(self.by_model, record.usage)
         self.by_day.setdefault(record.day, Total()).add(merged, priced)
         self.total.add(merged, priced)
 
@@ -163,16 +184,17 @@ class SessionBook:
 
     def __init__(self, limit: int = MAX_SESSIONS) -> None:
         self.limit = limit
-        self._items: OrderedDict[str, tuple[Summary, float]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[dict[str, Total], Total, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def add(self, session: str, usage: dict[str, dict[str, Any]]) -> None:
-        now = time.time()
         with self._lock:
-            summary = self._items.pop(session, (None, 0.0))[0] or Summary()
-            summary.add(Record(_day_of_timestamp(now) or "unknown", usage, session))
-            self._items[session] = (summary, now)
-            while len(self._items) > self.limit:
+            found = self._items.pop(session, None)
+            models, total = (found[0], found[1]) if found is not None else ({}, Total())
+            merged, priced = add_by_model(models, usage)
+            total.add(merged, priced)
+            self._items[session] = (models, total, time.time())
+            if len(self._items) > self.limit:
                 self._items.popitem(last=False)
 
     def get(self, session: str) -> dict[str, Any] | None:
@@ -181,11 +203,11 @@ class SessionBook:
             found = self._items.get(session)
             if found is None:
                 return None
-            summary, updated = found
+            models, total, updated = found
             return {
                 "session": session,
-                "models": {m: t.as_dict() for m, t in summary.by_model.items()},
-                "total": summary.total.as_dict(),
+                "models": {m: t.as_dict() for m, t in models.items()},
+                "total": total.as_dict(),
                 "updated_at": updated,
             }
 
