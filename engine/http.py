@@ -93,18 +93,8 @@ def create_app(
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    async def usage_endpoint(request: StarletteRequest) -> Response:
-        # Only by session id (unguessable, the client's own): no listing of other sessions.
-        session = request.query_params.get("session", "")
-        if not session:
-            return Response(orjson.dumps({"error": "send ?session=ID"}), status_code=400, media_type="application/json")
-        found = usage.SESSIONS.get(session)
-        if found is None:
-            return Response(orjson.dumps({"error": "no usage recorded for this session (yet)", "session": session}), status_code=404, media_type="application/json")
-        return Response(orjson.dumps(found), media_type="application/json")
-
     def build_routes() -> list[Route]:
-        routes = [Route("/health", _health(engine), methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"]), Route("/usage", usage_endpoint, methods=["GET"])]
+        routes = [Route("/health", _health(engine), methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"]), Route("/usage", usage.endpoint, methods=["GET"])]
         for plan in engine.plans.values():
             for method, path in plan.routes:
                 routes.append(Route(path, endpoint_for(plan.name), methods=[method], name=f"{plan.name}:{method}:{path}"))

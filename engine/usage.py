@@ -215,6 +215,21 @@ class SessionBook:
 SESSIONS = SessionBook()
 
 
+async def endpoint(request: Any) -> Any:
+    """`GET /usage?session=ID`: one session's totals. Only by id (the client's own, unguessable):
+    there is no listing of other sessions."""
+    import orjson
+    from starlette.responses import Response
+
+    session = request.query_params.get("session", "")
+    if not session:
+        return Response(orjson.dumps({"error": "send ?session=ID"}), status_code=400, media_type="application/json")
+    found = SESSIONS.get(session)
+    if found is None:
+        return Response(orjson.dumps({"error": "no usage recorded for this session (yet)", "session": session}), status_code=404, media_type="application/json")
+    return Response(orjson.dumps(found), media_type="application/json")
+
+
 # -- reading logs and captures ----------------------------------------------------------------
 
 
