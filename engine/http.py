@@ -44,7 +44,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from engine import logs, metrics
+from engine import logs, metrics, usage
 from engine.capture import RecordingIds, RunRecorder
 from engine.check import Plan
 from engine.errors import HttpError, SpecErrors, StepError
@@ -111,7 +111,11 @@ def create_app(
         console_app = engine.console.app()
 
     def build_routes() -> list[BaseRoute]:
-        routes: list[BaseRoute] = [Route("/health", _health(engine), methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"])]
+        routes: list[BaseRoute] = [
+            Route("/health", _health(engine), methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+            Route("/usage", usage.endpoint, methods=["GET"]),
+        ]
         if engine.console is not None:
             routes += [Route("/console", lambda r: RedirectResponse("/console/"), methods=["GET"]), Mount("/console", app=console_app)]
         for plan in engine.plans.values():
@@ -381,9 +385,14 @@ def _to_response(out: Any, ctx: RunContext, start: float | None) -> Response:
 
 
 def _finish_capture(ctx: RunContext, response: Response, outcome: str, chunks: list[Any] | None = None) -> None:
-    """Close the run's capture record with what the client was sent."""
+    """Close the run's capture record with what the client was sent (and what it used)."""
     if ctx.recorder is None:
         return
+    used, session = usage.of_run(ctx)
+    if used is not None:
+        ctx.recorder.record[usage.USAGE_FACT] = used
+        if session:
+            ctx.recorder.record[usage.SESSION_FACT] = session
     headers = {k: v for k, v in response.headers.items() if k not in {"content-length", "date"}}
     output: dict[str, Any] = {"status": response.status_code, "headers": headers}
     if chunks is not None:
@@ -402,6 +411,7 @@ def _log_access(ctx: RunContext, status: int, outcome: str, start: float, **extr
     fields = {"outcome": outcome, **ctx.attributes}
     metrics.REQUESTS.labels(ctx.pipeline, str(status), fields["outcome"]).inc()
     metrics.REQUEST_SECONDS.labels(ctx.pipeline).observe(seconds)
+    usage.settle(ctx)
     line = {"request_id": ctx.request_id, "pipeline": ctx.pipeline, "status": status, "duration_ms": round(seconds * 1000, 2), **fields, **extra}
     _access.info("request", **line)
     if ctx.recorder is not None:  # the capture keeps the access facts with the run

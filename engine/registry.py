@@ -243,6 +243,21 @@ def serving_notes() -> list[str]:
     return [fn() for fn in _serving_notes]
 
 
+_startup_checks: list[Callable[[], str | None]] = []
+
+
+def startup_check(fn: Callable[[], str | None]) -> Callable[[], str | None]:
+    """Register a check of the configuration `engine serve` runs before binding: it returns why
+    the gateway cannot work as configured (one line), or None. `engine doctor` reports it too."""
+    _startup_checks.append(fn)
+    return fn
+
+
+def startup_refusals() -> list[str]:
+    load_step_packages()
+    return [reason for fn in _startup_checks if (reason := fn())]
+
+
 _doctor_checks: list[Callable[[], Any]] = []
 
 

@@ -15,9 +15,10 @@ import orjson
 from engine.registry import step
 from engine.run import RunContext
 from steps.anthropic.tokens import calibration
+from steps.convert.metering import meter
 from steps.convert.thinking import Reasoning
 from steps.openrouter.errors import UpstreamError
-from steps.openrouter.profiles import Profile, family_of
+from steps.openrouter.profiles import Prices, Profile, family_of
 
 _TOOL_ID_OK = re.compile(r"^[a-zA-Z0-9_-]+$").match
 _JSON_DECODER = json.JSONDecoder()
@@ -32,6 +33,7 @@ def convert_response(
     ctx: RunContext,
     input_tokens_estimate: int = 0,
     profiles: dict[str, Profile] | None = None,
+    prices: dict[str, Prices] | None = None,
 ) -> dict:
     """Translate a non-streaming chat completion into an Anthropic Message.
 
@@ -45,6 +47,8 @@ def convert_response(
     (`reasoning_details`, else `reasoning` / `reasoning_content`) becomes a leading thinking
     block signed with a gateway token (steps/convert/thinking.py), or redacted_thinking when
     it is encrypted only; `thinking.display: "omitted"` keeps the signature, empties the text.
+    The usage and its cost (the upstream's, else from `prices`) are reported for the access
+    line and metrics.
     """
     if not isinstance(completion, dict):
         raise UpstreamError(
@@ -123,6 +127,7 @@ def convert_response(
         }
     elif usage["output_tokens"] < 1:
         usage["output_tokens"] = max(1, chars // 4)
+    meter(ctx, answered, usage, completion.get("usage"), prices)
     return {
         "id": ctx.new_id("msg_"),
         "type": "message",

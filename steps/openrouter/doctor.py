@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 
-import httpx
-
 from engine.registry import Finding, doctor_check
 
 DEFAULT_BASE = "https://openrouter.ai/api/v1"
@@ -45,6 +43,8 @@ async def upstream() -> list[Finding]:
     """Is the upstream reachable, and does it accept the key?"""
     base, key = _base(), os.environ.get("OPENROUTER_API_KEY", "")
     found: list[Finding] = []
+    import httpx  # a tenth of a second: only when the doctor really calls the upstream
+
     async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0), trust_env=False) as client:
         try:
             r = await client.get(f"{base}/models")

@@ -38,10 +38,9 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import httpx
 import orjson
 
 from engine.errors import StepTimeout
@@ -59,7 +58,9 @@ from steps.openrouter.errors import (
 )
 from steps.openrouter.cooldown import Cooldowns, cooldowns
 from steps.openrouter.sse import DONE, SSEDecoder, SSEError
-from steps.openrouter.transport import UpstreamClient, UpstreamResponse
+
+if TYPE_CHECKING:  # httpx and aiohttp load with the first call, not with `engine check`
+    from steps.openrouter.transport import UpstreamClient, UpstreamResponse
 
 __all__ = ["KEEPALIVE_OBJECT", "ChunkStream", "call", "is_keepalive"]
 
@@ -368,7 +369,7 @@ async def _call_one(payload: dict, request: Request, ctx: RunContext, target: _T
         headers["x-openrouter-title"] = target.title
     client: UpstreamClient = await ctx.resource(
         f"openrouter.client:{target.connect_timeout}:{target.read_timeout}:{target.pool_size}",
-        lambda: UpstreamClient(target.connect_timeout, target.read_timeout, target.pool_size),
+        lambda: _client(target),
     )
     url = target.base_url.rstrip("/") + "/chat/completions"
     try:
@@ -546,6 +547,8 @@ class ChunkStream(AsyncIterator[dict]):
         return chunk
 
     async def _run(self) -> AsyncIterator[dict]:
+        import httpx  # loaded by the transport already; imported here to keep it out of `engine check`
+
         response = self._response
         assert response is not None
         decoder = SSEDecoder()
@@ -696,8 +699,16 @@ class _deadline:
             raise UpstreamError("run deadline passed while waiting for the upstream", kind="timeout", retryable=False) from None
 
 
+def _client(target: _Target) -> UpstreamClient:
+    from steps.openrouter.transport import UpstreamClient
+
+    return UpstreamClient(target.connect_timeout, target.read_timeout, target.pool_size)
+
+
 async def _send(client: UpstreamClient, url: str, body: bytes, headers: dict[str, str], key: str) -> UpstreamResponse:
     """Send and wait for the response headers; map transport failures to UpstreamError."""
+    import httpx
+
     try:
         return await client.post(url, body, headers)
     except httpx.TimeoutException as exc:
@@ -728,6 +739,8 @@ async def _send(client: UpstreamClient, url: str, body: bytes, headers: dict[str
 
 async def _read_body(response: UpstreamResponse, limit: int | None = None) -> bytes:
     """The (decoded) body; a transport failure while reading it is a retryable "cut"."""
+    import httpx
+
     try:
         if limit is None:
             return await response.aread()

@@ -58,6 +58,8 @@ Parity extensions (all off by default, so the modes above behave as before):
     signature in a last text-less detail; google/* gemini text + `reasoning.encrypted`;
     deepseek/* `reasoning_content` only; anything else `reasoning` + an openai-responses-v1
     summary and encrypted detail.
+  - `fake.cost` is every answer's `usage.cost` (default 0; None leaves the field out, as servers
+    other than OpenRouter do). Listing entries may carry OpenRouter's `pricing`.
   - A request with any `cache_control` reports cache writes the first time its system prompt
     is seen and cache reads after (`prompt_tokens_details`).
   - `context_length;bare=1` words the error without any figures.
@@ -373,6 +375,7 @@ class _Answer:
         self.model = model
         self.reasoning: str | None = None  # set when the request asked for reasoning
         self.cache: tuple[int, int] | None = None  # (cached_tokens, cache_write_tokens) shares
+        self.cost: float | None = 0  # usage.cost (None: not reported, as non-OpenRouter servers)
         self.id = "gen-" + _rand(20)
         self.created = int(time.time())
         self.call_id = "call_" + _rand(24)
@@ -470,7 +473,8 @@ class _Answer:
         return {"prompt_tokens": prompt, "completion_tokens": completion,
                 "total_tokens": prompt + completion,
                 "prompt_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written},
-                "completion_tokens_details": {"reasoning_tokens": 0}, "cost": 0, "is_byok": False}
+                "completion_tokens_details": {"reasoning_tokens": 0},
+                **({"cost": self.cost, "is_byok": False} if self.cost is not None else {})}
 
     def completion(self, request_bytes: int) -> dict:
         message: dict[str, Any] = {"role": "assistant", "content": self.text if self.tool is None else (self.text or None),
@@ -705,6 +709,7 @@ class FakeOpenRouter:
             {"id": "fake/model", "name": "Fake model", "context_length": 200000},
         ]
         self.listing_requests = 0
+        self.cost: float | None = 0  # what every answer reports as usage.cost; None: no cost field
         self.strict = False
         self.no_vision: set[str] = set()
         self.max_output: dict[str, int] = {}
@@ -951,6 +956,7 @@ class FakeOpenRouter:
                                                       "metadata": {"error_type": "invalid_request", "provider_name": "Fake"}}})
                 return out.keep_alive
         answer = answer_for(rec.json, mode)
+        answer.cost = self.cost
         if isinstance(rec.json, dict):
             reasoning = rec.json.get("reasoning")
             if isinstance(reasoning, dict) and not reasoning.get("exclude") and name == "ok":
