@@ -200,7 +200,7 @@ async def replay(engine: Any, entries: list[RunEntry]) -> list[dict[str, Any]]:
                 results.append({"key": e.key, "label": label, "skipped": "its record is no longer kept in memory", "same": False, "changes": [], "ms": 0.0})
                 continue
             r = await replay_one(copy, Captured(e.source, 0, e.record))
-            changes = [scrubbed(c) for c in r.input_changes + r.output_changes + ([r.error] if r.error else [])]
+            changes = [scrubbed(c) for c in r.changes]  # the lines `engine replay` prints
             results.append({"key": e.key, "label": label, "skipped": r.skipped, "same": r.same and not r.skipped, "changes": changes, "ms": r.seconds * 1000})
     finally:
         await copy.aclose()
