@@ -138,13 +138,25 @@ def minimal(tp: Any, key: str = "", depth: int = 0) -> Any:
     return {}
 
 
-def variants(tp: Any, depth: int = 0) -> Iterator[Any]:
+def variants(tp: Any, depth: int = 0, optional: bool = False) -> Iterator[Any]:
     """`minimal(tp)`, then one value for every other member of each tagged union among its
-    required keys (recursively), the rest minimal."""
+    required keys (recursively), the rest minimal. With `optional`, also one value per member of
+    each tagged union among the optional keys of `tp` itself (a tool_result's content blocks)."""
     base = minimal(tp)
     yield base
     if depth > 3 or not (is_typed_dict(tp) or is_model(tp)):
         return
+    if optional:
+        required = set(required_keys(tp))
+        for k, ft in hints(tp).items():
+            inner = item_type(ft)
+            alts = members(inner if inner is not None else ft)
+            if k in required or not any(type_tags(a) for a in alts):
+                continue
+            for alt in alts:
+                if is_typed_dict(alt) or is_model(alt):
+                    for v in variants(alt, depth + 1):
+                        yield {**base, k: [v] if inner is not None else v}
     for k in required_keys(tp):
         ft = _field_type(tp, k)
         inner = item_type(ft)
