@@ -152,10 +152,11 @@ def _top_level(
         if stream_usage:
             out["stream_options"] = {"include_usage": True}
 
-    tools_key = ("tools", profile.schema_drop if profile else None, profile.schema_formats if profile else None)
+    family = profile.family if profile is not None else family_of(model)
+    tools_key = ("tools", profile.schema_drop if profile else None, profile.schema_formats if profile else None, family)
     tools = memo.get(tools_key)
     if tools is None:
-        tools = memo[tools_key] = _convert_tools(body.get("tools"), profile)
+        tools = memo[tools_key] = _convert_tools(body.get("tools"), profile, family)
     if tools:
         out["tools"] = tools
         choice = body.get("tool_choice")
@@ -183,7 +184,7 @@ def _top_level(
     ):
         schema = fmt["schema"]
         if profile is not None:
-            schema = clean_schema(schema, profile.schema_drop, profile.schema_formats)
+            schema = clean_schema(schema, profile.schema_drop, profile.schema_formats, family)
         out["response_format"] = {
             "type": "json_schema",
             "json_schema": {"name": "output", "schema": schema, "strict": True},
@@ -212,8 +213,10 @@ def clamp_max_tokens(requested: Any, profile: Profile | None, input_tokens: int)
     return max(1, value)
 
 
-def _convert_tools(tools: Any, profile: Profile | None = None) -> list[dict]:
-    """Custom tools → OpenAI functions; server tools (typed, e.g. web_search_20250305) skipped."""
+def _convert_tools(tools: Any, profile: Profile | None = None, family: str = "") -> list[dict]:
+    """Custom tools → OpenAI functions; server tools (typed, e.g. web_search_20250305) skipped.
+    Schemas are fitted to the provider (steps/convert/schema.py): its profile's dropped keywords
+    and formats, and its family's rules."""
     if not tools:
         return []
     out = []
@@ -233,8 +236,10 @@ def _convert_tools(tools: Any, profile: Profile | None = None) -> list[dict]:
         # The schema object is shared with the request body, not copied: nothing here
         # mutates it, and a copy of 300 schemas would cost more than the whole conversion.
         schema = tool.get("input_schema") or {"type": "object", "properties": {}}
-        if profile is not None and (profile.schema_drop or profile.schema_formats is not None):
-            schema = clean_schema(schema, profile.schema_drop, profile.schema_formats)
+        if profile is not None:
+            schema = clean_schema(schema, profile.schema_drop, profile.schema_formats, family)
+        elif family:
+            schema = clean_schema(schema, frozenset(), None, family)
         fn["parameters"] = schema
         out.append({"type": "function", "function": fn})
     if skipped:

@@ -243,3 +243,48 @@ def test_claude_alias_with_context_tag_maps_like_the_alias(strict: Gateway) -> N
         r = http.post("/v1/messages", json={"model": "claude-opus-4-6[1m]", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 200, r.text
     assert strict.fake.requests[-1].json["model"] == "test/big"
+
+
+MCP_TOOL = {
+    "name": "file_issue",
+    "input_schema": {
+        "type": "object",
+        "properties": {"issue": {"$ref": "#/$defs/Issue"}, "due": {"type": ["string", "null"]}},
+        "required": ["issue"],
+        "$defs": {"Issue": {"type": "object", "properties": {"title": {"type": "string"}, "parent": {"$ref": "#/$defs/Issue"}}}},
+    },
+}
+UNION_TOOL = {
+    "name": "find",
+    "input_schema": {"anyOf": [
+        {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+        {"type": "object", "properties": {"glob": {"type": "string"}}, "required": ["glob"]},
+    ]},
+}  # fmt: skip
+
+
+def _parameters(gw: Gateway, model: str, tool: dict) -> dict:
+    with gw.http() as http:
+        r = http.post("/v1/messages", json={"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}], "tools": [tool]})
+    assert r.status_code == 200, r.text
+    return gw.fake.requests[-1].json["tools"][0]["function"]["parameters"]
+
+
+def test_gemini_gets_refs_inlined_and_nullable_types(strict: Gateway) -> None:
+    params = _parameters(strict, "google/gemini-2.5-pro[1m]", MCP_TOOL)
+    text = str(params)
+    assert "$ref" not in text and "$defs" not in text
+    issue = params["properties"]["issue"]
+    assert issue["properties"]["title"] == {"type": "string"}
+    assert issue["properties"]["parent"]["type"] == "string"  # the recursion, cut
+    assert params["properties"]["due"] == {"type": "string", "nullable": True}
+
+
+def test_openai_gets_an_object_at_the_top(strict: Gateway) -> None:
+    params = _parameters(strict, "openai/gpt-4o", UNION_TOOL)
+    assert params["type"] == "object" and "anyOf" not in params
+    assert set(params["properties"]) == {"path", "glob"}
+
+
+def test_anthropic_models_get_the_schema_unchanged(strict: Gateway) -> None:
+    assert _parameters(strict, "anthropic/claude-sonnet-4.5", MCP_TOOL) == MCP_TOOL["input_schema"]
