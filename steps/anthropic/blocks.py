@@ -39,8 +39,11 @@ COMPACTION_PREFIX = "Summary of the earlier conversation:\n\n"
 
 
 def is_known(block: dict) -> bool:
+    """A type later steps handle, or not a type at all (validate refuses that)."""
     t = block.get("type")
-    return t in KNOWN or (type(t) is str and t.endswith("_tool_result") and t != "mcp_tool_result" and "tool_use_id" in block)
+    if type(t) is not str:
+        return True
+    return t in KNOWN or (t.endswith("_tool_result") and t != "mcp_tool_result" and "tool_use_id" in block)
 
 
 def _needs_work(messages: list) -> bool:

@@ -63,7 +63,7 @@ class _ToolSet:
         self.offered = {tool_key(t): t for t in self.declared}
 
     def apply(self, change: Any) -> None:
-        if type(change) is not dict or change.get("type") not in CHANGE_TYPES:
+        if type(change) is not dict or not _is_change(change):
             return
         tool = change.get("tool")
         kind = tool.get("type") if type(tool) is dict else None
@@ -135,7 +135,7 @@ def tool_changes(body: dict, request: Any = None) -> dict:
                 if type(b) is not dict:
                     continue
                 t = b.get("type")
-                if t in CHANGE_TYPES:
+                if _is_change(b):
                     toolset.apply(b)
                     changed_tools = True
                 elif t == "compaction" and type(b.get("tool_changes")) is list and type(b.get("content")) is str:
@@ -162,10 +162,14 @@ def tool_changes(body: dict, request: Any = None) -> dict:
     return out
 
 
+def _is_change(block: dict) -> bool:
+    t = block.get("type")
+    return type(t) is str and t in CHANGE_TYPES
+
+
 def _has_changes(content: Any) -> bool:
     return type(content) is list and any(
-        type(b) is dict and (b.get("type") in CHANGE_TYPES or (b.get("type") == "compaction" and b.get("tool_changes")))
-        for b in content
+        type(b) is dict and (_is_change(b) or (b.get("type") == "compaction" and b.get("tool_changes"))) for b in content
     )
 
 
