@@ -92,10 +92,6 @@ class _ToolSet:
         return list(self.offered.values())
 
 
-def _later_user(messages: list, i: int) -> bool:
-    return any(type(m) is dict and m.get("role") == "user" for m in messages[i + 1 :])
-
-
 @step("anthropic.tool_changes", blocking=False)
 def tool_changes(body: dict, request: Any = None) -> dict:
     """Apply mid-conversation tool changes to `tools`; drop system messages cleared by `clear_at`.
@@ -117,14 +113,15 @@ def tool_changes(body: dict, request: Any = None) -> dict:
     kept: list = []
     changed_tools = False
     effort: Any = None
-    last_assistant = max((i for i, m in enumerate(messages) if type(m) is dict and m.get("role") == "assistant"), default=-1)
+    last_assistant = _last(messages, "assistant")
+    last_user = _last(messages, "user")
     for i, m in enumerate(messages):
         if type(m) is not dict:
             kept.append(m)
             continue
         role = m.get("role")
         if role == "system":
-            if m.get("clear_at") == "next_user_message" and _later_user(messages, i):
+            if m.get("clear_at") == "next_user_message" and i < last_user:
                 continue
             config = m.get("output_config")
             if i > last_assistant and type(config) is dict and config.get("effort") is not None:
@@ -160,6 +157,10 @@ def tool_changes(body: dict, request: Any = None) -> dict:
         config = body.get("output_config")
         out["output_config"] = {**(config if type(config) is dict else {}), "effort": effort}
     return out
+
+
+def _last(messages: list, role: str) -> int:
+    return max((i for i, m in enumerate(messages) if type(m) is dict and m.get("role") == role), default=-1)
 
 
 def _is_change(block: dict) -> bool:
