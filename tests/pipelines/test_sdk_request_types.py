@@ -9,6 +9,9 @@ its declared types (tests/support/sdk_types.py). Raising the SDK pin in the dev 
 whatever the new release added into these tests; a type the gateway refuses fails under its
 own name.
 
+`sdk_request_surface.json` lists the names this gateway was reviewed against (made with the
+pinned SDK); a release that adds one fails `test_the_sdk_defines_nothing_unreviewed`, naming it.
+
 Each block is sent in an earlier turn, once as user and once as assistant content, in a
 conversation the API takes: the `id` / `tool_use_id` of every block is one id, a user-turn
 block follows an assistant `tool_use` of that id (so a `tool_result` answers it), and an
@@ -24,8 +27,10 @@ Exceptions, where the API itself refuses and so may the gateway (`REFUSED_BY_THE
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+import anthropic
 import orjson
 import pytest
 from anthropic.types import AnthropicBetaParam, MessageParam, ToolUnionParam
@@ -34,8 +39,9 @@ from anthropic.types.beta import BetaMessageParam, BetaToolUnionParam
 from anthropic.types.beta import message_create_params as beta_create
 
 from tests.pipelines.conftest import Gateway
-from tests.support.sdk_types import TOOL_USE_ID, hints, item_type, label, members, variants
+from tests.support.sdk_types import TOOL_USE_ID, hints, item_type, label, members, type_tags, variants
 
+SURFACE = Path(__file__).with_name("sdk_request_surface.json")
 BASE_FIELDS = {"model", "max_tokens", "messages"}
 HEADER_FIELDS = {"betas"}  # the SDK sends these as the anthropic-beta header, never in the body
 REFUSED_BY_THE_API = {
@@ -102,6 +108,34 @@ def _betas() -> list[str]:
     return [v for alt in get_args(AnthropicBetaParam) if get_origin(alt) is not None for v in get_args(alt)]
 
 
+def sdk_surface() -> dict[str, list[str]]:
+    """The names of everything request-side the SDK defines: block, system block and tool types
+    (by their `type` tags), top-level fields and betas."""
+
+    def tags(types: list[Any]) -> set[str]:
+        out: set[str] = set()
+        for t in types:
+            out.update(type_tags(t) or {f"(untyped) {getattr(t, '__name__', t)}"})
+        return out
+
+    blocks: set[str] = set()
+    system: set[str] = set()
+    for union in (MessageParam, BetaMessageParam):
+        for message in members(union):
+            into = system if "system" in get_args(hints(message)["role"]) else blocks
+            for alt in members(hints(message).get("content")):
+                inner = item_type(alt)
+                if inner is not None:
+                    into |= tags(members(inner))
+    tools: set[str] = set()
+    fields: set[str] = set()
+    for params in (create.MessageCreateParamsBase, beta_create.MessageCreateParamsBase):
+        declared = get_type_hints(params)
+        tools |= tags(members(item_type(declared["tools"])))
+        fields |= set(declared)
+    return {"blocks": sorted(blocks), "system_blocks": sorted(system), "tools": sorted(tools), "fields": sorted(fields), "betas": sorted(set(_betas()))}
+
+
 BLOCKS = _unique(_content_blocks())
 SYSTEM_MESSAGES = _unique(_system_messages())
 TOOLS = _unique(_tools())
@@ -132,6 +166,23 @@ def _assert_served(gw: Gateway, body: dict, headers: dict | None = None, refused
 
 def _body(messages: list[dict], **extra: Any) -> dict:
     return {"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": messages, **extra}
+
+
+def test_the_sdk_defines_nothing_unreviewed() -> None:
+    """Raising the SDK pin shows what the new release added: every block, tool type, field and
+    beta it defines was looked at and given a meaning here (converted, or dropped on purpose),
+    and `sdk_request_surface.json` lists them. A new name fails this test (the tests below
+    already send it through the gateway) until it is handled and added to the list."""
+    reviewed = orjson.loads(SURFACE.read_bytes())
+    current = sdk_surface()
+    added = {k: sorted(set(v) - set(reviewed[k])) for k, v in current.items() if set(v) - set(reviewed[k])}
+    removed = {k: sorted(set(reviewed[k]) - set(v)) for k, v in current.items() if set(reviewed[k]) - set(v)}
+    assert not added and not removed, (
+        f"anthropic {anthropic.__version__} (the list was made with {reviewed['sdk']}) "
+        f"adds {added} and removes {removed}: decide what each new type means to the gateway "
+        "(steps/anthropic/blocks.py converts or drops blocks; steps/convert/request.py renders them), "
+        f"then update {SURFACE.name}"
+    )
 
 
 def test_the_sdk_defines_what_the_issue_names() -> None:
