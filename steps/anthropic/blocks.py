@@ -132,7 +132,10 @@ def _convert_message(m: dict, content: list, calls: set[str], dropped: set[str])
         t = b.get("type")
         if t == "mcp_tool_use":
             call_id = b.get("id")
-            segment.append({"type": "tool_use", "id": call_id, "name": b.get("name"), "input": b.get("input") or {}})
+            use: dict[str, Any] = {"type": "tool_use", "id": call_id, "name": b.get("name"), "input": b.get("input") or {}}
+            if b.get("cache_control") is not None:
+                use["cache_control"] = b["cache_control"]
+            segment.append(use)
             if type(call_id) is str:
                 calls.add(call_id)
         elif t == "mcp_tool_result":
