@@ -23,6 +23,8 @@ from steps.openrouter.profiles import Prices, Profile, family_of
 _TOOL_ID_OK = re.compile(r"^[a-zA-Z0-9_-]+$").match
 _JSON_DECODER = json.JSONDecoder()
 REFUSAL_DETAILS = {"type": "refusal", "category": None, "explanation": None}
+_STOP_FIELDS = ("stop_reason", "matched_stop", "stopping_word", "stop_sequence")
+"""Choice fields in which a server names the stop string it stopped on (vLLM, SGLang, llama.cpp)."""
 
 
 @step("convert.response", blocking=False)
@@ -187,8 +189,10 @@ def stop_reason_for(
 
     `length` beats tool calls: arguments cut by the output cap must not look like a
     finished call. A stop string is reported when the text ends with one (OpenAI strips it,
-    some servers don't), when vLLM names it in `stop_reason`, or, if the provider says
-    `stop_sequence` natively, as the only one configured (else null: unknown which).
+    some servers don't), when the choice names it in a server's own field (vLLM
+    `stop_reason`, SGLang `matched_stop`, llama.cpp `stopping_word`, `stop_sequence`), or, if
+    the provider says `stop_sequence` natively, as the only one configured (else null: unknown
+    which).
     """
     if finish == "length":
         return "max_tokens", None
@@ -202,9 +206,10 @@ def stop_reason_for(
                 if seq and text_tail.endswith(seq):
                     return "stop_sequence", seq
         if choice:
-            named = choice.get("stop_reason")
-            if isinstance(named, str) and named in stop_sequences:
-                return "stop_sequence", named
+            for field in _STOP_FIELDS:
+                named = choice.get(field)
+                if isinstance(named, str) and named in stop_sequences:
+                    return "stop_sequence", named
             if choice.get("native_finish_reason") == "stop_sequence":
                 return "stop_sequence", stop_sequences[0] if len(stop_sequences) == 1 else None
     return "end_turn", None
