@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import re
 import time
+from pathlib import Path
 
 import orjson
 import pytest
 
 from steps.convert.request import convert_request
 from tests.fixtures import CLAUDE_CODE as FIXTURES
+from tests.fixtures import claude_code_cases
 
 CC_FIXTURES = [
     "first_turn",
@@ -86,10 +88,13 @@ def check_openai_request(req: dict, *, cache_allowed: bool = False) -> None:
             assert prev["role"] == "assistant" and msg["tool_call_id"] in {c["id"] for c in prev["tool_calls"]}
 
 
-@pytest.mark.parametrize("name", CC_FIXTURES)
-def test_claude_code_fixture_converts_to_valid_request(name: str) -> None:
-    """Every captured Claude Code request converts to a structurally valid OpenAI request."""
-    body = load(name)
+RELEASE_CASES = claude_code_cases(CC_FIXTURES)
+
+
+@pytest.mark.parametrize("path", [p for _, p in RELEASE_CASES], ids=[i for i, _ in RELEASE_CASES])
+def test_claude_code_fixture_converts_to_valid_request(path: Path) -> None:
+    """Every captured Claude Code request (every release) converts to a structurally valid OpenAI request."""
+    body = orjson.loads(path.read_bytes())
     original = copy.deepcopy(body)
     req = convert_request(body, "openai/gpt-test")
     check_openai_request(req)
@@ -98,12 +103,12 @@ def test_claude_code_fixture_converts_to_valid_request(name: str) -> None:
     assert req["stream"] is True and req["stream_options"] == {"include_usage": True}
 
 
-@pytest.mark.parametrize("name", CC_FIXTURES)
-def test_claude_code_fixture_with_cache_control_is_valid(name: str) -> None:
+@pytest.mark.parametrize("path", [p for _, p in RELEASE_CASES], ids=[i for i, _ in RELEASE_CASES])
+def test_claude_code_fixture_with_cache_control_is_valid(path: Path) -> None:
     """With cache_control enabled the fixtures still convert validly, keeping breakpoints as parts."""
-    req = convert_request(load(name), "anthropic/claude-test", cache_control=True)
+    req = convert_request(orjson.loads(path.read_bytes()), "anthropic/claude-test", cache_control=True)
     check_openai_request(req, cache_allowed=True)
-    if name != "small_model_call":
+    if path.stem != "small_model_call":
         assert isinstance(req["messages"][0]["content"], list)
         assert has_cache_control(req["messages"][0])
 
