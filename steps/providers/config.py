@@ -204,3 +204,15 @@ ProvidersFile = Annotated[Providers, PlainValidator(_from_parameter)]
 def load(file: ProvidersFile) -> Providers:
     """The declared upstreams (providers.yaml), read when the pipelines load; an edge to every upstream step."""
     return file
+
+
+@step("providers.endpoint", blocking=False)
+def endpoint(providers: Providers, model: str) -> dict:
+    """`{base_url, api_key, model}` of a model reference: its provider's URL and key, its id there.
+
+    For steps that call an upstream on their own (the web search backend): an empty `api_key`
+    means the client's own key, as those steps forward it.
+    """
+    target = providers.resolve(model)
+    provider = providers.get(target.provider)
+    return {"base_url": provider.base_url, "api_key": provider.api_key, "model": target.model}
