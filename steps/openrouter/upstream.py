@@ -227,7 +227,9 @@ def _with_context_figures(
         from steps.anthropic.tokens import calibration
 
         prompt = calibration(ctx).correct(model, input_tokens)
-    exc.context = ContextOverflow(prompt or None, limit, known.output_tokens)
+    max_tokens = payload.get("max_tokens") or payload.get("max_completion_tokens")
+    output = known.output_tokens or (max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None)
+    exc.context = ContextOverflow(prompt or None, limit, output)  # the output budget counts against the window too
     return exc
 
 
