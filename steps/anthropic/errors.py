@@ -128,6 +128,7 @@ _ANTHROPIC_TYPES = {
     "rate_limited": "rate_limit_error",
     "overloaded": "overloaded_error",
     "timeout": "timeout_error",
+    "first_byte_timeout": "timeout_error",
     "deadline": "timeout_error",
 }
 _FIXED_MESSAGES = {
@@ -136,6 +137,7 @@ _FIXED_MESSAGES = {
     "bad_gateway": "upstream error",
     "unreachable": "upstream unreachable",
     "timeout": "upstream request timed out",
+    "first_byte_timeout": "upstream request timed out",
     "deadline": "upstream request timed out",
 }
 

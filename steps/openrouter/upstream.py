@@ -134,6 +134,7 @@ async def call(
     cooldown: float = 0.0,
     cooldown_failures: int = 3,
     first_byte_timeout: float | None = None,
+    first_content_timeout: float | None = None,
 ) -> Any:
     """POST a chat-completions payload upstream; a dict, or a stream of chunk dicts.
 
@@ -161,7 +162,13 @@ async def call(
     `first_byte_timeout` (seconds; None = none) bounds each model's wait for its response
     headers and first chunk (for a JSON answer, the whole body). It lives here rather than in
     the engine's step `timeout` so that a silent model is a failure like any other: it falls
-    back to the next model, counts against the breaker, and the attempt is retried.
+    back to the next model and counts against the breaker; it is not retried on the same model
+    (it would most likely time out again: a 2 MB prompt), so with no candidate left it is a 504.
+
+    `first_content_timeout` (seconds; None = none) bounds a stream that shows it is alive
+    (keepalive comments) but sends nothing meaningful: before the commit point that is a
+    first-byte timeout like any other (the next candidate, or 504); after it (the keepalives
+    committed the response) an SSE `timeout_error` ends the stream.
 
     Returns the parsed response dict when `payload["stream"]` is falsy, else a `ChunkStream`
     (an AsyncIterator[dict] of parsed `chat.completion.chunk`s, without the `[DONE]` marker) once
@@ -173,7 +180,7 @@ async def call(
         if title:
             headers.update({"x-title": title, "x-openrouter-title": title})
         providers = single(base_url, api_key, headers)
-    transport = _Transport(connect_timeout, read_timeout, pool_size, commit_after, first_byte_timeout)
+    transport = _Transport(connect_timeout, read_timeout, pool_size, commit_after, first_byte_timeout, first_content_timeout)
     payloads = [p for p in [payload, *(fallbacks or ())] if isinstance(p, dict)]
     targets = _targets(providers, payloads, candidates)
     breaker = await cooldowns(ctx) if cooldown and cooldown > 0 else None
@@ -191,6 +198,7 @@ class _Transport:
     pool_size: int
     commit_after: float | None
     first_byte_timeout: float | None
+    first_content_timeout: float | None = None
 
 
 def _targets(providers: Providers, payloads: list[dict], candidates: list[dict] | None) -> list[Target]:
@@ -372,7 +380,7 @@ async def _call_one(payload: dict, request: Request, ctx: RunContext, provider: 
     except BaseException:
         await _close(response)
         raise
-    return ChunkStream(response, ctx, key, commit_after=transport.commit_after)
+    return ChunkStream(response, ctx, key, commit_after=transport.commit_after, first_content=transport.first_content_timeout)
 
 
 class ChunkStream(AsyncIterator[dict]):
@@ -386,12 +394,18 @@ class ChunkStream(AsyncIterator[dict]):
     """
 
     def __init__(
-        self, response: UpstreamResponse | None, ctx: RunContext | None, key: str = "", commit_after: float | None = None
+        self,
+        response: UpstreamResponse | None,
+        ctx: RunContext | None,
+        key: str = "",
+        commit_after: float | None = None,
+        first_content: float | None = None,
     ) -> None:
         self._response = response
         self._ctx = ctx
         self._key = key
         self.commit_after = commit_after if commit_after and commit_after > 0 else None
+        self.first_content = first_content if first_content and first_content > 0 else None
         self.chunks = 0  # items produced so far (keepalive markers included; peeked or not)
         self.keepalives = 0  # keepalive markers yielded so far
         self.finished = False  # a finish_reason was seen
@@ -523,10 +537,17 @@ class ChunkStream(AsyncIterator[dict]):
         hold = self.commit_after
         clock = time.monotonic
         last = clock()  # when the last item was yielded (or the stream began)
+        content_by = None if self.first_content is None else last + self.first_content  # None: met, or no bound
         try:
             try:
                 async for raw in raw_iter:
-                    self._last_item = clock()  # bytes arrived: items follow, or a keepalive does
+                    now = self._last_item = clock()  # bytes arrived: items follow, or a keepalive does
+                    if content_by is not None and now >= content_by:
+                        raise self._error(
+                            f"upstream sent only keepalives for {self.first_content:g} s",
+                            kind="timeout",
+                            error_type="first_byte_timeout",
+                        )
                     try:
                         events = decoder.feed(raw)
                     except SSEError as exc:
@@ -545,6 +566,7 @@ class ChunkStream(AsyncIterator[dict]):
                                 self.chunks += 1
                                 yield h
                             held.clear()
+                        content_by = None
                         self.chunks += 1
                         yield chunk
                         if hold is not None:
@@ -637,7 +659,8 @@ def _client_key(request: Request | None) -> str:
 class _deadline:
     """`anyio.fail_after(seconds)` (or nothing when None) that raises a timeout UpstreamError:
     by default the run's deadline (not retryable); `first_byte=True` an upstream that sent
-    nothing in time (retryable, counted by the circuit breaker, falls back)."""
+    nothing in time (falls back to the next candidate and counts against the breaker, but is
+    not retried on the same model)."""
 
     __slots__ = ("_first_byte", "_scope", "_seconds")
 
@@ -659,7 +682,7 @@ class _deadline:
             return bool(self._scope.__exit__(et, ev, tb))
         except TimeoutError:
             if self._first_byte:
-                raise UpstreamError(f"upstream sent nothing for {self._seconds:g} s", kind="timeout", retryable=True) from None
+                raise UpstreamError(f"upstream sent nothing for {self._seconds:g} s", kind="timeout", error_type="first_byte_timeout") from None
             raise UpstreamError("run deadline passed while waiting for the upstream", kind="timeout", retryable=False) from None
 
 

@@ -62,7 +62,10 @@ CATEGORIES: dict[str, tuple[int, bool, bool, bool]] = {
     "unreachable": (502, True, True, True),  # refused, reset or closed before the headers
     "cut": (502, True, True, True),  # the body broke off before its end
     "protocol": (502, False, True, True),  # an unusable body: the same model would repeat it
-    "timeout": (504, True, True, True),  # the upstream's own timeout, or ours per model
+    "timeout": (504, True, True, True),  # the upstream's own timeout (a read, a connect)
+    # Our per-model bound on the first byte (or the first content): the next candidate gets the
+    # request, the same model is not asked again (a 2 MB prompt would time out again).
+    "first_byte_timeout": (504, False, True, True),
     "overloaded": (529, True, True, True),  # 503, 529, a model still loading
     "deadline": (504, False, False, False),  # the run's deadline passed: nothing left to try
 }
@@ -159,7 +162,10 @@ def classify(
     client, a timeout that was the run's deadline), overrides the category's default.
     """
     if kind == "timeout":
-        category = "timeout" if retryable is not False else "deadline"
+        if error_type == "first_byte_timeout":
+            category = "first_byte_timeout"
+        else:
+            category = "timeout" if retryable is not False else "deadline"
     elif kind in ("connect", "cut", "protocol"):
         category = {"connect": "unreachable"}.get(kind, kind)
     else:
@@ -176,7 +182,7 @@ def classify(
     out_status, default_retry, falls, about = CATEGORIES[category]
     if category == "invalid_request" and status is not None and 400 <= status < 500 and status not in _BY_STATUS:
         out_status = status  # an unmapped 4xx keeps its number (418 stays 418)
-    if retryable is None or category == "deadline":
+    if retryable is None or category in ("deadline", "first_byte_timeout"):
         retryable = default_retry
         if category == "bad_gateway" and kind == "status" and status not in (None, 502):
             retryable = False  # 501, 505...: the server cannot do this at all (another model may)
