@@ -46,8 +46,11 @@ def configuration() -> list[Finding]:
         if p.api_key:
             found.append(Finding("ok", f"provider {p.name} has a key: the gateway uses it for every request"))
         elif p.forward_client_key:
-            hint = "export OPENROUTER_API_KEY=sk-or-... to keep the key on the server" if p.name == "openrouter" else f"set api_key of {p.name} in {path}"
-            found.append(Finding("warn", f"provider {p.name} has no key (OPENROUTER_API_KEY is not set for the shipped one): each client's own key (x-api-key or Bearer) is forwarded upstream", hint))
+            if p.name == "openrouter":
+                what, hint = "OPENROUTER_API_KEY is not set", "export OPENROUTER_API_KEY=sk-or-... to keep the key on the server"
+            else:
+                what, hint = f"provider {p.name} has no api_key", f"set api_key of {p.name} in {path} to keep the key on the server"
+            found.append(Finding("warn", f"{what}: each client's own key (x-api-key or Bearer) is forwarded to {p.name}", hint))
     if os.environ.get("ENGINE_API_KEYS"):
         found.append(Finding("ok", "ENGINE_API_KEYS is set: clients must present one of those keys"))
     return found

@@ -89,3 +89,13 @@ def test_dialects_adapt_the_payload() -> None:
     plain = {"model": "m", "messages": []}
     assert DIALECTS["llamacpp"].adapt(plain) == {"model": "m", "messages": [], "chat_template_kwargs": {"enable_thinking": False}}
     assert "reasoning" in payload  # the caller's payload is never changed
+
+
+def test_the_model_map_lets_provider_references_through(three: Providers) -> None:
+    """A client's `NAME:MODEL` is an upstream model, even when its id says haiku or claude."""
+    from steps.openrouter.model_map import model_map
+
+    tiers = {"big_model": "anthropic/claude-sonnet-4.5", "small_model": "local:qwen2.5-coder:7b"}
+    assert model_map("local:claude-haiku-distill", providers=three, **tiers) == "local:claude-haiku-distill"
+    assert model_map("claude-haiku-5-5", providers=three, **tiers) == "local:qwen2.5-coder:7b"
+    assert model_map("nowhere:claude-haiku", providers=three, **tiers) == "local:qwen2.5-coder:7b"  # not a provider
