@@ -168,20 +168,21 @@ def load_providers(path: str | Path, env: Any = None) -> Providers:
 
 
 def _explain(err: Any, doc: Document) -> SpecError:
-    loc = tuple(x for x in err["loc"])
-    dotted = ".".join(str(x) for x in loc) or "the file"
+    """One pydantic error as a located message a user can act on."""
+    loc = tuple(err["loc"])
+    parent = ".".join(str(x) for x in loc[:-1]) or "the file"
     text = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         known = list(_ProviderSpec.model_fields) if len(loc) == 3 else list(_Spec.model_fields)
         close = difflib.get_close_matches(str(loc[-1]), known, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(known)}"
-        return SpecError(f"unknown field '{loc[-1]}' in {'.'.join(str(x) for x in loc[:-1]) or 'the file'}", doc.where(*loc[:-1], loc[-1], "<key>") if (*loc, "<key>") in doc.positions else doc.where(*loc), hint)
+        return SpecError(f"unknown field '{loc[-1]}' in {parent}", doc.where(*loc, "<key>"), hint)
     if err["type"] == "missing":
-        return SpecError(f"{'.'.join(str(x) for x in loc[:-1]) or 'the file'} has no '{loc[-1]}'", doc.where(*loc[:-1]), f"add `{loc[-1]}:`")
+        return SpecError(f"{parent} has no '{loc[-1]}'", doc.where(*loc[:-1]), f"add `{loc[-1]}:`")
     value = err.get("input")
     shown = f" (got {doc.shown(loc, value)})" if not isinstance(value, (dict, list)) and "got" not in text else ""
-    where = doc.where(*loc) if loc else doc.where("default")
-    return SpecError(f"'{dotted}': {text}{shown}", where)
+    where = doc.where(*loc) if loc else doc.where("default")  # a whole-file rule: at `default:`
+    return SpecError(f"'{'.'.join(str(x) for x in loc) or 'the file'}': {text}{shown}", where)
 
 
 def _from_parameter(value: Any, info: ValidationInfo) -> Providers:

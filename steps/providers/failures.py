@@ -177,8 +177,6 @@ def classify(
                 category = "bad_gateway"
             else:
                 category = _BY_STATUS.get(status) or ("invalid_request" if 400 <= status < 500 else "bad_gateway")
-        if category == "context_overflow" and status not in (None, 400, 413, 422) and kind != "error_chunk" and not is_context_message(message):
-            category = _BY_STATUS.get(status or 0, "bad_gateway")  # a named type on an unrelated status
     out_status, default_retry, falls, about = CATEGORIES[category]
     if category == "invalid_request" and status is not None and 400 <= status < 500 and status not in _BY_STATUS:
         out_status = status  # an unmapped 4xx keeps its number (418 stays 418)
