@@ -304,9 +304,9 @@ def test_a_silent_model_falls_back_at_its_first_byte_timeout_and_opens_its_break
 
 def test_cooldown_with_fallback_skips_the_failing_model() -> None:
     """§1.11: with A→B, A's 3rd consecutive failure opens its breaker: the next requests go
-    straight to B (none to A); after the cooldown one probe tries A; a failed probe shuts it
+    straight to B (none to A); after the cooldown (3 s here) one probe tries A; a failed probe shuts it
     again, a good one brings it back."""
-    with gateway_with({**COOL, "ROUTER_FALLBACK_MODELS": "test/fallback"}) as g:
+    with gateway_with({**COOL, "UPSTREAM_COOLDOWN": "3", "ROUTER_FALLBACK_MODELS": "test/fallback"}) as g:  # 3 s: room for a slow machine
         g.fake.model_modes = {"test/big": "503"}
         models = lambda: [q.json["model"] for q in g.fake.requests]  # noqa: E731
         for _ in range(3):
@@ -316,13 +316,13 @@ def test_cooldown_with_fallback_skips_the_failing_model() -> None:
         r = post(g, body(stream=True))
         assert r.status_code == 200 and r.headers["x-upstream-model"] == "test/fallback"
         assert models() == ["test/fallback"]
-        time.sleep(1.1)
+        time.sleep(3.1)
         g.fake.clear()
         assert post(g, body()).status_code == 200  # probe fails over to B ...
         assert post(g, body()).status_code == 200  # ... and A is shut again
         assert models() == ["test/big", "test/fallback", "test/fallback"]
         g.fake.model_modes = {}
-        time.sleep(1.1)
+        time.sleep(3.1)
         g.fake.clear()
         r = post(g, body())
         assert r.headers["x-upstream-model"] == "test/big"
