@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from engine.errors import SpecError, SpecErrors
 from engine.loader import Document, read_document
@@ -189,11 +190,13 @@ def _from_parameter(value: Any, info: ValidationInfo) -> Providers:
     if isinstance(value, Providers):
         return value
     if not isinstance(value, str) or not value.strip():
-        raise ValueError("name the providers file (e.g. providers.yaml, relative to this pipeline)")
+        raise PydanticCustomError("providers_file", "name the providers file (e.g. providers.yaml, relative to this pipeline)")
     context = info.context or {}
     path = Path(value.strip()).expanduser()
     if not path.is_absolute() and context.get("file"):
         path = Path(context["file"]).resolve().parent / path
+    if not path.is_file():
+        raise PydanticCustomError("providers_file", "no providers file at {path}: create it (README \"Providers\") or point ENGINE_PROVIDERS / --providers at one", {"path": str(path)})
     return load_providers(path, context.get("env"))
 
 
