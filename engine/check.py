@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from engine import registry
-from engine.errors import RegistryError, SpecError
+from engine.errors import RegistryError, SpecError, SpecErrors
 from engine.loader import LoadedPipeline, Ref
 from engine.registry import StepInfo
 from engine.spec import LimitSpec, RetrySpec
@@ -383,7 +383,14 @@ def _check_literal(value: Any, param: Any, lp: LoadedPipeline, step_name: str, p
     if adapter is None:
         return value
     try:
-        return adapter.validate_python(value)
+        # A parameter type may read a file the value names (a configuration beside the
+        # pipelines): it learns where the pipeline is and the environment it was read with,
+        # and reports that file's own located errors.
+        return adapter.validate_python(value, context={"file": lp.file, "env": lp.env})
+    except SpecErrors as exc:
+        seen = {str(e) for e in errors}  # several pipelines naming one file: its errors once
+        errors.extend(e for e in exc.errors if str(e) not in seen)
+        return value
     except ValidationError as exc:
         first = exc.errors()[0]
         expected = registry._type_name(param.annotation)

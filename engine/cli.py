@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--log-format", choices=["console", "json"], default=None, help="log output (default: console on a terminal, else json)")
     p.add_argument("--log-level", default=None, help="debug, info, warning, error (default info)")
+    p.add_argument("--providers", default=None, metavar="FILE", help="the upstream providers file (default: $ENGINE_PROVIDERS or providers.yaml in the pipeline directory)")
     p.add_argument("--capture", default=os.environ.get("ENGINE_CAPTURE_DIR"), metavar="DIR", help="record every run into JSONL files in DIR (replay them with `engine replay`)")
     p.add_argument("--reload", action="store_true", help="apply pipeline edits without a restart (a broken edit is reported and the old set kept)")
     p.add_argument("--no-console", action="store_true", help="do not serve the web console at /console (same as ENGINE_CONSOLE=off; on by default on a loopback address)")
@@ -149,8 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("steps", "list every registered step with its parameters", ["engine steps", "engine steps | grep anthropic", "engine steps --format markdown   # the README's step catalogue"])
     p.add_argument("--format", default="text", choices=["text", "markdown"])
 
-    p = add("doctor", "check the configuration, the pipelines and the upstream, and say what clients need", ["engine doctor", "OPENROUTER_API_KEY=sk-or-... engine doctor"])
+    p = add("doctor", "check the configuration, the pipelines and the upstream, and say what clients need", ["engine doctor", "OPENROUTER_API_KEY=sk-or-... engine doctor", "engine doctor --providers ~/my-providers.yaml"])
     p.add_argument("--pipelines", default=None, metavar="DIR")
+    p.add_argument("--providers", default=None, metavar="FILE", help="the upstream providers file (default: $ENGINE_PROVIDERS or providers.yaml in the pipeline directory)")
 
     p = add(
         "usage",
@@ -483,6 +485,14 @@ def catalogue_markdown() -> str:
     return "\n".join(rows) + "\n"
 
 
+def _use_providers(pipelines: str, providers: str | None) -> None:
+    """The pipeline directory and, with --providers, the providers file (absolute: pipelines
+    read it relative to their own directory) for this process and its workers."""
+    os.environ["ENGINE_PIPELINES"] = pipelines
+    if providers:
+        os.environ["ENGINE_PROVIDERS"] = str(Path(providers).expanduser().resolve())
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Run the engine's own checks (pipelines load) and every check the step packages register."""
     import inspect
@@ -495,6 +505,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     marks = {"ok": "✓" if utf8 else "ok", "warn": "!" if utf8 else "WARN", "fail": "✗" if utf8 else "FAIL"}
     findings: list[registry.Finding] = []
     pipelines = args.pipelines or default_pipelines()
+    _use_providers(pipelines, args.providers)
     try:
         plans = load_plans([pipelines])
         routes = sum(len(p.routes) for p in plans)
@@ -543,7 +554,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from engine import guard, logs, registry
 
     pipelines = args.pipelines or default_pipelines()
-    os.environ["ENGINE_PIPELINES"] = pipelines
+    _use_providers(pipelines, args.providers)
     os.environ["ENGINE_HOST"] = args.host  # the guard (engine/guard.py) also accepts this name as Host
     if args.server_tools:
         os.environ["ENGINE_SERVER_TOOLS"] = "on"

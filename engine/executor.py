@@ -29,7 +29,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from engine import capture, logs, metrics, retry, streams
+from engine import capture, logs, metrics, registry, retry, streams
 from engine.check import Node, Plan, check
 from engine.errors import DeadlineExceeded, EngineError, SpecError, SpecErrors, StepError, StepTimeout
 from engine.limits import Limits
@@ -45,7 +45,8 @@ def pipeline_files(paths: Iterable[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(x for x in p.iterdir() if x.suffix in {".yaml", ".yml"} and not x.name.startswith("."))
+            others = registry.configuration_files()  # step packages' files that sit beside pipelines
+            out += sorted(x for x in p.iterdir() if x.suffix in {".yaml", ".yml"} and not x.name.startswith(".") and x.name not in others)
         else:
             out.append(p)
     return out

@@ -105,7 +105,7 @@ def describe(
 ) -> StepInfo:
     """Read a function's signature into a `StepInfo` (also used for `module:function` steps)."""
     try:
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)  # Annotated validators check YAML values too
     except Exception:  # unresolvable annotations: fall back to the raw ones
         hints = {}
     sig = inspect.signature(fn)
@@ -161,6 +161,8 @@ def _is_async_iterator(ann: Any) -> bool:
 
 
 def _type_name(ann: Any) -> str:
+    if typing.get_origin(ann) is typing.Annotated:
+        ann = typing.get_args(ann)[0]
     if ann is inspect.Parameter.empty:
         return "any"
     if isinstance(ann, type) and not typing.get_args(ann):
@@ -256,6 +258,21 @@ def startup_check(fn: Callable[[], str | None]) -> Callable[[], str | None]:
 def startup_refusals() -> list[str]:
     load_step_packages()
     return [reason for fn in _startup_checks if (reason := fn())]
+
+
+_configuration_files: set[str] = set()
+
+
+def configuration_file(name: str) -> str:
+    """Declare a file name that may sit in a pipeline directory without being a pipeline
+    (a step package's configuration, e.g. the upstreams it talks to): directories skip it."""
+    _configuration_files.add(name)
+    return name
+
+
+def configuration_files() -> frozenset[str]:
+    load_step_packages()
+    return frozenset(_configuration_files)
 
 
 _doctor_checks: list[Callable[[], Any]] = []

@@ -30,6 +30,8 @@ from engine.capture import value_type
 from engine.registry import step
 from engine.run import RunContext
 from engine.types import Request
+from steps.providers.config import Providers, Target, single
+from steps.providers.dialects import Dialect
 
 if TYPE_CHECKING:  # httpx loads with the first listing fetch, not with `engine check`
     import httpx
@@ -212,7 +214,7 @@ class ProfileBook:
 def _overlay(profile: Profile, entry: dict) -> Profile:
     """Live listing figures over the YAML ones (only the fields the listing actually has)."""
     changes: dict[str, Any] = {}
-    ctx_len = entry.get("context_length")
+    ctx_len = entry.get("context_length") or entry.get("max_model_len")  # OpenRouter; vLLM
     if isinstance(ctx_len, int) and ctx_len > 0:
         changes["context_length"] = ctx_len
     top = entry.get("top_provider") if isinstance(entry.get("top_provider"), dict) else {}
@@ -261,9 +263,17 @@ def _listing_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), trust_env=False, follow_redirects=False, headers={"user-agent": USER_AGENT})
 
 
-async def profile_book(ctx: RunContext, data: str = "") -> ProfileBook:
-    """The engine-wide ProfileBook for a data file (shared by every step that needs profiles)."""
-    return await ctx.resource(f"openrouter.profiles:{data or DEFAULT_DATA}", lambda: ProfileBook(load_rules(data)))
+async def profile_book(ctx: RunContext, data: str = "", provider: str = "") -> ProfileBook:
+    """The engine-wide ProfileBook for a data file and provider (each provider lists its own models)."""
+    return await ctx.resource(f"openrouter.profiles:{data or DEFAULT_DATA}:{provider}", lambda: ProfileBook(load_rules(data)))
+
+
+def for_dialect(profile: Profile, dialect: Dialect) -> Profile:
+    """A profile as the provider's server takes it: how reasoning goes back, whether part-level
+    cache_control may be sent (only OpenRouter passes it on to the models that honour it)."""
+    if dialect.name == "openrouter":
+        return profile
+    return replace(profile, reasoning=dialect.reasoning_back, cache=profile.cache and dialect.cache_control)
 
 
 @step("openrouter.profiles")
@@ -271,6 +281,8 @@ async def profiles(
     models: list[str],
     ctx: RunContext,
     request: Request | None = None,
+    providers: Providers | None = None,
+    candidates: list[dict] | None = None,
     base_url: str = "",
     api_key: str = "",
     data: str = "",
@@ -280,18 +292,41 @@ async def profiles(
 ) -> dict[str, Profile]:
     """Capability profiles (context, max output, parameters, vision, cache, schema rules) per model.
 
-    From OpenRouter's `GET {base_url}/models` when `fetch` and reachable (once per `ttl`
-    seconds, with an httpx client of its own; a failed fetch is retried after a minute and
-    never fails the request), overlaid on the YAML rules in `data` (default
-    `pipelines/profiles/models.yaml`), which also say what no listing does.
+    With `providers` and the route's `candidates`, each model's profile comes from its own
+    provider: that provider's `GET {base_url}/models` when `fetch`, its `fetch_models` and
+    reachable (once per `ttl` seconds, with an httpx client of its own; a failed fetch is
+    retried after a minute and never fails the request), overlaid on the YAML rules in `data`
+    (default `pipelines/profiles/models.yaml`), which also say what no listing does, then
+    adjusted to the provider's dialect. Without them, `base_url`/`api_key` is the one upstream.
+    Keyed by the model id the payload carries (the first candidate wins a shared id).
     """
-    book = await profile_book(ctx, data)
-    if fetch and base_url:
-        from steps.openrouter.upstream import _client_key
+    from steps.openrouter.upstream import _client_key
 
-        client = await ctx.resource("openrouter.models_client", _listing_client)
-        await book.refresh(client, base_url, api_key or _client_key(request), ttl, fetch_timeout, ctx.log)
-    return {m: book.get(m) for m in models}
+    if providers is None:
+        providers = single(base_url, api_key) if base_url else None
+        candidates = None
+    if providers is None:
+        book = await profile_book(ctx, data)
+        return {m: book.get(m) for m in models}
+    targets = [Target(c["provider"], c["model"], c.get("ref") or c["model"]) for c in candidates or () if c.get("provider") in providers.providers]
+    if not targets:
+        targets = [providers.resolve(m) for m in models]
+    out: dict[str, Profile] = {}
+    client_key = _client_key(request)
+    for target in targets:
+        if target.model in out:
+            continue
+        provider = providers.get(target.provider)
+        book = await profile_book(ctx, data, provider.name)
+        if fetch and provider.fetch_models:
+            client = await ctx.resource("openrouter.models_client", _listing_client)
+            await book.refresh(client, provider.base_url, provider.key_for(client_key), ttl, fetch_timeout, ctx.log)
+        out[target.model] = for_dialect(book.get(target.model), provider.speaks)
+    for m in models:  # ids no candidate named (a caller's own list)
+        if m not in out:
+            out[m] = (await profile_book(ctx, data, providers.default)).get(m)
+    return out
+
 
 
 @step("openrouter.prices")

@@ -36,6 +36,8 @@ scripted mode, else `fake.default_mode` ("ok"). Mode syntax: `name;key=value;key
   comments;seconds=S         only `: OPENROUTER PROCESSING` comments for S s (one per 0.5 s),
                              then the normal answer
   text=<url-escaped text>    answer with exactly this text
+  raw;status=S;body=B        status S (default 400) with exactly the url-escaped JSON body B: another
+                             server's error shape (llama.cpp, vLLM, Ollama, DeepSeek, OpenAI)
 
 Any streaming mode also takes `framing=close` (no chunked encoding: the body ends when the
 connection closes) instead of the default chunked transfer encoding. `after` defaults to 3.
@@ -50,6 +52,8 @@ so a stream has ≥ 12 text deltas).
 
 Parity extensions (all off by default, so the modes above behave as before):
 
+  - `GET {base}/key` answers OpenRouter's key information when a bearer token is sent, and
+    401 otherwise (a token listed in `fake.refused_keys` is refused with 401 too).
   - `GET {base}/models` answers `fake.models` (id, context_length, top_provider
     .max_completion_tokens, supported_parameters, architecture.input_modalities); these
     listing calls are counted in `fake.listing_requests`, not recorded in `fake.requests`.
@@ -105,7 +109,7 @@ MODES = frozenset({
     "ok", "status", "context_length", "reset_before_headers", "close_before_headers",
     "stall_before_headers", "error_200", "html", "empty", "cut_mid_stream", "reset_mid_stream",
     "error_chunk", "malformed_chunk", "no_done", "stall_mid_stream", "slow_drip", "comments",
-    "text",
+    "text", "raw",
 })
 
 _ERRORS: dict[int, tuple[str, str]] = {
@@ -710,6 +714,7 @@ class FakeOpenRouter:
         ]
         self.listing_requests = 0
         self.cost: float | None = 0  # what every answer reports as usage.cost; None: no cost field
+        self.refused_keys: set[str] = set()
         self.strict = False
         self.no_vision: set[str] = set()
         self.max_output: dict[str, int] = {}
@@ -865,6 +870,14 @@ class FakeOpenRouter:
             parsed = orjson.loads(body) if body else None
         except orjson.JSONDecodeError:
             parsed = None
+        if method == "GET" and target.split("?", 1)[0].rstrip("/").endswith("/key"):
+            out = _Body(conn, RequestRecord(method, target, headers, None, b"", time.monotonic(), conn.id), True)
+            token = headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if token and token not in self.refused_keys:
+                await out.json(200, {"data": {"label": "fake key", "limit": None, "usage": 0, "is_free_tier": False}})
+            else:
+                await out.json(401, {"error": {"code": 401, "message": "No auth credentials found"}})
+            return True
         if method == "GET" and target.split("?", 1)[0].rstrip("/").endswith("/models") and "x-fake-mode" not in headers:
             self.listing_requests += 1
             out = _Body(conn, RequestRecord(method, target, headers, None, b"", time.monotonic(), conn.id), True)
@@ -934,6 +947,10 @@ class FakeOpenRouter:
             return out.keep_alive
         if rec.method != "POST" or not path.endswith("/chat/completions"):
             await out.json(404, {"error": {"code": 404, "message": f"Not found: {rec.method} {rec.path}"}})
+            return out.keep_alive
+        if name == "raw":
+            raw = mode.params.get("body", "{}").encode()
+            await out.full(mode.int("status", 400), raw, "application/json")
             return out.keep_alive
         if name in ("status", "context_length"):
             await self._error_status(out, mode)
