@@ -33,9 +33,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
+from engine.capture import value_type
 from engine.errors import SpecError, SpecErrors
 from engine.loader import Document, read_document
 from engine.registry import configuration_file, step
@@ -95,6 +105,7 @@ class _Spec(BaseModel):
         return self
 
 
+@value_type  # a recorded input of the upstream call: replay rebuilds it from the capture
 @dataclass(frozen=True, slots=True)
 class Provider:
     """One declared upstream."""
@@ -125,6 +136,7 @@ class Target:
     ref: str
 
 
+@value_type
 @dataclass(frozen=True, slots=True)
 class Providers:
     """The declared providers and the default one; resolves model references."""

@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from engine.capture import value_type
+
 __all__ = [
     "CATEGORIES",
     "ContextOverflow",
@@ -35,6 +37,7 @@ __all__ = [
 ]
 
 
+@value_type  # carried by a recorded UpstreamError: replay rebuilds it from the capture
 @dataclass(frozen=True, slots=True)
 class Failure:
     """One classified upstream failure (see the module docstring for each flag)."""
@@ -93,6 +96,7 @@ _CONTEXT_WORDS = (
 )  # fmt: skip
 
 
+@value_type
 @dataclass(frozen=True, slots=True)
 class ContextOverflow:
     """The numbers of a context overflow: the prompt's tokens, the model's window and, when the
