@@ -66,7 +66,7 @@ class Plan:
     roots: list[str]
     output: Any
     errors: StepInfo | None
-    routes: list[tuple[str, str]]  # what is served: none when the pipeline is disabled
+    routes: list[tuple[str, str]]  # what is served: no route switched off, none when the pipeline is disabled
     deadline: float | None
     limits: dict[str, LimitSpec]
     graph: Dependencies
@@ -190,10 +190,11 @@ def check(loaded: list[LoadedPipeline]) -> tuple[list[Plan], list[SpecError]]:
     plans = []
     for lp in loaded:
         plan = _check_one(lp, set(names), {n: s for n, (s, _) in limits.items()}, errors)
-        for route, i in zip(plan.routes, range(len(plan.routes))):
+        for route in plan.routes:
             prior_lp = routes.get(route)
             if prior_lp is not None:
-                errors.append(SpecError(f"route '{route[0]} {route[1]}' is also served by {prior_lp.file}", lp.where("route", i) if isinstance(lp.spec.route, list) else lp.where("route"), "each route belongs to one pipeline"))
+                i = next((i for i, (text, _) in enumerate(lp.spec.route_switches) if text.split() == list(route)), 0)
+                errors.append(SpecError(f"route '{route[0]} {route[1]}' is also served by {prior_lp.file}", _route_where(lp, i), "each route belongs to one pipeline"))
             routes[route] = lp
         plans.append(plan)
     return plans, errors
@@ -324,12 +325,11 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
             errors.append(SpecError(f"errors: {exc}", lp.where("errors"), "name a registered step that renders an error"))
 
     parsed_routes = []
-    for i, route in enumerate(spec.routes):
+    for i, (route, served) in enumerate(spec.route_switches):
         m = _ROUTE.match(route.strip())
         if not m:
-            loc = lp.where("route", i) if isinstance(spec.route, list) else lp.where("route")
-            errors.append(SpecError(f"route '{route}' is not 'METHOD /path'", loc, "write e.g. route: POST /v1/messages"))
-        else:
+            errors.append(SpecError(f"route '{route}' is not 'METHOD /path'", _route_where(lp, i), "write e.g. route: POST /v1/messages"))
+        elif served:  # a switched-off route (or pipeline) is checked, never served
             parsed_routes.append((m.group(1), m.group(2)))
 
     order = (graph.topological_order() or step_names) if not cycles else step_names
@@ -351,7 +351,7 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
         roots=roots,
         output=spec.output,
         errors=errors_info,
-        routes=parsed_routes if spec.enabled else [],  # a disabled pipeline is checked, never served
+        routes=parsed_routes,
         deadline=spec.deadline,
         limits=dict(spec.limits),
         graph=graph,
@@ -360,6 +360,13 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
         enabled=spec.enabled,
         runs_code=spec.runs_code,
     )
+
+
+def _route_where(lp: LoadedPipeline, i: int) -> Any:
+    """Where the `i`-th route is written (`route:` itself when it is a single entry)."""
+    if not isinstance(lp.spec.route, list):
+        return lp.where("route")
+    return lp.where("route", i, "route") if not isinstance(lp.spec.route[i], str) else lp.where("route", i)
 
 
 def _totally_ordered(graph: Dependencies, names: list[str]) -> bool:
