@@ -1,0 +1,83 @@
+"""Replay never runs a server-side tool again: each execution is a recorded step (tool.run).
+
+An /agent run that writes a file and runs Bash is captured through the real gateway; then the
+workspace is deleted and the fake upstream stopped, and `engine replay` (the real command, in
+a subprocess) answers every upstream turn and every tool execution from the capture: the run
+matches, and nothing is written. A capture whose recorded tool input differs from what the
+current pipelines ask for is reported as a difference of `tool.run`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.capture import CaptureWriter
+from tests.pipelines.conftest import REPO
+from tests.steps.tools.agent_gateway import outcome, results, start_agent
+from tests.support.fake_openrouter import tool_mode
+
+
+def captured_agent_run(base: Path, stream: bool) -> tuple[Path, dict[str, str], Path]:
+    """(capture file, the environment it was made with, the workspace) of one /agent run."""
+    capture_dir = base / "captures"
+    for agent in start_agent(base):
+        agent.gw.engine.capture = CaptureWriter(capture_dir, fsync=None)
+        agent.fake.script(
+            tool_mode("Write", {"file_path": "note.txt", "content": "alpha\n"}),
+            tool_mode("Bash", {"command": "cat note.txt"}),
+            "ok",
+        )
+        msg = agent.ask("Write a note, then cat it.", stream=stream)
+        ran = results(msg)
+        assert [r[0] for r in ran] == ["Write", "Bash"]
+        text, is_error = outcome(ran[1][2])
+        assert not is_error and text.strip() == "alpha", text  # Bash really ran, in the sandbox
+        assert (agent.ws / "note.txt").read_text() == "alpha\n"
+        env = {"OPENROUTER_BASE_URL": agent.fake.base_url, "BIG_MODEL": "test/big", "SMALL_MODEL": "test/small",
+               "PING_INTERVAL": "0.2", "AGENT_WORKSPACE": str(agent.ws), "AGENT_MAX_ROUNDS": "5"}
+        writer = agent.gw.engine.capture
+        deadline = time.monotonic() + 60  # a stream's record is written once the server has sent its end
+        while writer.written < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        writer.close()
+        ws = agent.ws
+    [path] = list(capture_dir.glob("capture-*.jsonl"))
+    return path, env, ws
+
+
+def replay(path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, "ENGINE_SERVER_TOOLS": "", **env}  # /agent's switch need not be on to replay it
+    return subprocess.run([sys.executable, "-m", "engine", "replay", str(path)], cwd=REPO, env=full, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_replay_answers_tool_executions_from_the_capture(tmp_path: Path, stream: bool) -> None:
+    path, env, ws = captured_agent_run(tmp_path, stream)
+    [record] = [json.loads(line) for line in path.read_text().splitlines()]
+    tools = [c for c in record["calls"] if (c["pipeline"], c["step"]) == ("tool", "run")]
+    assert [c["input"]["call"]["name"] for c in tools] == ["Write", "Bash"]
+    assert tools[1]["input"]["call"]["input"] == {"command": "cat note.txt"}
+    assert tools[1]["output"]["text"].strip() == "alpha" and tools[1]["output"]["is_error"] is False
+    assert tools[0]["input"]["request"]["body"] == {"$bytes": ""}  # the conversation is not copied per call
+
+    shutil.rmtree(ws)  # offline too: the fake upstream stopped with the gateway
+    done = replay(path, env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("1 run, 1 matched, 0 changed"), done.stdout
+    assert not ws.exists()  # nothing was written: no workspace, no note.txt
+
+    # The capture says the model asked Bash for something else than today's replay asks for.
+    tools[1]["input"]["call"]["input"]["command"] = "cat other.txt"
+    path.write_text(json.dumps(record) + "\n")
+    changed = replay(path, env)
+    assert changed.returncode == 1, changed.stdout + changed.stderr
+    lines = [line.strip() for line in changed.stdout.splitlines()]
+    assert "upstream  tool.run call.input.command: 'cat other.txt' -> 'cat note.txt'" in lines, changed.stdout
+    assert not ws.exists()
