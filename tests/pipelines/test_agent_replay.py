@@ -81,3 +81,47 @@ def test_replay_answers_tool_executions_from_the_capture(tmp_path: Path, stream:
     lines = [line.strip() for line in changed.stdout.splitlines()]
     assert "upstream  tool.run call.input.command: 'cat other.txt' -> 'cat note.txt'" in lines, changed.stdout
     assert not ws.exists()
+
+
+def test_web_search_is_answered_from_the_capture_too(tmp_path: Path) -> None:
+    """Claude Code's web_search on /v1/messages: replay calls no search backend, and a call
+    refused by max_uses (decided before anything runs) replays the same without a record."""
+    import anyio
+
+    from engine.capture_reader import Captured, read_captures
+    from engine.executor import Engine
+    from engine.replay import replay_one
+    from tests.pipelines.conftest import PIPELINES
+    from tests.steps.tools.agent_gateway import SEARCHES
+
+    capture_dir = tmp_path / "captures"
+    for agent in start_agent(tmp_path):
+        agent.gw.engine.capture = CaptureWriter(capture_dir, fsync=None)
+        client = agent.gw.client()
+        for max_uses in (8, 0):
+            agent.fake.script(tool_mode("web_search", {"query": "pipeline engines"}), "ok")
+            tools = [{"type": "web_search_20250305", "name": "web_search", "max_uses": max_uses}]
+            client.messages.create(model="claude-sonnet-5-5", max_tokens=200, tools=tools, messages=[{"role": "user", "content": "search"}])
+        env = {"OPENROUTER_BASE_URL": agent.fake.base_url, "BIG_MODEL": "test/big", "SMALL_MODEL": "test/small",
+               "WEB_SEARCH_BACKEND": "tests.steps.tools.agent_gateway:fake_search"}
+        writer = agent.gw.engine.capture
+        deadline = time.monotonic() + 60
+        while writer.written < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        writer.close()
+    records = [json.loads(line) for f in capture_dir.glob("capture-*.jsonl") for line in f.read_text().splitlines()]
+    steps = sorted([(c["pipeline"], c["step"]) for c in r["calls"]] for r in records)
+    assert steps == [[("turn", "call"), ("tool", "run"), ("turn", "call")], [("turn", "call"), ("turn", "call")]]
+
+    searched = len(SEARCHES)
+
+    async def go() -> list:
+        engine = Engine.load([PIPELINES], env=env)
+        try:
+            return [await replay_one(engine, c) for c in read_captures(list(capture_dir.glob("capture-*.jsonl"))) if isinstance(c, Captured)]
+        finally:
+            await engine.aclose()
+
+    results = anyio.run(go)
+    assert len(results) == 2 and all(r.same for r in results), [r.changes for r in results]
+    assert len(SEARCHES) == searched  # the search backend was not called again
