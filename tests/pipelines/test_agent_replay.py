@@ -24,22 +24,26 @@ from tests.steps.tools.agent_gateway import outcome, results, start_agent
 from tests.support.fake_openrouter import tool_mode
 
 
-def captured_agent_run(base: Path, stream: bool) -> tuple[Path, dict[str, str], Path]:
+WRITE_THEN_BASH = (
+    tool_mode("Write", {"file_path": "note.txt", "content": "alpha\n"}),
+    tool_mode("Bash", {"command": "cat note.txt"}),
+    "ok",
+)
+
+
+def captured_agent_run(base: Path, stream: bool, script: tuple[str, ...] = WRITE_THEN_BASH) -> tuple[Path, dict[str, str], Path]:
     """(capture file, the environment it was made with, the workspace) of one /agent run."""
     capture_dir = base / "captures"
     for agent in start_agent(base):
         agent.gw.engine.capture = CaptureWriter(capture_dir, fsync=None)
-        agent.fake.script(
-            tool_mode("Write", {"file_path": "note.txt", "content": "alpha\n"}),
-            tool_mode("Bash", {"command": "cat note.txt"}),
-            "ok",
-        )
-        msg = agent.ask("Write a note, then cat it.", stream=stream)
-        ran = results(msg)
-        assert [r[0] for r in ran] == ["Write", "Bash"]
-        text, is_error = outcome(ran[1][2])
-        assert not is_error and text.strip() == "alpha", text  # Bash really ran, in the sandbox
-        assert (agent.ws / "note.txt").read_text() == "alpha\n"
+        agent.fake.script(*script)
+        msg = agent.ask("Go.", stream=stream)
+        if script is WRITE_THEN_BASH:
+            ran = results(msg)
+            assert [r[0] for r in ran] == ["Write", "Bash"]
+            text, is_error = outcome(ran[1][2])
+            assert not is_error and text.strip() == "alpha", text  # Bash really ran, in the sandbox
+            assert (agent.ws / "note.txt").read_text() == "alpha\n"
         env = {"OPENROUTER_BASE_URL": agent.fake.base_url, "BIG_MODEL": "test/big", "SMALL_MODEL": "test/small",
                "PING_INTERVAL": "0.2", "AGENT_WORKSPACE": str(agent.ws), "AGENT_MAX_ROUNDS": "5"}
         writer = agent.gw.engine.capture
@@ -80,6 +84,23 @@ def test_replay_answers_tool_executions_from_the_capture(tmp_path: Path, stream:
     assert changed.returncode == 1, changed.stdout + changed.stderr
     lines = [line.strip() for line in changed.stdout.splitlines()]
     assert "upstream  tool.run call.input.command: 'cat other.txt' -> 'cat note.txt'" in lines, changed.stdout
+    assert not ws.exists()
+
+
+def test_concurrent_calls_are_matched_by_their_input(tmp_path: Path) -> None:
+    """The calls of one turn run concurrently, so they may start in another order in replay:
+    each is answered by the recorded execution with the same call, not by position."""
+    script = (tool_mode(calls=[("Write", {"file_path": f"w{i}.txt", "content": f"{i}\n"}) for i in range(3)]), "ok")
+    path, env, ws = captured_agent_run(tmp_path, False, script)
+    record = json.loads(path.read_text())
+    tools = [c for c in record["calls"] if c["step"] == "run"]
+    assert sorted(c["input"]["call"]["input"]["file_path"] for c in tools) == ["w0.txt", "w1.txt", "w2.txt"]
+    others = [c for c in record["calls"] if c["step"] != "run"]
+    record["calls"] = others[:1] + tools[::-1] + others[1:]  # recorded in the opposite order
+    path.write_text(json.dumps(record) + "\n")
+    shutil.rmtree(ws)
+    done = replay(path, env)
+    assert done.returncode == 0 and done.stdout.startswith("1 run, 1 matched"), done.stdout + done.stderr
     assert not ws.exists()
 
 
