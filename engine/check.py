@@ -72,6 +72,7 @@ class Plan:
     graph: Dependencies
     enabled: bool = True
     runs_code: bool = False
+    declared_routes: list[tuple[str, str]] = field(default_factory=list)  # served or switched off (`engine run`)
     retry_budget: Any = None
     sequential: bool = False  # no two steps that may await could ever run at the same time
 
@@ -324,13 +325,15 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
         except RegistryError as exc:
             errors.append(SpecError(f"errors: {exc}", lp.where("errors"), "name a registered step that renders an error"))
 
-    parsed_routes = []
+    parsed_routes, declared_routes = [], []
     for i, (route, served) in enumerate(spec.route_switches):
         m = _ROUTE.match(route.strip())
         if not m:
             errors.append(SpecError(f"route '{route}' is not 'METHOD /path'", _route_where(lp, i), "write e.g. route: POST /v1/messages"))
-        elif served:  # a switched-off route (or pipeline) is checked, never served
-            parsed_routes.append((m.group(1), m.group(2)))
+        else:
+            declared_routes.append((m.group(1), m.group(2)))
+            if served:  # a switched-off route (or pipeline) is checked, never served
+                parsed_routes.append((m.group(1), m.group(2)))
 
     order = (graph.topological_order() or step_names) if not cycles else step_names
     for name in order:
@@ -359,6 +362,7 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
         sequential=sequential,
         enabled=spec.enabled,
         runs_code=spec.runs_code,
+        declared_routes=declared_routes,
     )
 
 

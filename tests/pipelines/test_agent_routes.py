@@ -100,3 +100,22 @@ def test_a_route_switch_of_its_own(tmp_path) -> None:
     (tmp_path / "two.yaml").write_text(text.replace("enabled", "enable"))
     with pytest.raises(SpecErrors):
         load_plans([tmp_path], env={})
+
+
+def test_engine_run_of_a_switched_off_route_still_gets_a_request(tmp_path) -> None:
+    """`engine run agent --input body.json` with the switch off: the file is still the request
+    body (sent as to the pipeline's declared route), not a bare value (that was a 500)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.pipelines.conftest import REPO
+
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps({"model": "x"}))
+    env = {**os.environ, "ENGINE_SERVER_TOOLS": "", "OPENROUTER_BASE_URL": "http://127.0.0.1:9/v1"}
+    done = subprocess.run([sys.executable, "-m", "engine", "run", "agent", "--input", str(body)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    out = json.loads(done.stdout)
+    assert out["error"]["type"] == "invalid_request_error" and "messages" in out["error"]["message"], done.stdout + done.stderr
+    assert "HTTP 400" in done.stderr
