@@ -421,8 +421,8 @@ def _read_input(path: str | None, plan: Any) -> Any:
         except OSError as exc:
             raise EngineError(f"cannot read the input file {path}: {exc.strerror or exc}") from None
     yaml_file = path is not None and Path(path).suffix in {".yaml", ".yml"}
-    if plan.routes:
-        method, route = plan.routes[0]
+    if plan.declared_routes:  # served or not: `engine run` serves nothing
+        method, route = plan.declared_routes[0]
         if yaml_file:
             data = json.dumps(_parse_input(path, data)).encode()
         headers = {"content-type": "application/json", "content-length": str(len(data))} if data else {}
