@@ -29,8 +29,6 @@ import re
 from collections import Counter
 from typing import Any
 
-import regex
-
 from steps.tools.runner import Result
 
 SEARCH_TOOLS = {"tool_search_tool_regex": "tool_search_regex", "tool_search_tool_bm25": "tool_search_bm25"}
@@ -159,6 +157,8 @@ def regex_search(pattern: str, catalog: list[dict], limit: int) -> list[str]:
     """Names of the tools whose searchable text matches `pattern` (re.search), in declared order.
 
     Raises ValueError for a pattern that does not compile and TimeoutError past the time slice."""
+    import regex  # with the first search: commands that serve nothing stay light
+
     try:
         compiled = regex.compile(pattern)
     except (regex.error, OverflowError, RecursionError) as exc:
