@@ -148,7 +148,7 @@ def _clear_tool_uses(body: dict, edit: dict) -> tuple[dict, dict | None]:
                 content(i)[j] = _cleared_result(b)
     out = {**body, "messages": new}
     saved = estimate_tokens(body) - estimate_tokens(out)
-    if saved < _value(edit.get("clear_at_least"), "input_tokens", 0):
+    if edit.get("clear_at_least") is not None and saved < _value(edit["clear_at_least"], "input_tokens", 0):
         return body, None  # not worth breaking the prompt cache for
     return out, {"cleared_tool_uses": len(targets), "cleared_input_tokens": max(0, saved)}
 
