@@ -102,14 +102,33 @@ def context_reply(message: Any, body: dict, ctx: RunContext, context: dict | Non
         message = _compaction_only(body, ctx, compaction or {})
         if body.get("stream"):
             return _events(message, report)
+    summary = _iteration("compaction", (compaction or {}).get("usage")) if block is not None else None
     if isinstance(message, dict):
         out = {**message}
         if block is not None and not (out.get("content") and out["content"][0] is block):
             out["content"] = [block, *(out.get("content") or ())]
+            out["usage"] = _with_iterations(out.get("usage"), summary)
         if report is not None:
             out["context_management"] = report
         return out
-    return _wrap(message, block, report)
+    return _wrap(message, block, report, summary)
+
+
+def _iteration(kind: str, usage: Any) -> dict:
+    """One `usage.iterations` entry: the compaction call's tokens, or the answer's."""
+    usage = usage if isinstance(usage, dict) else {}
+    return {"type": kind, **{k: int(usage.get(k) or 0) for k in _TOKENS}}
+
+
+_TOKENS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+def _with_iterations(usage: Any, summary: dict | None) -> Any:
+    """`usage` with `iterations`: the compaction call first (its tokens are not in the totals,
+    as the API counts them), then the answer."""
+    if summary is None or not isinstance(usage, dict):
+        return usage
+    return {**usage, "iterations": [summary, _iteration("message", usage)]}
 
 
 def _compaction_only(body: dict, ctx: RunContext, compaction: dict) -> dict:
@@ -127,6 +146,7 @@ def _compaction_only(body: dict, ctx: RunContext, compaction: dict) -> dict:
             "output_tokens": max(1, int(usage.get("output_tokens") or 0)),
             "cache_creation_input_tokens": int(usage.get("cache_creation_input_tokens") or 0),
             "cache_read_input_tokens": int(usage.get("cache_read_input_tokens") or 0),
+            "iterations": [_iteration("compaction", usage)],  # the only call: its tokens are the totals too
         },
     }
 
@@ -153,7 +173,7 @@ async def _events(message: dict, report: dict | None) -> AsyncIterator[dict]:
     yield {"type": "message_stop"}
 
 
-async def _wrap(events: Any, block: dict | None, report: dict | None) -> AsyncIterator[dict]:
+async def _wrap(events: Any, block: dict | None, report: dict | None, summary: dict | None) -> AsyncIterator[dict]:
     """The answer's stream with the compaction block first (indices shifted) and the report added."""
     shift = 1 if block is not None else 0
     try:
@@ -166,8 +186,11 @@ async def _wrap(events: Any, block: dict | None, report: dict | None) -> AsyncIt
                         yield b
             elif shift and kind in ("content_block_start", "content_block_delta", "content_block_stop"):
                 yield {**ev, "index": ev["index"] + shift}
-            elif kind == "message_delta" and report is not None:
-                yield {**ev, "context_management": report}
+            elif kind == "message_delta" and (report is not None or summary is not None):
+                ev = {**ev, "usage": _with_iterations(ev.get("usage"), summary)}
+                if report is not None:
+                    ev["context_management"] = report
+                yield ev
             else:
                 yield ev
     finally:

@@ -91,6 +91,8 @@ def test_compaction_trigger_summarises_then_answers(gateway: Gateway, stream: bo
     assert [b.type for b in msg.content] == ["compaction", "text"]
     assert msg.content[0].content == "SUMMARY: the user looked up seven words."
     assert msg.stop_reason == "end_turn" and msg.context_management.applied_edits == []
+    assert [i.type for i in msg.usage.iterations] == ["compaction", "message"]
+    assert msg.usage.iterations[0].output_tokens > 0  # the summary's tokens, apart from the totals
     summarise, answer = (r.json for r in gateway.fake.requests)
     assert summarise["messages"][-1]["content"] == PROMPT and summarise.get("tool_choice") == "none"
     assert len(answer["messages"]) == 1 and "SUMMARY: the user looked up" in answer["messages"][0]["content"]
@@ -130,6 +132,7 @@ def test_summarize_request_returns_only_the_block(gateway: Gateway, stream: bool
                   compaction={"type": "summarize", "instructions": "Only the names."})
     assert [b.type for b in msg.content] == ["compaction"] and msg.content[0].content == "Names: alpha, beta."
     assert msg.stop_reason == "compaction" and msg.usage.output_tokens >= 1
+    assert [i.type for i in msg.usage.iterations] == ["compaction"]
     (only,) = (r.json for r in gateway.fake.requests)
     assert only["messages"][-1] == {"role": "user", "content": "Only the names."}
 
