@@ -8,7 +8,11 @@ else, so the gateway maps families onto configured upstream models and lets expl
 
 from __future__ import annotations
 
+from typing import Any
+
+from engine.errors import HttpError
 from engine.registry import step
+from engine.types import Request
 from steps.providers.config import Providers
 
 # Claude Code's discovery (`GET /v1/models`) keeps only ids containing "claude" or
@@ -60,40 +64,83 @@ def model_map(
     return model
 
 
-@step("openrouter.model_list", blocking=False)
-def model_list(
+@step("openrouter.model_catalogue", blocking=False)
+def model_catalogue(
     big_model: str,
     small_model: str,
     middle_model: str = "",
-    aliases: dict | None = None,
-    limit: int = 20,
-) -> dict:
-    """An Anthropic `GET /v1/models` page listing the Claude-named ids this gateway maps.
+    aliases: dict[str, str] | None = None,
+    providers: Providers | None = None,
+    request: Request | None = None,
+) -> dict[str, Any]:
+    """The model ids this gateway answers to, each with the upstream model that serves it.
 
-    Claude Code's gateway model discovery drops every id without "claude"/"anthropic", so
-    we list the three tier ids plus the Claude-named alias keys (each display name says
-    which upstream model answers), never the raw upstream ids.
+    Listed: the three Claude tier ids, the Claude-named alias keys (what Claude Code's gateway
+    model discovery keeps), then every configured upstream model (tier targets and alias
+    targets, `NAME:MODEL` references included), so a client that asks for `openai/gpt-4o`
+    finds it too. A `GET /v1/models/{id}` for any other id is mapped as a request naming it
+    would be. `models`/`candidates` feed `openrouter.profiles`, whose figures give each entry
+    its window (`openrouter.model_page`).
     """
     targets = {"big": big_model, "middle": middle_model or big_model, "small": small_model or big_model}
-    data: list[dict] = []
+    entries: list[dict[str, str]] = []
     seen: set[str] = set()
+
+    def add(model_id: str, display: str, target: str) -> None:
+        if model_id and model_id not in seen:
+            seen.add(model_id)
+            entries.append({"id": model_id, "display_name": display, "target": target})
+
     for model_id, label, tier in _TIER_IDS:
-        seen.add(model_id)
-        data.append(_model_info(model_id, f"{label} ({targets[tier]})"))
+        add(model_id, f"{label} ({targets[tier]})", targets[tier])
     for alias, target in (aliases or {}).items():
-        if alias in seen or "claude" not in alias.lower():
-            continue
-        seen.add(alias)
-        data.append(_model_info(alias, f"{alias} ({target})"))
-    limit = max(1, min(int(limit), 1000))
-    page = data[:limit]
+        if "claude" in alias.lower():
+            add(alias, f"{alias} ({target})", target)
+    for target in [*targets.values(), *(aliases or {}).values()]:
+        add(target, target, target)
+    asked = (request.path_params or {}).get("model_id") if request is not None else None
+    if asked and asked not in seen:
+        add(asked, asked, model_map(asked, big_model, small_model, middle_model, aliases, providers))
+    resolved = [providers.resolve(e["target"]) if providers is not None else None for e in entries]
+    candidates = [{"provider": t.provider, "model": t.model, "ref": t.ref} if t else {"provider": None, "model": e["target"], "ref": e["target"]} for e, t in zip(entries, resolved, strict=True)]
+    for entry, candidate in zip(entries, candidates, strict=True):
+        entry["model"] = candidate["model"]
+    return {"entries": entries, "asked": asked, "models": [c["model"] for c in candidates], "candidates": candidates}
+
+
+@step("openrouter.model_page", blocking=False)
+def model_page(catalogue: dict[str, Any], profiles: dict[str, Any], request: Request | None = None) -> dict[str, Any]:
+    """`GET /v1/models` as Anthropic pages it (`limit` 1-1000, default 20; `after_id`,
+    `before_id`), or one `GET /v1/models/{id}`; each model with `max_input_tokens` and
+    `max_tokens` from its profile (null when no listing or profile knows them)."""
+    infos = [_model_info(e["id"], e["display_name"], profiles.get(e["model"])) for e in catalogue["entries"]]
+    if catalogue.get("asked"):
+        return next(i for i in infos if i["id"] == catalogue["asked"])
+    query = request.query if request is not None else {}
+    try:
+        limit = max(1, min(int(query.get("limit") or 20), 1000))
+    except ValueError:
+        raise HttpError(400, "limit: must be an integer from 1 to 1000") from None
+    ids = [i["id"] for i in infos]
+    after, before = query.get("after_id"), query.get("before_id")
+    if before:
+        end = ids.index(before) if before in ids else 0
+        page = infos[max(0, end - limit) : end]
+        has_more = end - limit > 0
+    else:
+        start = ids.index(after) + 1 if after in ids else (len(ids) if after else 0)
+        page = infos[start : start + limit]
+        has_more = start + limit < len(infos)
+    return {"data": page, "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None, "has_more": has_more}
+
+
+def _model_info(model_id: str, display_name: str, profile: Any = None) -> dict[str, Any]:
     return {
-        "data": page,
-        "first_id": page[0]["id"] if page else None,
-        "last_id": page[-1]["id"] if page else None,
-        "has_more": len(data) > limit,
+        "type": "model",
+        "id": model_id,
+        "display_name": display_name,
+        "created_at": _CREATED_AT,
+        "lifecycle": "active",
+        "max_input_tokens": getattr(profile, "context_length", None),
+        "max_tokens": getattr(profile, "max_output", None),
     }
-
-
-def _model_info(model_id: str, display_name: str) -> dict:
-    return {"type": "model", "id": model_id, "display_name": display_name, "created_at": _CREATED_AT}

@@ -5,6 +5,7 @@ with the switch on, so an /agent route added later is covered too. Real gateway,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -38,6 +39,7 @@ def test_switched_off_no_plan_serves_an_agent_route(value: str) -> None:
 
 
 def send(gw: Gateway, method: str, path: str) -> object:
+    path = re.sub(r"\{[^}]*\}", "claude-opus-5-5", path)  # a path parameter: any value
     with gw.http() as http:
         if method == "POST":
             return http.post(path, json=ASK)
@@ -77,7 +79,8 @@ def test_on_every_agent_route_is_served(on: Gateway, method: str, path: str, pip
     r = send(on, method, path)
     assert r.status_code == 200, (method, path, r.status_code, r.text[:300])
     if pipeline == "models":
-        assert any(m["id"].startswith("claude") for m in r.json()["data"])
+        answer = r.json()
+        assert any(m["id"].startswith("claude") for m in answer["data"]) if "data" in answer else answer["id"] == "claude-opus-5-5"
     elif pipeline == "count_tokens":
         assert r.json()["input_tokens"] > 0
     elif pipeline == "agent":

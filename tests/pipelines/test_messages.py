@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import anthropic
 import pytest
 
 from tests.fixtures import claude_code_cases
-from tests.pipelines.conftest import FIXTURES, Gateway
+from tests.pipelines.conftest import FIXTURES, Gateway, start_gateway
 
 
 def ask(text: str) -> list[dict]:
@@ -101,10 +102,43 @@ def test_count_tokens_answered_locally(gateway: Gateway) -> None:
     assert gateway.fake.requests == []
 
 
-def test_models_list(gateway: Gateway) -> None:
-    """models.list returns Claude-named ids that Claude Code's discovery keeps."""
-    models = list(gateway.client().models.list())
-    assert models and all("claude" in m.id for m in models)
+LISTING = [  # the fake upstream's GET /models (the gateway reads it once an hour: one listing for the module)
+    {"id": "test/big", "context_length": 131072, "top_provider": {"max_completion_tokens": 8192}},
+    {"id": "test/small", "context_length": 64000},
+    {"id": "openai/gpt-4o", "context_length": 128000, "top_provider": {"max_completion_tokens": 16384}},
+]
+
+
+@pytest.fixture(name="listed", scope="module")
+def _listed() -> Iterator[Gateway]:
+    """A gateway whose upstream lists LISTING from its first request on (listings are cached)."""
+    for gw in start_gateway({}):
+        gw.fake.models = LISTING
+        yield gw
+
+
+def test_models_list(listed: Gateway) -> None:
+    """models.list pages every model the gateway answers to: the Claude-named ids that Claude
+    Code's discovery keeps first, then the configured upstream models, each with its window
+    from the upstream's own listing (or null when nothing knows it)."""
+    models = list(listed.client().models.list(limit=2))  # the SDK follows has_more / after_id
+    ids = [m.id for m in models]
+    assert ids[:3] == ["claude-opus-5-5", "claude-sonnet-5-5", "claude-haiku-5-5"] and "test/big" in ids and "test/small" in ids
+    assert len(ids) == len(set(ids))
+    opus = next(m for m in models if m.id == "claude-opus-5-5")
+    assert (opus.max_input_tokens, opus.max_tokens, opus.lifecycle) == (131072, 8192, "active")
+
+
+def test_models_retrieve_any_id(listed: Gateway) -> None:
+    """GET /v1/models/{id}, which Claude Code reads to size its context for a model it does not
+    know (ANTHROPIC_MODEL=openai/gpt-4o): the id as a request would map it, with its window."""
+    client = listed.client()
+    other = client.models.retrieve("openai/gpt-4o")
+    assert (other.id, other.max_input_tokens, other.max_tokens) == ("openai/gpt-4o", 128000, 16384)
+    haiku = client.models.retrieve("claude-haiku-4-5-20251001")  # a dated Claude id maps to SMALL_MODEL
+    assert (haiku.id, haiku.max_input_tokens) == ("claude-haiku-4-5-20251001", 64000)
+    with listed.http() as http:
+        assert http.get("/v1/models", params={"limit": "x"}).json()["error"]["type"] == "invalid_request_error"
 
 
 @pytest.mark.parametrize(

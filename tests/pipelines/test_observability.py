@@ -53,7 +53,7 @@ def test_live_reload_swaps_valid_sets_and_keeps_the_old_on_errors(tmp_path: Path
                 return [m["id"] for m in http.get("/v1/models").json()["data"]]
 
             before = ids()
-            models.write_text(models.read_text().replace("limit: 1000", "limit: 1"))
+            models.write_text(models.read_text().replace("middle_model: ${MIDDLE_MODEL:-}", "middle_model: x/reloaded-middle"))
 
             def wait_until(predicate, timeout: float = 60.0) -> bool:
                 deadline = time.monotonic() + timeout
@@ -63,13 +63,13 @@ def test_live_reload_swaps_valid_sets_and_keeps_the_old_on_errors(tmp_path: Path
                     time.sleep(0.05)
                 return False
 
-            assert wait_until(lambda: len(ids()) == 1) and len(before) > 1
-            models.write_text(models.read_text().replace("uses: openrouter.model_list", "uses: openrouter.no_such_step"))
+            assert wait_until(lambda: "x/reloaded-middle" in ids()) and "x/reloaded-middle" not in before
+            models.write_text(models.read_text().replace("uses: openrouter.model_page", "uses: openrouter.no_such_step"))
             time.sleep(0.5)  # several reload polls
-            assert len(ids()) == 1  # still the last good set
+            assert "x/reloaded-middle" in ids()  # still the last good set
             (pipelines / "extra.yaml").write_text(
                 "name: extra\nroute: GET /extra\nsteps:\n  v: {uses: core.value, with: {value: {hello: world}}}\noutput: ${{ steps.v }}\n"
             )
-            models.write_text(models.read_text().replace("openrouter.no_such_step", "openrouter.model_list"))
+            models.write_text(models.read_text().replace("openrouter.no_such_step", "openrouter.model_page"))
             assert wait_until(lambda: http.get("/extra").status_code == 200)
             assert http.get("/extra").json() == {"hello": "world"}

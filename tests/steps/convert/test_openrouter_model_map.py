@@ -6,7 +6,9 @@ import re
 
 import pytest
 
-from steps.openrouter.model_map import model_list, model_map
+from engine.types import Request
+from steps.openrouter.model_map import model_catalogue, model_map, model_page
+from steps.openrouter.profiles import Profile
 
 BIG, MID, SMALL = "openai/gpt-big", "google/gemini-mid", "qwen/small"
 
@@ -42,20 +44,41 @@ def test_alias_wins() -> None:
     assert model_map("claude-opus-5-5-x", BIG, SMALL, MID, aliases) == BIG
 
 
+def _page(query: dict | None = None, model_id: str | None = None, profiles: dict | None = None, **kw) -> dict:
+    request = Request(method="GET", path="/v1/models", headers={}, query=query or {}, body=b"", path_params={"model_id": model_id} if model_id else {})
+    catalogue = model_catalogue(BIG, SMALL, MID, request=request, **kw)
+    return model_page(catalogue, profiles or {}, request)
+
+
 def test_model_list_shape() -> None:
-    """The model page follows Anthropic's list shape and every id contains 'claude'."""
-    page = model_list(BIG, SMALL, MID, aliases={"claude-fast": "x/fast", "plain": "x/plain"})
+    """Anthropic's list shape: the Claude ids first (what Claude Code's discovery keeps), then every configured upstream model."""
+    page = _page(aliases={"claude-fast": "x/fast", "plain": "x/plain"})
     ids = [m["id"] for m in page["data"]]
-    assert ids == ["claude-opus-5-5", "claude-sonnet-5-5", "claude-haiku-5-5", "claude-fast"]
-    assert all("claude" in i for i in ids)
+    assert ids[:4] == ["claude-opus-5-5", "claude-sonnet-5-5", "claude-haiku-5-5", "claude-fast"]
+    assert set(ids[4:]) == {BIG, MID, SMALL, "x/fast", "x/plain"}
     for m in page["data"]:
-        assert m["type"] == "model" and m["display_name"]
+        assert m["type"] == "model" and m["display_name"] and m["lifecycle"] == "active"
         assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", m["created_at"])
-    assert (page["first_id"], page["last_id"], page["has_more"]) == ("claude-opus-5-5", "claude-fast", False)
+        assert m["max_input_tokens"] is None and m["max_tokens"] is None  # no profile given
+    assert (page["first_id"], page["has_more"]) == ("claude-opus-5-5", False)
     assert BIG in page["data"][0]["display_name"]
 
 
-def test_model_list_limit() -> None:
-    """limit cuts the page and sets has_more."""
-    page = model_list(BIG, SMALL, limit=2)
-    assert len(page["data"]) == 2 and page["has_more"] is True and page["last_id"] == "claude-sonnet-5-5"
+def test_model_list_pages_like_anthropic() -> None:
+    """limit (default 20), after_id and before_id page through the list."""
+    all_ids = [m["id"] for m in _page({"limit": "1000"})["data"]]
+    first = _page({"limit": "2"})
+    assert [m["id"] for m in first["data"]] == all_ids[:2] and first["has_more"] is True and first["last_id"] == all_ids[1]
+    second = _page({"limit": "2", "after_id": first["last_id"]})
+    assert [m["id"] for m in second["data"]] == all_ids[2:4]
+    back = _page({"limit": "2", "before_id": all_ids[3]})
+    assert [m["id"] for m in back["data"]] == all_ids[1:3] and back["has_more"] is True
+
+
+def test_one_model_carries_its_window() -> None:
+    """GET /v1/models/{id}: a tier id or any other id, mapped as a request would be, with its profile's figures."""
+    profiles = {BIG: Profile(model=BIG, family="anthropic", context_length=200000, max_output=64000), "openai/gpt-4o": Profile(model="openai/gpt-4o", family="openai", context_length=128000, max_output=16384)}
+    opus = _page(model_id="claude-opus-5-5", profiles=profiles)
+    assert (opus["id"], opus["max_input_tokens"], opus["max_tokens"]) == ("claude-opus-5-5", 200000, 64000)
+    other = _page(model_id="openai/gpt-4o", profiles=profiles)
+    assert (other["id"], other["max_input_tokens"], other["max_tokens"]) == ("openai/gpt-4o", 128000, 16384)
