@@ -39,6 +39,7 @@ import structlog
 from engine import logs, metrics
 from engine import errors as engine_errors
 from engine.errors import StepError
+from engine.streams import aclose_quietly
 from engine.types import Request
 
 _log = structlog.get_logger("engine.capture")
@@ -321,8 +322,6 @@ class RunRecorder:
 
 async def recording_stream(it: Any, entry: dict[str, Any], recorder: RunRecorder) -> Any:
     """Pass a stream through, noting each item and its offset from the stream's start."""
-    from engine.streams import aclose_quietly
-
     items: list[Any] = []
     entry["items"] = items
     t0 = time.perf_counter()

@@ -45,7 +45,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from engine import logs, metrics
-from engine.capture import RecordingIds, RunRecorder
+from engine.capture import CaptureWriter, RecordingIds, RunRecorder
 from engine.check import Plan
 from engine.errors import HttpError, SpecErrors, StepError
 from engine.executor import Engine, failed_step, load_plans
@@ -506,8 +506,6 @@ def app_from_env() -> Starlette:
     tune_gc()
     capture_dir = os.environ.get("ENGINE_CAPTURE_DIR")
     if capture_dir:
-        from engine.capture import CaptureWriter
-
         engine.capture = CaptureWriter(capture_dir)
     limit = int(os.environ.get("ENGINE_BODY_LIMIT", str(DEFAULT_BODY_LIMIT)))
     keys = [k.strip() for k in os.environ.get("ENGINE_API_KEYS", "").split(",") if k.strip()]
