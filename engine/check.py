@@ -271,7 +271,7 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
         m = _ROUTE.match(route.strip())
         if not m:
             loc = lp.where("route", i) if isinstance(spec.route, list) else lp.where("route")
-            errors.append(SpecError(f"route '{route}' is not 'METHOD /path'", loc, "write e.g. route: POST /v1/messages"))
+            errors.append(SpecError(f"route '{route}' is not 'METHOD /path'", loc, "write e.g. route: POST /v1/items"))
         else:
             parsed_routes.append((m.group(1), m.group(2)))
 

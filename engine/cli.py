@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "replay",
         "re-run captured runs through the current pipelines, offline, and show what changed",
-        ["engine replay captures/", "engine replay captures/capture-*.jsonl --pipelines ./pipelines", "engine replay tests/captures/stream.jsonl --realtime", "OPENROUTER_API_KEY=... engine replay captures/ --live"],
+        ["engine replay captures/", "engine replay captures/capture-*.jsonl --pipelines ./pipelines", "engine replay tests/captures/stream.jsonl --realtime", "engine replay captures/ --live   # against the real upstream"],
     )
     p.add_argument("captures", nargs="+", metavar="CAPTURE", help="capture files or directories")
     p.add_argument("--pipelines", default=None, metavar="DIR")
@@ -113,10 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest capture record read (default 256M); a longer one is reported and skipped unread",
     )
 
-    p = add("steps", "list every registered step with its parameters", ["engine steps", "engine steps | grep anthropic", "engine steps --format markdown   # the README's step catalogue"])
+    p = add("steps", "list every registered step with its parameters", ["engine steps", "engine steps | grep core", "engine steps --format markdown   # the README's step catalogue"])
     p.add_argument("--format", default="text", choices=["text", "markdown"])
 
-    p = add("doctor", "check the configuration, the pipelines and the upstream, and say what clients need", ["engine doctor", "OPENROUTER_API_KEY=sk-or-... engine doctor"])
+    p = add("doctor", "check the configuration, the pipelines and the upstream, and say what clients need", ["engine doctor", "engine doctor --pipelines ./pipelines"])
     p.add_argument("--pipelines", default=None, metavar="DIR")
     return parser
 
@@ -473,7 +473,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if public and not keys and not args.allow_unauthenticated:
         return _refuse(
             f"refusing to serve {args.host} without inbound keys: anyone who can reach it could use it. "
-            "Set ENGINE_API_KEYS=key1,key2 (clients send one as x-api-key or Bearer), "
+            "Set ENGINE_API_KEYS=key1,key2 (clients send one as a Bearer token or in their protocol's key header), "
             "or pass --allow-unauthenticated if something in front of it authenticates."
         )
     try:

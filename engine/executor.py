@@ -90,6 +90,25 @@ def materialize(value: Any, results: dict[str, Any], input: Any) -> Any:
     return value
 
 
+def _register_static_secrets(plans: list[Plan]) -> None:
+    """Scrub from every log line the secret-named parameters written in the YAML (a key
+    interpolated from the environment, say), whichever variable they came from."""
+    def walk(name: Any, value: Any) -> None:
+        if isinstance(value, str):
+            if logs.is_secret_name(name):
+                logs.register_secret(value)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(k, v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(name, v)
+
+    for plan in plans:
+        for node in plan.nodes.values():
+            walk(None, node.static)
+
+
 class Engine:
     """Loaded pipelines plus what their runs share: resources, limits, the id source.
 
@@ -99,6 +118,7 @@ class Engine:
 
     def __init__(self, plans: list[Plan], ids: IdSource | None = None) -> None:
         self.plans = {p.name: p for p in plans}
+        _register_static_secrets(plans)
         limits = {}
         for p in plans:
             limits.update(p.limits)
@@ -128,6 +148,7 @@ class Engine:
         """
         for p in plans:
             self.limits.add(p.limits)
+        _register_static_secrets(plans)
         self.plans = {p.name: p for p in plans}
         self._step_log_checked = None
 

@@ -6,4 +6,4 @@ anthropic.validate, anthropic.validate_count_tokens, anthropic.error, anthropic.
 anthropic.estimate_input_tokens, anthropic.count_tokens, anthropic.threads).
 """
 
-from steps.anthropic import clean, errors, models, parse, reply, sse, threads, tokens, validate  # noqa: F401
+from steps.anthropic import clean, engine_hooks, errors, models, parse, reply, sse, threads, tokens, validate  # noqa: F401

@@ -2,8 +2,11 @@
 
 import os
 
+from engine.logs import register_secret_env
 from engine.registry import serving_note
 from steps.openrouter import doctor, model_map, profiles, routing, upstream  # noqa: F401
+
+register_secret_env("OPENROUTER_API_KEY")  # the upstream key never reaches a log line
 
 
 @serving_note

@@ -8,6 +8,7 @@ function hides a cycle from Python's import machinery, not from a reader.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import networkx as nx
@@ -92,3 +93,15 @@ def test_the_graph_reader_sees_function_level_and_string_imports(tmp_path: Path)
     f = tmp_path / "m.py"
     f.write_text("import importlib\ndef f():\n    from engine.run import RunContext\n    importlib.import_module('engine.builtins')\n")
     assert {"engine.run", "engine.builtins"} <= imports_of(f)
+DOMAIN_WORDS = re.compile(r"openrouter|anthropic|claude|x-api-key|\bping\b|\bsk-", re.I)
+
+
+def test_engine_source_names_no_domain() -> None:
+    """The domain passes its names in (key headers, secret patterns, heartbeats); none is written here."""
+    hits = [
+        f"{p.name}:{i}: {line.strip()}"
+        for p in sorted(ENGINE.glob("*.py"))
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if DOMAIN_WORDS.search(line)
+    ]
+    assert not hits, "\n".join(hits)
