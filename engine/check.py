@@ -47,6 +47,7 @@ class Node:
     limit: str | None
     record: bool
     dependents: list[str] = field(default_factory=list)
+    vars: tuple[str, ...] = ()  # the `${{ vars.NAME }}` its YAML used (drawn by `engine graph`)
 
     @property
     def info_inline(self) -> bool:
@@ -219,6 +220,7 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
         deps_t = tuple(d for d in deps if d in spec.steps)
         graph.add_edges_from((d, name) for d in deps_t)
         nodes[name] = Node(name, info, static, refs, nested, deps_t, cond, sspec.else_, sspec.retry, sspec.timeout, sspec.idle_timeout, sspec.limit, sspec.record)
+        nodes[name].vars = tuple(dict.fromkeys(v for path, v in lp.vars_used.items() if path[:2] == ("steps", name)))
 
     output_deps: set[str] = set()
     for r in iter_refs(spec.output):

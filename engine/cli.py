@@ -19,6 +19,7 @@ from engine import graph as graphs
 from engine import guard, logs, registry
 from engine.errors import EngineError, SpecErrors
 from engine.executor import Engine, failed_step, load_plans, pipeline_files
+from engine.loader import vars_beside
 from engine.streams import is_stream
 from engine.types import Reply
 
@@ -546,11 +547,11 @@ def _writable_by_others(pipelines: str) -> str | None:
     import stat
 
     root = Path(pipelines)
-    for p in [root, *pipeline_files([root])]:
+    for p in [root, *pipeline_files([root]), vars_beside(root)]:  # the shared vars configure them too
         try:
             if p.stat().st_mode & (stat.S_IWGRP | stat.S_IWOTH):
                 return str(p)
-        except OSError:
+        except OSError:  # no such file (a directory without vars.yaml)
             continue
     return None
 

@@ -33,7 +33,7 @@ from engine import capture, logs, metrics, retry, streams
 from engine.check import Node, Plan, check
 from engine.errors import DeadlineExceeded, EngineError, SpecError, SpecErrors, StepError, StepTimeout
 from engine.limits import Limits
-from engine.loader import LoadedPipeline, Ref, load_file, without_echoes
+from engine.loader import VARS_FILE, LoadedPipeline, Ref, Vars, load_file, load_vars, vars_beside, without_echoes
 from engine.run import IdSource, Resources, RunContext
 
 _log = structlog.get_logger("engine")
@@ -41,11 +41,12 @@ _step_histograms: dict[tuple[str, str, str], Any] = {}
 
 
 def pipeline_files(paths: Iterable[str | Path]) -> list[Path]:
-    """The YAML files named by `paths` (directories contribute their *.yaml / *.yml files)."""
+    """The YAML files named by `paths` (directories contribute their *.yaml / *.yml files,
+    except the shared `vars.yaml`)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(x for x in p.iterdir() if x.suffix in {".yaml", ".yml"} and not x.name.startswith("."))
+            out += sorted(x for x in p.iterdir() if x.suffix in {".yaml", ".yml"} and not x.name.startswith(".") and x.name != VARS_FILE)
         else:
             out.append(p)
     return out
@@ -55,9 +56,18 @@ def load_plans(paths: Iterable[str | Path], env: dict[str, str] | None = None) -
     """Load and check pipeline files together; raises `SpecErrors` listing every problem."""
     errors: list[SpecError] = []
     loaded: list[LoadedPipeline] = []
+    shared: dict[Path, Vars] = {}  # per directory, read once: its errors are reported once
     for f in pipeline_files(paths):
+        where = vars_beside(f).resolve()
+        if where not in shared:
+            try:
+                shared[where] = load_vars(where, env, lenient=True)
+            except SpecErrors as exc:
+                errors += exc.errors
+                shared[where] = Vars()
+            errors += shared[where].errors
         try:
-            lp = load_file(f, env=env, lenient=True)  # an unset variable hides no other error
+            lp = load_file(f, env=env, lenient=True, shared=shared[where])  # an unset variable hides no other error
         except SpecErrors as exc:
             errors += exc.errors
             continue
