@@ -32,7 +32,7 @@ from benchmarks.fast_upstream import IDLE_MAX_TOKENS
 
 REPO = Path(__file__).resolve().parents[1]
 IDLE_STREAMS = 1000
-FIXTURE = REPO.parent / "shared" / "fixtures" / "claude-code" / "first_turn.json"
+FIXTURE = REPO / "tests" / "fixtures" / "claude-code" / "first_turn.json"
 TICK = os.sysconf("SC_CLK_TCK")
 
 

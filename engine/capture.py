@@ -271,10 +271,16 @@ def rebuild_error(record: Any, path: str = "error") -> BaseException:
 
 
 class RunRecorder:
-    """Collects one run's record; `finish()` hands it to the writer."""
+    """Collects one run's record; `finish()` hands it to the writer.
 
-    def __init__(self, writer: CaptureWriter | None, pipeline: str, request_id: str, input: Any) -> None:
+    `stream_items=False` keeps a recorded step's inputs but not the items of a stream it
+    returns (noting `"stream": "not recorded"`): about 15 us less per streamed chunk, for the
+    web console's record when capture is off. Such a record cannot be replayed.
+    """
+
+    def __init__(self, writer: CaptureWriter | None, pipeline: str, request_id: str, input: Any, *, stream_items: bool = True) -> None:
         self.writer = writer
+        self.stream_items = stream_items
         self.t0 = time.perf_counter()
         self.record: dict[str, Any] = {
             "format": FORMAT,

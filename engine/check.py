@@ -12,15 +12,14 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import networkx as nx
 from pydantic import TypeAdapter, ValidationError
 
 from engine import registry
-from engine.errors import RegistryError, SpecError
+from engine.errors import RegistryError, SpecError, SpecErrors
 from engine.loader import LoadedPipeline, Ref
 from engine.registry import StepInfo
 from engine.spec import LimitSpec, RetrySpec
@@ -71,11 +70,70 @@ class Plan:
     routes: list[tuple[str, str]]  # what is served: none when the pipeline is disabled
     deadline: float | None
     limits: dict[str, LimitSpec]
-    graph: nx.DiGraph
+    graph: Dependencies
     enabled: bool = True
     runs_code: bool = False
     retry_budget: Any = None
     sequential: bool = False  # no two steps that may await could ever run at the same time
+
+
+@dataclass
+class Dependencies:
+    """Which steps use which, in file order: the little of a graph library a check needs.
+
+    Ordering goes through the standard library's `graphlib` (the same order networkx's
+    topological sort gives: generations, each in file order). networkx, a third of a second to
+    import, is loaded only to list the cycles of a broken pipeline."""
+
+    nodes: list[str]
+    preds: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for n in self.nodes:
+            self.preds.setdefault(n, [])
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.preds
+
+    def add_edges_from(self, edges: Iterable[tuple[str, str]]) -> None:
+        for a, b in edges:
+            if a not in self.preds[b]:
+                self.preds[b].append(a)
+
+    def ancestors(self, name: str) -> set[str]:
+        seen: set[str] = set()
+        todo = list(self.preds.get(name, ()))
+        while todo:
+            n = todo.pop()
+            if n not in seen:
+                seen.add(n)
+                todo.extend(self.preds[n])
+        seen.discard(name)  # as networkx: a step in a cycle is not its own ancestor
+        return seen
+
+    def topological_order(self) -> list[str] | None:
+        """Every step after the steps it uses, or None when they form a cycle."""
+        import graphlib
+
+        sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+        for n in self.nodes:
+            sorter.add(n)
+        for n in self.nodes:
+            sorter.add(n, *self.preds[n])
+        try:
+            return list(sorter.static_order())
+        except graphlib.CycleError:
+            return None
+
+    def cycles(self) -> list[list[str]]:
+        if self.topological_order() is not None:
+            return []
+        import networkx as nx
+
+        graph = nx.DiGraph()
+        graph.add_nodes_from(self.nodes)
+        graph.add_edges_from((a, b) for b in self.nodes for a in self.preds[b])
+        return list(nx.simple_cycles(graph))
 
 
 def iter_refs(value: Any) -> Iterator[Ref]:
@@ -146,8 +204,7 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
     spec = lp.spec
     step_names = list(spec.steps)
     nodes: dict[str, Node] = {}
-    graph = nx.DiGraph()
-    graph.add_nodes_from(step_names)
+    graph = Dependencies(list(step_names))
 
     def ref_ok(ref: Ref, user: str) -> bool:
         if ref.step is None or ref.step in spec.steps:
@@ -229,7 +286,7 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
     if not list(iter_refs(spec.output)):
         errors.append(SpecError("the output uses no step", lp.where("output"), "write output: ${{ steps.LAST }}"))
 
-    cycles = list(nx.simple_cycles(graph))
+    cycles = graph.cycles()
     position = {n: i for i, n in enumerate(step_names)}
     for cycle in cycles[:5]:
         start = min(range(len(cycle)), key=lambda i: position[cycle[i]])
@@ -243,7 +300,7 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
     needed = set(output_deps)
     for d in output_deps:
         if d in graph:
-            needed |= nx.ancestors(graph, d)
+            needed |= graph.ancestors(d)
     for name, node in nodes.items():
         if name not in needed and not node.info.side_effects and not ref_errors:
             errors.append(SpecError(f"step '{name}' does not contribute to the output", lp.where("steps", name, "<key>") or lp.where("steps", name), "use its result in a later step or the output, or remove it"))
@@ -277,7 +334,7 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
         else:
             parsed_routes.append((m.group(1), m.group(2)))
 
-    order = list(nx.topological_sort(graph)) if not cycles else step_names
+    order = (graph.topological_order() or step_names) if not cycles else step_names
     for name in order:
         node = nodes.get(name)
         if node is None:
@@ -307,13 +364,13 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
     )
 
 
-def _totally_ordered(graph: nx.DiGraph, names: list[str]) -> bool:
+def _totally_ordered(graph: Dependencies, names: list[str]) -> bool:
     """Whether each of `names` (in topological order) depends on the one before it.
 
     Then running the plan step by step in topological order loses no concurrency: steps that
     never await (inline sync steps) cannot overlap with anything anyway.
     """
-    return all(a in nx.ancestors(graph, b) for a, b in zip(names, names[1:]))
+    return all(a in graph.ancestors(b) for a, b in zip(names, names[1:]))
 
 
 def _check_literal(value: Any, param: Any, lp: LoadedPipeline, step_name: str, pname: str, pipeline_names: set[str], errors: list[SpecError]) -> Any:
@@ -328,7 +385,14 @@ def _check_literal(value: Any, param: Any, lp: LoadedPipeline, step_name: str, p
     if adapter is None:
         return value
     try:
-        return adapter.validate_python(value)
+        # A parameter type may read a file the value names (a configuration beside the
+        # pipelines): it learns where the pipeline is and the environment it was read with,
+        # and reports that file's own located errors.
+        return adapter.validate_python(value, context={"file": lp.file, "env": lp.env})
+    except SpecErrors as exc:
+        seen = {str(e) for e in errors}  # several pipelines naming one file: its errors once
+        errors.extend(e for e in exc.errors if str(e) not in seen)
+        return value
     except ValidationError as exc:
         first = exc.errors()[0]
         expected = registry._type_name(param.annotation)

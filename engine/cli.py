@@ -1,7 +1,11 @@
-"""The `engine` command: serve, check, graph, run and steps.
+"""The `engine` command: serve, check, graph, run, replay, steps, doctor, usage, statusline.
 
 Argparse, because none of the project's libraries is a CLI framework and the standard
 library's is enough. Every subcommand's help ends with examples.
+
+Start-up time matters (`engine statusline` runs after every assistant message, `engine check`
+in editors and CI), so this module imports only the standard library at the top; each command
+imports what it needs (the executor with the step packages, uvicorn, networkx, ...).
 """
 
 from __future__ import annotations
@@ -13,15 +17,41 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import anyio
-
-from engine import graph as graphs
-from engine import guard, logs, registry
 from engine.errors import EngineError, SpecErrors
-from engine.executor import Engine, failed_step, load_plans, pipeline_files
-from engine.loader import vars_beside
-from engine.streams import is_stream
-from engine.types import Reply
+
+
+def version() -> str:
+    """The installed package's version (pyproject.toml's when run from a checkout)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("engine")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class _Version(argparse.Action):
+    """`--version`, looked up only when asked for (importlib.metadata costs a few tens of ms)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(f"engine {version()}")
+        parser.exit()
+
+
+def load_plans(*args: Any, **kwargs: Any) -> Any:
+    from engine.executor import load_plans as load
+
+    return load(*args, **kwargs)
+
+
+def pipeline_files(*args: Any, **kwargs: Any) -> Any:
+    from engine.executor import pipeline_files as files
+
+    return files(*args, **kwargs)
 
 
 def default_pipelines() -> str:
@@ -45,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples("engine serve", "engine check pipelines/", "engine graph messages --format mermaid", "engine steps"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help: str, examples: list[str]) -> argparse.ArgumentParser:
@@ -57,8 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--log-format", choices=["console", "json"], default=None, help="log output (default: console on a terminal, else json)")
     p.add_argument("--log-level", default=None, help="debug, info, warning, error (default info)")
+    p.add_argument("--providers", default=None, metavar="FILE", help="the upstream providers file (default: $ENGINE_PROVIDERS or providers.yaml in the pipeline directory)")
     p.add_argument("--capture", default=os.environ.get("ENGINE_CAPTURE_DIR"), metavar="DIR", help="record every run into JSONL files in DIR (replay them with `engine replay`)")
     p.add_argument("--reload", action="store_true", help="apply pipeline edits without a restart (a broken edit is reported and the old set kept)")
+    p.add_argument("--no-console", action="store_true", help="do not serve the web console at /console (same as ENGINE_CONSOLE=off; on by default on a loopback address)")
     p.add_argument(
         "--server-tools",
         action="store_true",
@@ -117,8 +150,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("steps", "list every registered step with its parameters", ["engine steps", "engine steps | grep core", "engine steps --format markdown   # the README's step catalogue"])
     p.add_argument("--format", default="text", choices=["text", "markdown"])
 
-    p = add("doctor", "check the configuration, the pipelines and the upstream, and say what clients need", ["engine doctor", "engine doctor --pipelines ./pipelines"])
+    p = add("doctor", "check the configuration, the pipelines and the upstream, and say what clients need", ["engine doctor", "engine doctor --pipelines ./pipelines", "engine doctor --providers ~/my-providers.yaml"])
     p.add_argument("--pipelines", default=None, metavar="DIR")
+    p.add_argument("--providers", default=None, metavar="FILE", help="the upstream providers file (default: $ENGINE_PROVIDERS or providers.yaml in the pipeline directory)")
+
+    p = add(
+        "usage",
+        "tokens and cost by model and by day, from JSON access logs or capture files",
+        ["engine usage captures/", "ENGINE_LOG_FORMAT=json engine serve 2>> access.log; engine usage access.log", "engine usage captures/ --since 2026-12-01 --format json"],
+    )
+    p.add_argument("paths", nargs="*", metavar="LOG_OR_CAPTURE_DIR", help="JSON access logs, capture files, or directories of them (default: $ENGINE_CAPTURE_DIR)")
+    p.add_argument("--format", default="table", choices=["table", "json"])
+    p.add_argument("--session", default=None, metavar="ID", help="only the requests of one client session (the client's session id)")
+    p.add_argument("--since", default=None, metavar="YYYY-MM-DD", help="only requests from that day (UTC) on")
+
+    p = add(
+        "statusline",
+        "one status line for Claude Code's statusLine setting: the session's upstream model, tokens and cost",
+        ['echo \'{"session_id": "..."}\' | engine statusline', "engine statusline --url http://127.0.0.1:8082", "engine statusline --from captures/"],
+    )
+    p.add_argument("--url", default=None, help="the gateway (default: $ANTHROPIC_BASE_URL, else http://127.0.0.1:8082)")
+    p.add_argument("--from", dest="sources", nargs="+", default=None, metavar="LOG_OR_CAPTURE_DIR", help="read JSON access logs or captures instead of asking the gateway")
     return parser
 
 
@@ -142,7 +194,17 @@ def main(argv: list[str] | None = None) -> int:
     # Like `python -m` and uvicorn: user steps named package.module:function import from here.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    handler = {"serve": cmd_serve, "check": cmd_check, "graph": cmd_graph, "run": cmd_run, "replay": cmd_replay, "steps": cmd_steps, "doctor": cmd_doctor}[args.command]
+    handler = {
+        "serve": cmd_serve,
+        "check": cmd_check,
+        "graph": cmd_graph,
+        "run": cmd_run,
+        "replay": cmd_replay,
+        "steps": cmd_steps,
+        "doctor": cmd_doctor,
+        "usage": cmd_usage,
+        "statusline": cmd_statusline,
+    }[args.command]
     try:
         return handler(args)
     except SpecErrors as exc:
@@ -219,6 +281,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
+    from engine import graph as graphs
+
     plans, name = _select(args.pipeline, args.pipelines)
     plan = next(p for p in plans if p.name == name)
     trace = _trace(args.trace, args.run, name) if args.trace else None
@@ -244,6 +308,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 def _trace(capture: str, run: str | None, pipeline: str) -> Any:
     """The step timeline of one captured run of `pipeline` (records that cannot be read are
     reported on stderr and passed over)."""
+    from engine import graph as graphs
     from engine.capture_reader import CaptureProblem, read_captures
 
     chosen = None
@@ -262,7 +327,11 @@ def _trace(capture: str, run: str | None, pipeline: str) -> Any:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Replay, then print the summary first, then each run in request order with what changed."""
+    import anyio
+
+    from engine import logs
     from engine.capture_reader import CaptureProblem, Captured, read_captures
+    from engine.executor import Engine
     from engine.replay import Summary, replay_all
 
     logs.configure(os.environ.get("ENGINE_LOG_FORMAT", "console"), os.environ.get("ENGINE_LOG_LEVEL", "error"))
@@ -344,6 +413,8 @@ def _parse_input(path: str | None, data: bytes) -> Any:
 
 def _failure(ctx: Any, exc: BaseException) -> str:
     """A failed run in one line: the step (from the error or the run's trace) and the error."""
+    from engine.executor import failed_step
+
     step = failed_step(ctx, exc)
     message = getattr(exc, "message", None) or str(exc)
     what = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
@@ -351,6 +422,13 @@ def _failure(ctx: Any, exc: BaseException) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from engine import logs
+    from engine.executor import Engine
+    from engine.streams import is_stream
+    from engine.types import Reply
+
     logs.configure(os.environ.get("ENGINE_LOG_FORMAT", "console"), os.environ.get("ENGINE_LOG_LEVEL", "error"))
     plans, name = _select(args.pipeline, args.pipelines)
     plan = next(p for p in plans if p.name == name)
@@ -397,6 +475,8 @@ def _print_item(item: Any) -> None:
 
 def catalogue_markdown() -> str:
     """The step catalogue as a Markdown table (the README's copy is checked against it)."""
+    from engine import registry
+
     rows = ["| step | what it does |", "| --- | --- |"]
     for info in registry.catalogue():
         params = ", ".join(info.params)
@@ -405,14 +485,27 @@ def catalogue_markdown() -> str:
     return "\n".join(rows) + "\n"
 
 
+def _use_providers(pipelines: str, providers: str | None) -> None:
+    """The pipeline directory and, with --providers, the providers file (absolute: pipelines
+    read it relative to their own directory) for this process and its workers."""
+    os.environ["ENGINE_PIPELINES"] = pipelines
+    if providers:
+        os.environ["ENGINE_PROVIDERS"] = str(Path(providers).expanduser().resolve())
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Run the engine's own checks (pipelines load) and every check the step packages register."""
     import inspect
+
+    import anyio
+
+    from engine import registry
 
     utf8 = (sys.stdout.encoding or "").lower().startswith("utf")
     marks = {"ok": "✓" if utf8 else "ok", "warn": "!" if utf8 else "WARN", "fail": "✗" if utf8 else "FAIL"}
     findings: list[registry.Finding] = []
     pipelines = args.pipelines or default_pipelines()
+    _use_providers(pipelines, args.providers)
     try:
         plans = load_plans([pipelines])
         routes = sum(len(p.routes) for p in plans)
@@ -430,6 +523,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             except Exception as exc:  # a check that crashes is itself a finding
                 findings.append(registry.Finding("fail", f"{getattr(check, '__name__', 'check')} failed: {exc}"))
 
+    findings += [registry.Finding("fail", reason, "`engine serve` refuses to start until this is fixed") for reason in registry.startup_refusals()]
     anyio.run(run_checks)
     for f in findings:
         print(f"{marks.get(f.status, '?')} {f.message}")
@@ -440,6 +534,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_steps(args: argparse.Namespace) -> int:
+    from engine import registry
+
     if args.format == "markdown":
         print(catalogue_markdown(), end="")
         return 0
@@ -455,8 +551,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the pipelines; refuse to start (exit 2, one line on stderr) when serving would be unsafe."""
     import uvicorn
 
+    from engine import guard, logs, registry
+
     pipelines = args.pipelines or default_pipelines()
-    os.environ["ENGINE_PIPELINES"] = pipelines
+    _use_providers(pipelines, args.providers)
     os.environ["ENGINE_HOST"] = args.host  # the guard (engine/guard.py) also accepts this name as Host
     if args.server_tools:
         os.environ["ENGINE_SERVER_TOOLS"] = "on"
@@ -464,6 +562,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["ENGINE_CAPTURE_DIR"] = args.capture
     if args.reload:
         os.environ["ENGINE_RELOAD"] = "1"
+    os.environ["ENGINE_CONSOLE"] = "off" if args.no_console else os.environ.get("ENGINE_CONSOLE") or ("on" if _is_loopback(args.host) else "off")
     if args.log_format:
         os.environ["ENGINE_LOG_FORMAT"] = args.log_format
     if args.log_level:
@@ -484,6 +583,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     unsafe = _writable_by_others(pipelines)
     if unsafe:
         return _refuse(f"refusing to serve: {unsafe} is writable by group or others, and pipeline files run code (chmod go-w it)")
+    refusals = registry.startup_refusals()
+    if refusals:
+        return _refuse("refusing to serve: " + "; ".join(refusals))
     plans = load_plans([pipelines])  # fail here, before binding, with every error listed
     exposed = guard.code_exposure(plans, args.host, bool(keys))
     if exposed:
@@ -496,6 +598,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"  {_server_tools_line(code)}", file=sys.stderr)
     if args.capture:
         print(f"  capturing every run into {args.capture}", file=sys.stderr)
+    from engine.console import enabled
+
+    if enabled(os.environ["ENGINE_CONSOLE"]):
+        print(f"  console at http://{args.host}:{args.port}/console" + (" (log in with an inbound key)" if keys else ""), file=sys.stderr)
     if args.reload:
         print(f"  reloading pipelines when files in {pipelines} change", file=sys.stderr)
     for line in registry.serving_notes():
@@ -531,6 +637,44 @@ def _server_tools_line(code: list[Any]) -> str:
     return "server-side tools: off (no pipeline runs code on this machine)"
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    from engine import usage
+
+    paths = args.paths or ([os.environ["ENGINE_CAPTURE_DIR"]] if os.environ.get("ENGINE_CAPTURE_DIR") else [])
+    if not paths:
+        print("engine: name JSON access logs or capture directories (or set ENGINE_CAPTURE_DIR); see `engine usage --help`", file=sys.stderr)
+        return 2
+    if args.since is not None:
+        import datetime
+
+        try:
+            datetime.date.fromisoformat(args.since)
+        except ValueError:
+            print(f"engine: --since {args.since!r} is not a day; write it as YYYY-MM-DD (UTC), e.g. --since 2026-12-01", file=sys.stderr)
+            return 2
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        print(f"engine: no such file or directory: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    summary = usage.summarise(paths, session=args.session, since=args.since)
+    for problem in summary.problems:
+        print(f"engine: {problem}", file=sys.stderr)
+    if args.format == "json":
+        print(json.dumps(summary.as_dict(), indent=2))
+    elif not summary.records:
+        print(f"no requests with usage in {', '.join(paths)} ({summary.skipped} other lines); access logs must be JSON (ENGINE_LOG_FORMAT=json)")
+    else:
+        print(usage.table(summary), end="")
+    return 1 if summary.problems else 0
+
+
+def cmd_statusline(args: argparse.Namespace) -> int:
+    from engine.statusline import status_line
+
+    print(status_line(sys.stdin.read(), args.url, args.sources))
+    return 0
+
+
 def _is_loopback(host: str) -> bool:
     import ipaddress
 
@@ -545,6 +689,8 @@ def _is_loopback(host: str) -> bool:
 def _writable_by_others(pipelines: str) -> str | None:
     """The pipeline directory or file that group or others may write, if any (like ssh's StrictModes)."""
     import stat
+
+    from engine.loader import vars_beside
 
     root = Path(pipelines)
     for p in [root, *pipeline_files([root]), vars_beside(root)]:  # the shared vars configure them too

@@ -29,7 +29,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from engine import capture, logs, metrics, retry, streams
+from engine import capture, logs, metrics, registry, retry, streams
 from engine.check import Node, Plan, check
 from engine.errors import DeadlineExceeded, EngineError, SpecError, SpecErrors, StepError, StepTimeout
 from engine.limits import Limits
@@ -46,7 +46,8 @@ def pipeline_files(paths: Iterable[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(x for x in p.iterdir() if x.suffix in {".yaml", ".yml"} and not x.name.startswith(".") and x.name != VARS_FILE)
+            others = {VARS_FILE, *registry.configuration_files()}  # the shared vars, and step packages' files beside pipelines
+            out += sorted(x for x in p.iterdir() if x.suffix in {".yaml", ".yml"} and not x.name.startswith(".") and x.name not in others)
         else:
             out.append(p)
     return out
@@ -138,6 +139,7 @@ class Engine:
         self.resources = Resources()
         self.ids = ids or IdSource()
         self.capture: Any = None  # a CaptureWriter when `engine serve --capture DIR`
+        self.console: Any = None  # an engine.console.Console when the web console is on
         self.env: dict[str, str] | None = None  # None: the process environment
         self.step_log_level = os.environ.get("ENGINE_STEP_LOG_LEVEL", "debug").lower()
         self._step_log_checked: bool | None = None
@@ -433,6 +435,9 @@ class _Run:
             entry["error"] = capture.error_record(exc)
             raise
         if streams.is_stream(value):
+            if not self.ctx.recorder.stream_items:
+                entry["stream"] = "not recorded"
+                return value
             return capture.recording_stream(value, entry, self.ctx.recorder)
         entry["output"] = capture.jsonable(value)
         return value

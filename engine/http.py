@@ -39,11 +39,11 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request as StarletteRequest
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from engine import logs, metrics, registry
+from engine import logs, metrics, registry, usage
 from engine.capture import CaptureWriter, RecordingIds, RunRecorder
 from engine.check import Plan
 from engine.errors import HttpError, SpecErrors, StepError
@@ -71,6 +71,7 @@ def create_app(
     reload_interval: float = 1.0,
     host_policy: HostPolicy | None = None,
     vet: Callable[[list[Plan]], str | None] | None = None,
+    console: bool = False,
 ) -> Starlette:
     """A starlette app serving every pipeline of `engine` that has a route.
 
@@ -108,8 +109,20 @@ def create_app(
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    def build_routes() -> list[Route]:
-        routes = [Route("/health", _health(engine), methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"])]
+    if console:
+        from engine.console import Console
+
+        engine.console = Console(engine, api_keys=api_keys, pipelines=reload_from)
+        console_app = engine.console.app()
+
+    def build_routes() -> list[BaseRoute]:
+        routes: list[BaseRoute] = [
+            Route("/health", _health(engine), methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+            Route("/usage", usage.endpoint, methods=["GET"]),
+        ]
+        if engine.console is not None:
+            routes += [Route("/console", lambda r: RedirectResponse("/console/"), methods=["GET"]), Mount("/console", app=console_app)]
         for plan in engine.plans.values():
             for method, path in plan.routes:
                 routes.append(Route(path, endpoint_for(plan.name), methods=[method], name=f"{plan.name}:{method}:{path}"))
@@ -160,7 +173,7 @@ def _snapshot(paths: list[str]) -> dict[str, tuple[float, int]]:
 
 
 async def _watch_and_reload(
-    engine: Engine, app: Starlette, paths: list[str], interval: float, build_routes: Callable[[], list[Route]], vet: Callable[[list[Plan]], str | None] | None = None
+    engine: Engine, app: Starlette, paths: list[str], interval: float, build_routes: Callable[[], list[BaseRoute]], vet: Callable[[list[Plan]], str | None] | None = None
 ) -> None:
     log = structlog.get_logger("engine.reload")
     last = _snapshot(paths)
@@ -177,6 +190,8 @@ async def _watch_and_reload(
             log.error("pipelines not reloaded: the new set is broken; still serving the old one", errors=[str(e) for e in exc.errors])
             for err in exc.errors:
                 print(err, file=sys.stderr)
+            if engine.console is not None:
+                engine.console.reloaded(False, [str(e) for e in exc.errors], sorted(engine.plans))
             continue
         unsafe = vet(plans) if vet is not None else None
         if unsafe:  # e.g. server-side tools turned on by an edit, on a public bind without keys
@@ -187,6 +202,8 @@ async def _watch_and_reload(
         app.router.routes = build_routes()  # one assignment: a request sees the old table or the new
         metrics.RELOADS.labels("ok").inc()
         log.info("pipelines reloaded", pipelines=sorted(engine.plans))
+        if engine.console is not None:
+            engine.console.reloaded(True, [], sorted(engine.plans))
 
 
 def _fallback_plan(engine: Engine) -> Plan | None:
@@ -247,9 +264,11 @@ async def _serve(
             path_params=dict(request.path_params),
             client=request.client.host if request.client else "",
         )
-        if engine.capture is not None:
-            recorder = RunRecorder(engine.capture, plan.name, ctx.request_id, req)
+        if engine.capture is not None or engine.console is not None:  # the console shows the record
+            recorder = RunRecorder(engine.capture, plan.name, ctx.request_id, req, stream_items=engine.capture is not None)
             ctx.recorder, ctx.ids = recorder, RecordingIds(ctx.ids, recorder)
+            if engine.console is not None:
+                engine.console.started(ctx)
         out = await _run_unless_disconnected(engine, plan, req, ctx, request.receive)
         if out is _DISCONNECTED:
             _log_access(ctx, 499, "client_disconnected", start)
@@ -362,9 +381,14 @@ def _to_response(out: Any, ctx: RunContext, start: float | None) -> Response:
 
 
 def _finish_capture(ctx: RunContext, response: Response, outcome: str, chunks: list[Any] | None = None) -> None:
-    """Close the run's capture record with what the client was sent."""
+    """Close the run's capture record with what the client was sent (and what it used)."""
     if ctx.recorder is None:
         return
+    used, session = usage.of_run(ctx)
+    if used is not None:
+        ctx.recorder.record[usage.USAGE_FACT] = used
+        if session:
+            ctx.recorder.record[usage.SESSION_FACT] = session
     headers = {k: v for k, v in response.headers.items() if k not in {"content-length", "date"}}
     output: dict[str, Any] = {"status": response.status_code, "headers": headers}
     if chunks is not None:
@@ -383,15 +407,13 @@ def _log_access(ctx: RunContext, status: int, outcome: str, start: float, **extr
     fields = {"outcome": outcome, **ctx.attributes}
     metrics.REQUESTS.labels(ctx.pipeline, str(status), fields["outcome"]).inc()
     metrics.REQUEST_SECONDS.labels(ctx.pipeline).observe(seconds)
-    _access.info(
-        "request",
-        request_id=ctx.request_id,
-        pipeline=ctx.pipeline,
-        status=status,
-        duration_ms=round(seconds * 1000, 2),
-        **fields,
-        **extra,
-    )
+    usage.settle(ctx)
+    line = {"request_id": ctx.request_id, "pipeline": ctx.pipeline, "status": status, "duration_ms": round(seconds * 1000, 2), **fields, **extra}
+    _access.info("request", **line)
+    if ctx.recorder is not None:  # the capture keeps the access facts with the run
+        ctx.recorder.record["access"] = line
+    if ctx.engine.console is not None:
+        ctx.engine.console.ran(line, ctx.recorder.record if ctx.recorder is not None else None)
 
 
 class StreamReply(Response):
@@ -506,8 +528,10 @@ def app_from_env() -> Starlette:
     limit = int(os.environ.get("ENGINE_BODY_LIMIT", str(DEFAULT_BODY_LIMIT)))
     keys = [k.strip() for k in os.environ.get("ENGINE_API_KEYS", "").split(",") if k.strip()]
     reload_from = [os.environ["ENGINE_PIPELINES"]] if os.environ.get("ENGINE_RELOAD") and os.environ.get("ENGINE_PIPELINES") else None
+    from engine.console import enabled
+
     host = os.environ.get("ENGINE_HOST", "127.0.0.1")
     return create_app(
         engine, body_limit=limit, api_keys=keys, reload_from=reload_from, host_policy=policy_from_env(os.environ),
-        vet=lambda plans: code_exposure(plans, host, bool(keys)),
+        vet=lambda plans: code_exposure(plans, host, bool(keys)), console=enabled(os.environ.get("ENGINE_CONSOLE")),
     )

@@ -99,6 +99,7 @@ def load_vars(path: str | Path, env: dict[str, str] | None = None, *, lenient: b
         return Vars()
     text = _read(p)
     reader = _Reader(str(p), os.environ if env is None else env)
+    _check_size(text, str(p))
     node = _compose(text, str(p))
     data = {} if node is None else reader.value(node, ())
     errors = list(reader.errors)
@@ -147,6 +148,7 @@ class LoadedPipeline:
     when loading with `lenient=True` so the file is still checked with the others."""
     vars_used: dict[Path_, str] = field(default_factory=dict)
     """Where a `${{ vars.NAME }}` stood, and NAME (what `engine graph` notes)."""
+    env: Any = field(default=None, repr=False)  # what `${VAR}` read: a file a parameter names is read with it too
 
     def shown(self, path: Path_, value: Any) -> str:
         """How to quote a value in a message: as written when it came from the environment,
@@ -244,6 +246,7 @@ def load_text(
     """Load a pipeline from YAML text (`file` is only used in messages); `shared` are the
     variables its `${{ vars.NAME }}` references may name besides its own `vars:`."""
     reader = _Reader(file, os.environ if env is None else env)
+    _check_size(text, file)
     node = _compose(text, file)
     if node is None:
         raise SpecErrors([SpecError("the file is empty", Location(file, 1, 1), "a pipeline needs `steps:` and `output:`")])
@@ -256,7 +259,7 @@ def load_text(
     data = _fill_vars(data, shared or Vars(), reader, used)
     if "name" not in data and default_name is not None:
         data["name"] = default_name
-    loaded = LoadedPipeline(spec=None, file=file, positions=reader.positions, sources=reader.sources, vars_used=used)  # type: ignore[arg-type]
+    loaded = LoadedPipeline(spec=None, file=file, positions=reader.positions, sources=reader.sources, vars_used=used, env=reader.env)  # type: ignore[arg-type]
     try:
         loaded.spec = PipelineSpec.model_validate(data)
     except ValidationError as exc:
@@ -314,13 +317,22 @@ def _fill_vars(data: dict[str, Any], shared: Vars, reader: _Reader, used: dict[P
     return fill(data, ())
 
 
-def _compose(text: str, file: str) -> yaml.Node | None:
-    """The YAML node tree of `text`, within the caps; located `SpecErrors` otherwise."""
-    size = len(text.encode("utf-8"))
-    if size > MAX_DOCUMENT_BYTES:
+def _check_size(text: str, file: str) -> None:
+    if len(text.encode("utf-8")) > MAX_DOCUMENT_BYTES:
         raise SpecErrors([SpecError(f"the file is larger than {MAX_DOCUMENT_BYTES} bytes", Location(file, 1, 1), "a pipeline file is a page of YAML; split it into pipelines that run each other")])
+
+
+def without_echoes(errors: list[SpecError], causes: list[SpecError]) -> list[SpecError]:
+    """`errors` minus those at the position of one of `causes` (an unset variable reads as
+    "", so the value it was in may be reported again as mistyped: one message is enough)."""
+    at = {c.location for c in causes}
+    return [e for e in errors if e.location not in at]
+
+
+def _compose(text: str, file: str) -> yaml.Node | None:
+    """The YAML node tree of a text (None when empty); a syntax error is a located SpecErrors."""
     try:
-        node = yaml.compose(text, Loader=_CappedLoader)
+        return yaml.compose(text, Loader=_CappedLoader)
     except _AliasLimit as exc:
         mark = exc.problem_mark
         raise SpecErrors([SpecError(str(exc.problem), Location(file, mark.line + 1, mark.column + 1), exc.note or "")]) from None
@@ -332,14 +344,49 @@ def _compose(text: str, file: str) -> yaml.Node | None:
             opened = re.sub(r"^while parsing (an? )?", "", exc.context)
             hint = f"the {opened} opened at {exc.context_mark.line + 1}:{exc.context_mark.column + 1} may be missing its closing bracket"
         raise SpecErrors([SpecError(f"invalid YAML: {exc.problem or exc}", loc, hint)]) from None
-    return node
 
 
-def without_echoes(errors: list[SpecError], causes: list[SpecError]) -> list[SpecError]:
-    """`errors` minus those at the position of one of `causes` (an unset variable reads as
-    "", so the value it was in may be reported again as mistyped: one message is enough)."""
-    at = {c.location for c in causes}
-    return [e for e in errors if e.location not in at]
+@dataclass(slots=True)
+class Document:
+    """A YAML file other than a pipeline (a step package's configuration), read the same way:
+    plain YAML, `${ENV:-default}` interpolated, the position of every value kept."""
+
+    data: Any
+    file: str
+    positions: dict[Path_, Location]
+    sources: dict[Path_, str] = field(default_factory=dict)
+
+    def where(self, *path: str | int) -> Location:
+        """The position of `path`, or of its nearest enclosing value that has one."""
+        p: Path_ = tuple(path)
+        while p:
+            if p in self.positions:
+                return self.positions[p]
+            p = p[:-1]
+        return self.positions.get((), Location(self.file, 1, 1))
+
+    def shown(self, path: Path_, value: Any) -> str:
+        """A value as written when it came from the environment (a secret is never echoed)."""
+        raw = self.sources.get(tuple(path))
+        return repr(raw) if raw is not None else repr(value)
+
+
+def read_document(path: str | Path, env: Any = None) -> Document:
+    """Read a YAML configuration file; raises `SpecErrors` (located) for what YAML or the
+    environment get wrong. Validating its content is the caller's job, with `where()`."""
+    p = Path(path)
+    try:
+        if p.stat().st_size > MAX_DOCUMENT_BYTES:
+            raise SpecErrors([SpecError(f"the file is larger than {MAX_DOCUMENT_BYTES} bytes", Location(str(p), 1, 1))])
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecErrors([SpecError(f"cannot read {p.name}: {exc}", Location(str(p), 1, 1))]) from exc
+    reader = _Reader(str(p), os.environ if env is None else env)
+    node = _compose(text, str(p))
+    data = reader.value(node, ()) if node is not None else None
+    if reader.errors:
+        raise SpecErrors(reader.errors)
+    return Document(data, str(p), reader.positions, reader.sources)
 
 
 class _Reader:

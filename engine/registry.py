@@ -108,7 +108,7 @@ def describe(
 ) -> StepInfo:
     """Read a function's signature into a `StepInfo` (also used for `module:function` steps)."""
     try:
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)  # Annotated validators check YAML values too
     except Exception:  # unresolvable annotations: fall back to the raw ones
         hints = {}
     sig = inspect.signature(fn)
@@ -164,6 +164,8 @@ def _is_async_iterator(ann: Any) -> bool:
 
 
 def _type_name(ann: Any) -> str:
+    if typing.get_origin(ann) is typing.Annotated:
+        ann = typing.get_args(ann)[0]
     if ann is inspect.Parameter.empty:
         return "any"
     if isinstance(ann, type) and not typing.get_args(ann):
@@ -247,6 +249,36 @@ def serving_note(fn: Callable[[], str]) -> Callable[[], str]:
 def serving_notes() -> list[str]:
     load_step_packages()
     return [fn() for fn in _serving_notes]
+
+
+_startup_checks: list[Callable[[], str | None]] = []
+
+
+def startup_check(fn: Callable[[], str | None]) -> Callable[[], str | None]:
+    """Register a check of the configuration `engine serve` runs before binding: it returns why
+    the gateway cannot work as configured (one line), or None. `engine doctor` reports it too."""
+    _startup_checks.append(fn)
+    return fn
+
+
+def startup_refusals() -> list[str]:
+    load_step_packages()
+    return [reason for fn in _startup_checks if (reason := fn())]
+
+
+_configuration_files: set[str] = set()
+
+
+def configuration_file(name: str) -> str:
+    """Declare a file name that may sit in a pipeline directory without being a pipeline
+    (a step package's configuration, e.g. the upstreams it talks to): directories skip it."""
+    _configuration_files.add(name)
+    return name
+
+
+def configuration_files() -> frozenset[str]:
+    load_step_packages()
+    return frozenset(_configuration_files)
 
 
 _doctor_checks: list[Callable[[], Any]] = []

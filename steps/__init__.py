@@ -4,4 +4,4 @@ Importing this package registers every step (the engine imports it through the
 `engine.steps` entry point in pyproject.toml).
 """
 
-from steps import anthropic, convert, openrouter, tools  # noqa: F401
+from steps import anthropic, convert, openrouter, providers, tools  # noqa: F401

@@ -12,6 +12,8 @@
   run (`serve` in the background, on a free port instead of the one written), its `curl`
   calls are made over real HTTP, and each answer must match the `# {...}` line under it
   (a string ending in `...` matches by prefix). The log line it quotes must be in the log.
+- The YAML reference's example runs on a request, and its `errors:` step (from the
+  `mysteps.py` of "Writing your own steps") renders a bad body.
 """
 
 from __future__ import annotations
@@ -252,3 +254,22 @@ def _assert_quoted_log_line(log: str) -> None:
     assert found, f"no '{event}' line in the server's log:\n{log[-3000:]}"
     assert any(all(str(x.get(k)) == v for k, v in fields.items()) for x in found), (fields, found)
     assert any(fields.get("error", "").split(":")[0] in str(x.get("exception")) for x in found), "the traceback is missing"
+
+
+def test_the_reference_pipeline_runs_with_its_error_step(project: Path, tmp_path: Path) -> None:
+    """The YAML reference's example, on "Writing your own steps"' mysteps.py, answers a
+    request (`engine run` builds one from its route), and its `errors:` step renders a bad
+    body in its own format."""
+    (block,) = [b for b in readme_blocks() if b.section == "Pipeline YAML reference" and b.lang == "yaml"]
+    pipeline = tmp_path / "reference" / "greet.yaml"
+    pipeline.parent.mkdir()
+    pipeline.write_text(block.text)
+    (tmp_path / "polite.json").write_text('{"name": "ada", "polite": true}')
+    r = engine("run", str(pipeline), "--input", str(tmp_path / "polite.json"), cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "ADA!, please!\n"  # a string output is printed as it is
+    (tmp_path / "nan.json").write_text('{"name": NaN}')
+    r = engine("run", str(pipeline), "--input", str(tmp_path / "nan.json"), cwd=project)
+    assert r.returncode == 1 and r.stderr.strip() == "engine: greet answered HTTP 400"
+    answer = json.loads(r.stdout)
+    assert answer["problem"].startswith("The request body is not valid JSON: name: NaN") and answer["request"].startswith("req_")

@@ -21,6 +21,12 @@ What it does, and why (PROTOCOL §1.3, §1.5, §7.1, §7.2):
    (RELIABILITY §3 row 16). Dropping a tool_use never creates such a tool_result, because only
    unanswered tool_use blocks are dropped.
 6. `tools: []` is dropped, and `tool_choice` when no tools remain: upstreams reject both.
+7. Blocks of newer clients are converted or dropped first (steps/anthropic/blocks.py: compaction
+   summaries, MCP calls and results, fallback markers, unknown types), and so are block types
+   a `tool_result` or the top-level `system` cannot hold: never a 400 (issue 16).
+8. The model id loses the tags a client appends to it: Claude Code's context-size tag (`[1m]`,
+   `[2m]`) and an effort tag (`[high]`, `:high`, any effort level), which becomes
+   `output_config.effort` unless the request sets one. No upstream knows those ids.
 
 It runs before anthropic.validate, so it must survive any JSON: if `messages` or `system` has a
 shape it does not understand (wrong role, content neither string nor list, a block that is not
@@ -30,11 +36,22 @@ The input is never mutated: changed dicts and lists are shallow copies; unchange
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import structlog
+
 from engine.registry import step
+from steps.anthropic.blocks import TOOL_RESULT_CONTENT, convert_history
+
+_log = structlog.get_logger("steps.anthropic")
 
 _DROPPED_BLOCKS = frozenset({"tool_addition", "tool_removal"})
+_SYSTEM_CONTENT = frozenset({"text"})
+
+EFFORTS = ("minimal", "low", "medium", "high", "xhigh", "max")
+_MODEL_TAG = re.compile(r"(?:\[(\d+m|" + "|".join(EFFORTS) + r")\]|:(" + "|".join(EFFORTS) + r"))$", re.IGNORECASE)
+"""A trailing `[1m]` / `[2m]` (Claude Code's context-size tags), `[high]` or `:high`."""
 
 
 class _Malformed(Exception):
@@ -46,7 +63,11 @@ def _blank(text: Any) -> bool:
 
 
 def _text_blocks(content: Any) -> list[dict]:
-    """Non-blank text blocks of a system message / mid_conv_system content (blocks kept as is)."""
+    """Non-blank text blocks of a system message / mid_conv_system content (blocks kept as is).
+
+    A system message may have no content at all (it can carry only an `output_config`)."""
+    if content is None:
+        return []
     if type(content) is str:
         return [] if _blank(content) else [{"type": "text", "text": content}]
     if type(content) is not list:
@@ -62,14 +83,21 @@ def _text_blocks(content: Any) -> list[dict]:
     return out
 
 
-def _clean_inner(blocks: list) -> list:
-    """tool_result.content: drop blank text blocks; returns the same list when nothing changed."""
+def _clean_inner(blocks: list, allowed: frozenset[str]) -> list:
+    """tool_result.content or system: drop blank text blocks and block types it cannot hold;
+    returns the same list when nothing changed."""
     new = None
     for i, b in enumerate(blocks):
-        if type(b) is dict and b.get("type") == "text" and _blank(b.get("text")):
-            if new is None:
-                new = blocks[:i]
-            continue
+        if type(b) is dict:
+            t = b.get("type")
+            drop = t == "text" and _blank(b.get("text"))
+            if not drop and type(t) is str and t not in allowed:
+                _log.debug("anthropic.dropped_blocks", types=[t[:64]])
+                drop = True
+            if drop:
+                if new is None:
+                    new = blocks[:i]
+                continue
         if new is not None:
             new.append(b)
     return blocks if new is None else new
@@ -89,7 +117,7 @@ def _clean_blocks(blocks: list, system_add: list) -> list:
         elif t == "tool_result":
             inner = b.get("content")
             if type(inner) is list and inner:
-                cleaned = _clean_inner(inner)
+                cleaned = _clean_inner(inner, TOOL_RESULT_CONTENT)
                 if cleaned is not inner:
                     keep = {**b, "content": cleaned}
                     if not cleaned:
@@ -171,7 +199,7 @@ def _clean_system(system: Any, system_add: list) -> tuple[Any, bool]:
         blocks = [] if _blank(system) else [{"type": "text", "text": system}]
         changed = True
     elif type(system) is list:
-        blocks = _clean_inner(system)
+        blocks = _clean_inner(system, _SYSTEM_CONTENT)
         changed = blocks is not system
     else:
         raise _Malformed
@@ -192,23 +220,51 @@ def _clean_tools(body: dict, out: dict) -> None:
         out.pop("tool_choice", None)
 
 
+def _strip_model_tags(body: dict) -> dict | None:
+    """A copy of `body` with the model's context-size and effort tags removed, or None."""
+    model = body.get("model")
+    if type(model) is not str or not model.endswith(("]", *(":" + e for e in EFFORTS))):
+        return None
+    effort = None
+    stripped = model
+    while (m := _MODEL_TAG.search(stripped)) is not None and m.start() > 0:
+        tag = (m.group(1) or m.group(2)).lower()
+        if tag in EFFORTS and effort is None:
+            effort = tag
+        stripped = stripped[: m.start()]
+    if stripped == model:
+        return None
+    out = {**body, "model": stripped}
+    config = body.get("output_config")
+    if effort is not None and (config is None or (type(config) is dict and config.get("effort") is None)):
+        out["output_config"] = {**(config or {}), "effort": effort}
+    _log.debug("anthropic.model_tags_stripped", model=stripped, effort=effort)
+    return out
+
+
 @step("anthropic.clean", blocking=False)
 def clean(body: dict) -> dict:
     """Normalise a Messages request: merge system messages, drop empty blocks and orphan tool calls.
 
-    Moves `role:"system"` messages (and mid_conv_system blocks) into `system`; drops blank text
-    blocks, tool_addition/tool_removal, `tools: []` and a tool_choice without tools; drops
-    unanswered tool_use blocks from history (never from the final message); drops messages left
-    empty and merges same-role neighbours. A tool_result with no matching tool_use is left for
-    anthropic.validate to reject. Leaves malformed bodies untouched for validate to report.
+    Converts newer clients' blocks (compaction, MCP calls and results) and drops the ones with
+    nothing for the model (fallback markers, unknown types); moves `role:"system"` messages
+    (and mid_conv_system blocks) into `system`; drops blank text blocks, tool_addition/
+    tool_removal, `tools: []` and a tool_choice without tools; drops unanswered tool_use blocks
+    from history (never from the final message); drops messages left empty and merges same-role
+    neighbours; strips `[1m]` and effort tags from the model id. A tool_result with no matching
+    tool_use is left for anthropic.validate to reject. Leaves malformed bodies untouched for
+    validate to report.
     """
     messages = body.get("messages")
-    out: dict | None = None
+    out: dict | None = _strip_model_tags(body)
     system_add: list = []
     try:
         if type(messages) is list:
             new_messages: list = []
-            changed = False
+            converted = convert_history(messages)
+            changed = converted is not None
+            if converted is not None:
+                messages = converted
             for m in messages:
                 if type(m) is not dict:
                     raise _Malformed
@@ -247,7 +303,7 @@ def clean(body: dict) -> dict:
                 new_messages = pruned
                 changed = True
             if changed:
-                out = {**body, "messages": new_messages}
+                out = {**(out or body), "messages": new_messages}
         system, sys_changed = _clean_system(body.get("system"), system_add)
     except _Malformed:
         return body

@@ -28,6 +28,7 @@ from engine.registry import step
 from engine.run import RunContext
 from engine.types import Reply
 from steps.openrouter.errors import UpstreamError
+from steps.providers.failures import ContextOverflow, context_from_message
 from steps.tools.effects import AfterSideEffects
 
 MAX_RETRY_AFTER = 60
@@ -89,56 +90,59 @@ def scrub(text: str) -> str:
     return _SECRET_RE.sub("[redacted]", text)
 
 
-# --- context-length rewriting ---------------------------------------------------------------
-
-_CTX_LIMIT_RE = re.compile(r"maximum context length is\s+(\d+)\s+tokens", re.I)
-_CTX_ASKED_RE = re.compile(
-    r"(?:you requested about|you requested|your messages resulted in|resulted in)\s+(\d+)\s+tokens", re.I
-)
-# OpenRouter: "(658 of text input, 732 of tool input, 262000 in the output)"
-# OpenAI:     "(4000 in the messages, 5000 in the completion)"
-_CTX_OUTPUT_RE = re.compile(r"(\d+)\s+in the (?:output|completion)", re.I)
+# --- context-length wording -----------------------------------------------------------------
 
 
-def rewrite_context_length(message: str) -> str | None:
-    """Anthropic's context-length wording for an upstream one, or None when it is not one.
+def context_message(context: ContextOverflow | None) -> str | None:
+    """Anthropic's wording of a context overflow with its numbers, or None without them.
 
     Claude Code auto-compacts on `prompt is too long: N tokens > M maximum` and lowers
     `max_tokens` on `input length and `max_tokens` exceed context limit: …` (PROTOCOL §7.8), so
     when the upstream says how much of the request was output budget and the input alone fits,
-    the second wording is used; otherwise the first, with N as the upstream counted it.
+    the second wording is used; otherwise the first.
     """
-    limit_m = _CTX_LIMIT_RE.search(message)
-    asked_m = _CTX_ASKED_RE.search(message)
-    if limit_m is None or asked_m is None:
+    if context is None or not context.complete:
         return None
-    limit = int(limit_m.group(1))
-    asked = int(asked_m.group(1))
-    out_m = _CTX_OUTPUT_RE.search(message)
-    if out_m is not None:
-        output = int(out_m.group(1))
-        input_tokens = asked - output
-        if 0 <= input_tokens <= limit and output > 0:
-            return (
-                f"input length and `max_tokens` exceed context limit: {input_tokens} + {output} > {limit}, "
-                "decrease input length or `max_tokens` and try again"
-            )
-        if input_tokens > 0:
-            asked = input_tokens
-    return f"prompt is too long: {asked} tokens > {limit} maximum"
+    prompt, limit, output = context.input_tokens, context.limit, context.output_tokens
+    if output and 0 <= prompt <= limit:  # type: ignore[operator]
+        return (
+            f"input length and `max_tokens` exceed context limit: {prompt} + {output} > {limit}, "
+            "decrease input length or `max_tokens` and try again"
+        )
+    return f"prompt is too long: {prompt} tokens > {limit} maximum"
+
+
+def rewrite_context_length(message: str) -> str | None:
+    """Anthropic's context-length wording for an upstream message, or None when it is not one."""
+    return context_message(context_from_message(message))
 
 
 # --- the mapping ----------------------------------------------------------------------------
 
-_UPSTREAM_4XX = {
-    400: (400, "invalid_request_error"),
-    401: (401, "authentication_error"),
-    402: (402, "billing_error"),
-    403: (403, "permission_error"),
-    404: (404, "not_found_error"),
-    409: (409, "conflict_error"),
-    413: (413, "request_too_large"),
-    422: (400, "invalid_request_error"),
+# The classification (steps/providers/failures.py) decides; this only names its categories.
+_ANTHROPIC_TYPES = {
+    "invalid_request": "invalid_request_error",
+    "context_overflow": "invalid_request_error",
+    "authentication": "authentication_error",
+    "billing": "billing_error",
+    "permission": "permission_error",
+    "not_found": "not_found_error",
+    "conflict": "conflict_error",
+    "too_large": "request_too_large",
+    "rate_limited": "rate_limit_error",
+    "overloaded": "overloaded_error",
+    "timeout": "timeout_error",
+    "first_byte_timeout": "timeout_error",
+    "deadline": "timeout_error",
+}
+_FIXED_MESSAGES = {
+    "overloaded": "Overloaded",
+    "server": INTERNAL_MESSAGE,
+    "bad_gateway": "upstream error",
+    "unreachable": "upstream unreachable",
+    "timeout": "upstream request timed out",
+    "first_byte_timeout": "upstream request timed out",
+    "deadline": "upstream request timed out",
 }
 
 _HTTP_4XX = {
@@ -164,40 +168,24 @@ def _mapped(status: int, error_type: str, message: str, retry: bool, retry_after
 
 
 def _upstream(error: UpstreamError, mid_stream: bool):
-    status = error.status
-    kind = error.kind
-    if kind == "cut":
+    failure = error.failure
+    category, status = failure.category, failure.status
+    etype = _ANTHROPIC_TYPES.get(category, "api_error")
+    if category == "cut":
         msg = "upstream connection closed mid-stream" if mid_stream else "upstream connection closed"
-        return _mapped(502, "api_error", msg, True)
-    if kind == "protocol":
+        return _mapped(502, etype, msg, True)
+    if category == "protocol":
         msg = "upstream sent an invalid chunk" if mid_stream else "upstream sent an invalid response"
-        return _mapped(502, "api_error", msg, True)
-    if kind == "timeout" or status in (408, 504):
-        return _mapped(504, "timeout_error", "upstream request timed out", True, error.retry_after)
-    if kind == "connect" or status is None:
-        return _mapped(502, "api_error", "upstream unreachable", True, error.retry_after)
-    if status == 429:
+        return _mapped(502, etype, msg, True)
+    if status >= 500:
+        return _mapped(status, etype, _FIXED_MESSAGES.get(category, "upstream error"), True, error.retry_after)
+    message = scrub(error.message or "")
+    if category == "rate_limited":
         # A 429 the upstream marks as not retryable (a spend cap) must not be retried.
-        return _mapped(
-            429,
-            "rate_limit_error",
-            scrub(error.message) or "Rate limited",
-            error.retryable,
-            error.retry_after,
-        )
-    mapped = _UPSTREAM_4XX.get(status)
-    if mapped is not None or 400 <= status < 500:
-        out_status, out_type = mapped or (status, "invalid_request_error")
-        message = scrub(error.message or "")
-        if out_type == "invalid_request_error":
-            message = rewrite_context_length(message) or message
-        return _mapped(out_status, out_type, message or out_type, False)
-    if status in (503, 529):
-        return _mapped(529, "overloaded_error", "Overloaded", True, error.retry_after)
-    if status == 500:
-        return _mapped(500, "api_error", INTERNAL_MESSAGE, True, error.retry_after)
-    # 502 and any other upstream status: the upstream failed us.
-    return _mapped(502, "api_error", "upstream error", True, error.retry_after)
+        return _mapped(429, etype, message or "Rate limited", failure.retryable, error.retry_after)
+    if category == "context_overflow":
+        message = context_message(error.context) or rewrite_context_length(message) or message
+    return _mapped(status, etype, message or etype, False)
 
 
 def _unwrap(error: BaseException) -> BaseException:

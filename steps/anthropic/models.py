@@ -8,6 +8,10 @@ Rules, from PROTOCOL §1 and RELIABILITY §3:
 - Content blocks, tools, `tool_choice` and `thinking` are tagged by `type`. The unions use a
   callable discriminator whose tags start with `#`; the error formatter in validate.py drops
   those tags from error paths so they read like Anthropic's (`messages.0.content.1.text`).
+- A block type newer than this code is never refused (issue 16): anthropic.clean converts or
+  drops it before validation, and the block union still accepts any string `type` (an `#other`
+  tag) so count_tokens or a pipeline without clean does not 400 on it either. Only a block whose
+  `type` is missing or not a string is refused.
 - The models are never used downstream: steps keep working on the dicts (faster), so the models
   only check what later steps rely on, not every documented constraint.
 """
@@ -52,8 +56,8 @@ BLOCK_TYPES: tuple[str, ...] = (
     "tool_reference",
     "mid_conv_system",
 )
-"""Content block types accepted in messages. `tool_addition`/`tool_removal` are removed by
-anthropic.clean before validation; if validate runs alone they are rejected like any unknown."""
+"""Content block types whose shape is checked. Any other string `type` is accepted unchecked;
+anthropic.clean has converted or dropped it before validation (steps/anthropic/blocks.py)."""
 
 TOOL_CHOICE_TYPES: tuple[str, ...] = ("auto", "any", "tool", "none")
 THINKING_TYPES: tuple[str, ...] = ("enabled", "disabled", "adaptive")
@@ -101,8 +105,9 @@ class TextBlock(_Model):
 
 IMAGE_SOURCE_TYPES: tuple[str, ...] = ("base64", "url")
 DOCUMENT_SOURCE_TYPES: tuple[str, ...] = ("base64", "url", "text", "content")
-"""Sources the converter can carry upstream. `file` (Anthropic's Files API) has no
-OpenAI-compatible counterpart, so it is refused with a 400 rather than silently dropped."""
+"""Sources whose shape is checked. Any other source type (`file`, Anthropic's Files API, which
+no OpenAI-compatible upstream can read, or a newer one) is accepted unchecked; the converter
+puts a note in its place, so the model knows something was there."""
 
 
 def _type_tagger(tags: dict[str, str], other: str | None = None) -> Callable[[Any], str | None]:
@@ -117,10 +122,6 @@ def _type_tagger(tags: dict[str, str], other: str | None = None) -> Callable[[An
         return None
 
     return tag
-
-
-def _typed_tag(allowed: tuple[str, ...]) -> Callable[[Any], str | None]:
-    return _type_tagger({t: TAG_MARK + t for t in allowed})
 
 
 class Base64Source(_Model):
@@ -140,9 +141,13 @@ class TextSource(_Model):
     media_type: str | None = None
 
 
+class OtherSource(_Model):
+    type: str
+
+
 ImageSource = Annotated[
-    Union[Annotated[Base64Source, Tag("#base64")], Annotated[UrlSource, Tag("#url")]],
-    Discriminator(_typed_tag(IMAGE_SOURCE_TYPES), custom_error_type="invalid_image_source", custom_error_message="invalid image source"),
+    Union[Annotated[Base64Source, Tag("#base64")], Annotated[UrlSource, Tag("#url")], Annotated[OtherSource, Tag("#other")]],
+    Discriminator(_type_tagger({t: TAG_MARK + t for t in IMAGE_SOURCE_TYPES}, other="#other"), custom_error_type="invalid_image_source", custom_error_message="invalid image source"),
 ]
 
 
@@ -152,8 +157,8 @@ class ImageBlock(_Model):
 
 
 _ContentSourceBlock = Annotated[
-    Union[Annotated[TextBlock, Tag("#text")], Annotated[ImageBlock, Tag("#image")]],
-    Discriminator(_typed_tag(("text", "image")), custom_error_type="invalid_source_block", custom_error_message="invalid content block"),
+    Union[Annotated[TextBlock, Tag("#text")], Annotated[ImageBlock, Tag("#image")], Annotated[OtherSource, Tag("#other")]],
+    Discriminator(_type_tagger({"text": "#text", "image": "#image"}, other="#other"), custom_error_type="invalid_source_block", custom_error_message="invalid content block"),
 ]
 
 
@@ -168,8 +173,9 @@ DocumentSource = Annotated[
         Annotated[UrlSource, Tag("#url")],
         Annotated[TextSource, Tag("#text")],
         Annotated[ContentSource, Tag("#content")],
+        Annotated[OtherSource, Tag("#other")],
     ],
-    Discriminator(_typed_tag(DOCUMENT_SOURCE_TYPES), custom_error_type="invalid_document_source", custom_error_message="invalid document source"),
+    Discriminator(_type_tagger({t: TAG_MARK + t for t in DOCUMENT_SOURCE_TYPES}, other="#other"), custom_error_type="invalid_document_source", custom_error_message="invalid document source"),
 ]
 
 
@@ -240,6 +246,12 @@ class MidConvSystemBlock(_Model):
     content: Annotated[list[TextBlock], BeforeValidator(_text_or_list)]
 
 
+class OtherBlock(_Model):
+    """A block type this code does not know (a newer client's): accepted, not checked."""
+
+    type: str
+
+
 _SERVER_RESULTS = frozenset(
     {
         "web_search_tool_result",
@@ -253,7 +265,19 @@ _SERVER_RESULTS = frozenset(
 _BLOCK_TAGS = {t: TAG_MARK + ("server_tool_result" if t in _SERVER_RESULTS else t) for t in BLOCK_TYPES}
 
 
-_block_tag = _type_tagger(_BLOCK_TAGS)
+def _block_tag(value: Any) -> str | None:
+    """A known type's tag; `#server_tool_result` for any other `*_tool_result` that names its
+    call (a newer server tool's result, e.g. `advisor_tool_result`); else `#other`."""
+    if type(value) is dict:
+        t = value.get("type")
+        if type(t) is str:
+            tag = _BLOCK_TAGS.get(t)
+            if tag is not None:
+                return tag
+            if t.endswith("_tool_result") and "tool_use_id" in value:
+                return "#server_tool_result"
+            return "#other"
+    return None
 
 
 Block = Annotated[
@@ -271,6 +295,7 @@ Block = Annotated[
         Annotated[ContainerUploadBlock, Tag("#container_upload")],
         Annotated[ToolReferenceBlock, Tag("#tool_reference")],
         Annotated[MidConvSystemBlock, Tag("#mid_conv_system")],
+        Annotated[OtherBlock, Tag("#other")],
     ],
     Discriminator(_block_tag, custom_error_type="invalid_block", custom_error_message="invalid content block"),
 ]
@@ -338,15 +363,23 @@ class ToolChoiceNone(_Model):
     type: Literal["none"]
 
 
+class ToolChoiceOther(_Model):
+    """A tool_choice type newer than this code: accepted; the converter leaves the choice to
+    the model (OpenAI's default, `auto`)."""
+
+    type: str
+
+
 ToolChoice = Annotated[
     Union[
         Annotated[ToolChoiceAuto, Tag("#auto")],
         Annotated[ToolChoiceAny, Tag("#any")],
         Annotated[ToolChoiceTool, Tag("#tool")],
         Annotated[ToolChoiceNone, Tag("#none")],
+        Annotated[ToolChoiceOther, Tag("#other")],
     ],
     Discriminator(
-        _typed_tag(TOOL_CHOICE_TYPES), custom_error_type="invalid_tool_choice", custom_error_message="invalid tool_choice"
+        _type_tagger({t: TAG_MARK + t for t in TOOL_CHOICE_TYPES}, other="#other"), custom_error_type="invalid_tool_choice", custom_error_message="invalid tool_choice"
     ),
 ]
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 
+from engine import usage
 from engine.registry import step
 from engine.run import RunContext
 from engine.types import Reply
@@ -77,14 +78,16 @@ async def sse_stream(
 
 
 @step("anthropic.reply", blocking=False)
-def reply(message: Any, ctx: RunContext, ping_interval: float = HEARTBEAT_INTERVAL) -> Reply:
+def reply(message: Any, ctx: RunContext, ping_interval: float = HEARTBEAT_INTERVAL, session: str | None = None) -> Reply:
     """Make the HTTP reply: a message dict as JSON, or an event stream as Server-Sent Events.
 
     Streams get `cache-control: no-cache`, a `ping` event after every `ping_interval` seconds
     of silence (Claude Code aborts a stream silent for 300 s), and on any failure
     after the 200 one `event: error` (Anthropic's error object) and then the end of the stream.
-    Every reply carries `request-id`.
+    Every reply carries `request-id`. `session` (Claude Code's `x-claude-code-session-id`)
+    names the client session whose usage this request adds to (`GET /usage?session=`).
     """
+    usage.name_session(ctx, session)
     if isinstance(message, dict):
         return Reply(body=message, headers={"request-id": ctx.request_id})
     if hasattr(message, "__aiter__"):

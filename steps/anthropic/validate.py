@@ -24,19 +24,20 @@ KNOWN_FIELDS = frozenset(
     {
         "model", "max_tokens", "messages", "system", "metadata", "stop_sequences", "stream",
         "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "output_config",
-        "cache_control", "service_tier", "container", "inference_geo", "context_management",
-        "mcp_servers", "speed", "fallbacks", "diagnostics", "output_format", "user_profile_id",
-        "safeguards",
+        "output_format", "cache_control",
     }
 )
-"""Top-level fields documented in PROTOCOL §1.2; anything else is logged (name only) at debug."""
+"""Top-level fields whose meaning reaches the upstream. Every other field (`service_tier`,
+`container`, `context_management`, `mcp_servers`, `speed`, `fallbacks`, `thread`,
+`compaction`, a field newer than this code, ...) is accepted, never refused, and its name is
+logged at debug (`anthropic.ignored_fields`); a step that gives one a meaning adds it here."""
 
 
 def _log_unknown(body: dict) -> None:
-    unknown = body.keys() - KNOWN_FIELDS
-    if unknown:
+    ignored = body.keys() - KNOWN_FIELDS
+    if ignored:
         # Names only: values may hold user content or secrets (RELIABILITY I3, §3 row 17).
-        _log.debug("anthropic.unknown_fields", fields=sorted(unknown)[:20])
+        _log.debug("anthropic.ignored_fields", fields=sorted(ignored)[:20])
 
 
 def format_error(err: Any) -> str:

@@ -13,6 +13,7 @@ import hashlib
 from typing import Any
 
 import orjson
+import structlog
 
 from engine.registry import step
 from steps.convert.schema import clean_schema
@@ -27,6 +28,9 @@ NO_VISION_NOTE = "[image omitted: this model does not accept images]"
 _SAMPLING = ("temperature", "top_p", "top_k")
 
 _TOOL_CHOICE = {"auto": "auto", "any": "required", "none": "none"}
+SERVER_TEXT_CHARS = 20_000  # at most this much of one server tool result is read as text
+
+_log = structlog.get_logger("steps.convert")
 
 
 @step("convert.request", blocking=False)
@@ -148,10 +152,11 @@ def _top_level(
         if stream_usage:
             out["stream_options"] = {"include_usage": True}
 
-    tools_key = ("tools", profile.schema_drop if profile else None, profile.schema_formats if profile else None)
+    family = profile.family if profile is not None else family_of(model)
+    tools_key = ("tools", profile.schema_drop if profile else None, profile.schema_formats if profile else None, family)
     tools = memo.get(tools_key)
     if tools is None:
-        tools = memo[tools_key] = _convert_tools(body.get("tools"), profile)
+        tools = memo[tools_key] = _convert_tools(body.get("tools"), profile, family)
     if tools:
         out["tools"] = tools
         choice = body.get("tool_choice")
@@ -179,7 +184,7 @@ def _top_level(
     ):
         schema = fmt["schema"]
         if profile is not None:
-            schema = clean_schema(schema, profile.schema_drop, profile.schema_formats)
+            schema = clean_schema(schema, profile.schema_drop, profile.schema_formats, family)
         out["response_format"] = {
             "type": "json_schema",
             "json_schema": {"name": "output", "schema": schema, "strict": True},
@@ -208,14 +213,18 @@ def clamp_max_tokens(requested: Any, profile: Profile | None, input_tokens: int)
     return max(1, value)
 
 
-def _convert_tools(tools: Any, profile: Profile | None = None) -> list[dict]:
-    """Custom tools → OpenAI functions; server tools (typed, e.g. web_search_20250305) skipped."""
+def _convert_tools(tools: Any, profile: Profile | None = None, family: str = "") -> list[dict]:
+    """Custom tools → OpenAI functions; server tools (typed, e.g. web_search_20250305) skipped.
+    Schemas are fitted to the provider (steps/convert/schema.py): its profile's dropped keywords
+    and formats, and its family's rules."""
     if not tools:
         return []
     out = []
+    skipped: list[str] = []
     for tool in tools:
         kind = tool.get("type")
         if kind is not None and kind != "custom":
+            skipped.append(str(kind)[:64])  # server tools the gateway does not run: nothing upstream runs them
             continue
         name = tool.get("name")
         if not name:
@@ -227,10 +236,14 @@ def _convert_tools(tools: Any, profile: Profile | None = None) -> list[dict]:
         # The schema object is shared with the request body, not copied: nothing here
         # mutates it, and a copy of 300 schemas would cost more than the whole conversion.
         schema = tool.get("input_schema") or {"type": "object", "properties": {}}
-        if profile is not None and (profile.schema_drop or profile.schema_formats is not None):
-            schema = clean_schema(schema, profile.schema_drop, profile.schema_formats)
+        if profile is not None:
+            schema = clean_schema(schema, profile.schema_drop, profile.schema_formats, family)
+        elif family:
+            schema = clean_schema(schema, frozenset(), None, family)
         fn["parameters"] = schema
         out.append({"type": "function", "function": fn})
+    if skipped:
+        _log.debug("convert.dropped_tools", types=sorted(set(skipped))[:20])
     return out
 
 
@@ -239,7 +252,7 @@ class _Converter:
 
     __slots__ = (
         "cache", "drop_attr", "system", "messages", "tool_order", "vision", "family", "style",
-        "thinking_on", "cached",
+        "thinking_on", "cached", "dropped",
     )  # fmt: skip
 
     def __init__(
@@ -262,6 +275,7 @@ class _Converter:
         self.messages: list[dict] = []
         # Ids of the last assistant turn's tool calls → position, to order tool messages.
         self.tool_order: dict[str, int] = {}
+        self.dropped: set[str] = set()  # block types with nothing for this upstream, logged
 
     # -- system -------------------------------------------------------------------------
 
@@ -348,7 +362,10 @@ class _Converter:
             self._text_part(_search_result_text(block), block.get("cache_control"), parts)
         elif kind == "tool_reference":
             self._text_part(_tool_reference_text(block), None, parts)
-        # anything else (thinking in a user turn, tool_addition, unknown) is dropped
+        elif kind == "server_tool_use" or (isinstance(kind, str) and kind.endswith("_tool_result")):
+            self._text_part(_server_block_text(block), None, parts)
+        else:
+            self.dropped.add(str(kind)[:64])  # thinking in a user turn, container_upload, ...
 
     def _text_part(self, text: Any, cache: Any, parts: list[dict]) -> None:
         if not text or not isinstance(text, str) or text.isspace():
@@ -391,8 +408,11 @@ class _Converter:
                         continue
                     part = _image_part(item)
                     if part is not None:
-                        media.append(part)
-                        had_media = True
+                        if part["type"] == "text":
+                            texts.append(part["text"])
+                        else:
+                            media.append(part)
+                            had_media = True
                 elif kind == "document":
                     part = _document_part(item)
                     if part is not None:
@@ -449,7 +469,12 @@ class _Converter:
                 )
             elif kind == "thinking" or kind == "redacted_thinking":
                 replay.add(block)  # restored below when its signature is of the target family
-            # server_tool_use, *_tool_result: dropped
+            elif kind == "server_tool_use" or (isinstance(kind, str) and kind.endswith("_tool_result") and kind != "tool_result"):
+                # Server tools the API ran (search, code execution, advisor, ...): what was asked
+                # and found is part of the conversation, so the model reads it as text.
+                self._text_part(_server_block_text(block), None, texts)
+            else:
+                self.dropped.add(str(kind)[:64])
         if not texts and not calls:
             return
         msg: dict[str, Any] = {"role": "assistant"}
@@ -470,6 +495,8 @@ class _Converter:
     def finish(self, max_breakpoints: int = MAX_BREAKPOINTS) -> list[dict]:
         """The message list, system first; only the last `max_breakpoints` cache marks kept
         (the longest cached prefixes: a hit there covers the earlier ones)."""
+        if self.dropped:
+            _log.debug("convert.dropped_blocks", types=sorted(self.dropped)[:20])
         if len(self.cached) > max_breakpoints:
             for part in self.cached[: len(self.cached) - max(0, max_breakpoints)]:
                 del part["cache_control"]
@@ -495,8 +522,19 @@ def _image_part(block: dict) -> dict | None:
     elif kind == "url" and source.get("url"):
         url = source["url"]
     else:
-        return None  # file ids (beta) have no OpenAI equivalent
+        return _unreadable("image", source)
     return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _unreadable(what: str, source: Any) -> dict | None:
+    """A note in place of media no upstream can read (an Anthropic Files API `file_id`, a newer
+    source type), so the model knows something was there; None for a source with no type."""
+    kind = source.get("type") if isinstance(source, dict) else None
+    if not isinstance(kind, str):
+        return None
+    if kind == "file":
+        return {"type": "text", "text": f"[{what} omitted: it is a file stored with Anthropic ({source.get('file_id')}), which this model cannot read]"}
+    return {"type": "text", "text": f"[{what} omitted: its source type '{kind[:40]}' cannot be sent to this model]"}
 
 
 def _document_part(block: dict) -> dict | None:
@@ -526,7 +564,9 @@ def _document_part(block: dict) -> dict | None:
             return _titled(title, inner)
         texts = [b.get("text") or "" for b in inner or () if b.get("type") == "text"]
         return _titled(title, "\n".join(t for t in texts if t))
-    return None
+    if kind == "url":
+        return None
+    return _unreadable(f"document {title}" if title else "document", source)
 
 
 def _titled(title: Any, text: str) -> dict | None:
@@ -551,3 +591,51 @@ def _search_result_text(block: dict) -> str:
 
 def _tool_reference_text(block: dict) -> str:
     return f"tool {block.get('tool_name') or block.get('name') or ''} is now available"
+
+
+def _server_block_text(block: dict) -> str:
+    """A server tool's call or result from the history as text: `(web_search {"query": ...})`,
+    then `(web_search result)` and what it found (titles and URLs, output, fetched text, tool
+    names, an advisor's advice, an error code). Encrypted and binary content is left out."""
+    if block.get("type") == "server_tool_use":
+        args = orjson.dumps(block.get("input") or {}).decode()
+        return f"({block.get('name') or 'server tool'} {args[:SERVER_TEXT_CHARS]})"
+    kind = str(block.get("type"))
+    lines: list[str] = []
+    _result_lines(block.get("content"), lines, 0)
+    text = "\n".join(line for line in lines if line)[:SERVER_TEXT_CHARS]
+    name = kind.removesuffix("_tool_result")
+    return f"({name} result)\n{text}" if text else f"({name} result)"
+
+
+_RESULT_FIELDS = ("title", "url", "text", "stdout", "stderr", "content", "error_code", "tool_name")
+
+
+def _result_lines(node: Any, lines: list[str], depth: int) -> None:
+    """Readable fields of a server tool result, depth first; base64 sources skipped."""
+    if depth > 6:
+        return
+    if isinstance(node, str):
+        lines.append(node)
+    elif isinstance(node, list):
+        for item in node[:100]:
+            _result_lines(item, lines, depth + 1)
+    elif isinstance(node, dict):
+        source = node.get("source")
+        if isinstance(source, dict):
+            if source.get("type") in ("text", "content"):
+                _result_lines(source.get("data") or source.get("content"), lines, depth + 1)
+            return
+        for key in _RESULT_FIELDS:
+            value = node.get(key)
+            if key == "error_code" and value:
+                lines.append(f"error: {value}")
+            elif value is not None:
+                _result_lines(value, lines, depth + 1)
+        refs = node.get("tool_references")
+        if isinstance(refs, list):
+            names = [r.get("tool_name") for r in refs if isinstance(r, dict) and isinstance(r.get("tool_name"), str)]
+            lines.append("tools found: " + ", ".join(names) if names else "no tools found")
+        code = node.get("return_code")
+        if isinstance(code, int) and not isinstance(code, bool) and code:
+            lines.append(f"exit code {code}")

@@ -15,13 +15,16 @@ import orjson
 from engine.registry import step
 from engine.run import RunContext
 from steps.anthropic.tokens import calibration
+from steps.convert.metering import meter
 from steps.convert.thinking import Reasoning
 from steps.openrouter.errors import UpstreamError
-from steps.openrouter.profiles import Profile, family_of
+from steps.openrouter.profiles import Prices, Profile, family_of
 
 _TOOL_ID_OK = re.compile(r"^[a-zA-Z0-9_-]+$").match
 _JSON_DECODER = json.JSONDecoder()
 REFUSAL_DETAILS = {"type": "refusal", "category": None, "explanation": None}
+_STOP_FIELDS = ("stop_reason", "matched_stop", "stopping_word", "stop_sequence")
+"""Choice fields in which a server names the stop string it stopped on (vLLM, SGLang, llama.cpp)."""
 
 
 @step("convert.response", blocking=False)
@@ -32,6 +35,7 @@ def convert_response(
     ctx: RunContext,
     input_tokens_estimate: int = 0,
     profiles: dict[str, Profile] | None = None,
+    prices: dict[str, Prices] | None = None,
 ) -> dict:
     """Translate a non-streaming chat completion into an Anthropic Message.
 
@@ -45,6 +49,8 @@ def convert_response(
     (`reasoning_details`, else `reasoning` / `reasoning_content`) becomes a leading thinking
     block signed with a gateway token (steps/convert/thinking.py), or redacted_thinking when
     it is encrypted only; `thinking.display: "omitted"` keeps the signature, empties the text.
+    The usage and its cost (the upstream's, else from `prices`) are reported for the access
+    line and metrics.
     """
     if not isinstance(completion, dict):
         raise UpstreamError(
@@ -123,6 +129,7 @@ def convert_response(
         }
     elif usage["output_tokens"] < 1:
         usage["output_tokens"] = max(1, chars // 4)
+    meter(ctx, answered, usage, completion.get("usage"), prices)
     return {
         "id": ctx.new_id("msg_"),
         "type": "message",
@@ -182,8 +189,10 @@ def stop_reason_for(
 
     `length` beats tool calls: arguments cut by the output cap must not look like a
     finished call. A stop string is reported when the text ends with one (OpenAI strips it,
-    some servers don't), when vLLM names it in `stop_reason`, or, if the provider says
-    `stop_sequence` natively, as the only one configured (else null: unknown which).
+    some servers don't), when the choice names it in a server's own field (vLLM
+    `stop_reason`, SGLang `matched_stop`, llama.cpp `stopping_word`, `stop_sequence`), or, if
+    the provider says `stop_sequence` natively, as the only one configured (else null: unknown
+    which).
     """
     if finish == "length":
         return "max_tokens", None
@@ -197,9 +206,10 @@ def stop_reason_for(
                 if seq and text_tail.endswith(seq):
                     return "stop_sequence", seq
         if choice:
-            named = choice.get("stop_reason")
-            if isinstance(named, str) and named in stop_sequences:
-                return "stop_sequence", named
+            for field in _STOP_FIELDS:
+                named = choice.get(field)
+                if isinstance(named, str) and named in stop_sequences:
+                    return "stop_sequence", named
             if choice.get("native_finish_reason") == "stop_sequence":
                 return "stop_sequence", stop_sequences[0] if len(stop_sequences) == 1 else None
     return "end_turn", None

@@ -33,9 +33,10 @@ from steps.convert.response import (
     stop_reason_for,
     tool_id,
 )
+from steps.convert.metering import meter
 from steps.convert.thinking import Reasoning
 from steps.openrouter.errors import UpstreamError
-from steps.openrouter.profiles import Profile
+from steps.openrouter.profiles import Prices, Profile
 
 _NONE, _TEXT, _THINKING, _TOOL = 0, 1, 2, 3
 _UNDECIDED, _STREAMING, _HOLDING = 0, 1, 2
@@ -50,6 +51,7 @@ async def convert_stream(
     ctx: RunContext,
     input_tokens_estimate: int = 0,
     profiles: dict[str, Profile] | None = None,
+    prices: dict[str, Prices] | None = None,
 ) -> AsyncIterator[dict]:
     """Translate parsed chat completion chunks into Anthropic stream events, incrementally.
 
@@ -62,8 +64,10 @@ async def convert_stream(
     thinking block (thinking_delta, then one signature_delta carrying the gateway token just
     before its content_block_stop); reasoning details that arrive with no thinking block open
     (encrypted only, or a signature after the text started) become a redacted_thinking block.
+    The final usage and its cost are reported for the access line and metrics; a stream that
+    ends early (cut, client gone) after some output reports its estimate, since it was billed.
     """
-    conv = _StreamConverter(body, model, ctx, input_tokens_estimate, profiles)
+    conv = _StreamConverter(body, model, ctx, input_tokens_estimate, profiles, prices)
     try:
         yield conv.start()
         feed = conv.feed
@@ -73,6 +77,8 @@ async def convert_stream(
         for event in conv.finish():
             yield event
     finally:
+        if not conv.metered and conv.chars:
+            conv.meter(None)
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             try:
@@ -101,12 +107,21 @@ class _StreamConverter:
         "ctx", "model", "estimate", "open", "open_tool", "index", "tools", "pending", "seen_ids",
         "last_key", "finish_reason", "finish_choice", "usage", "saw_tool", "refused", "chars",
         "stops", "tail", "tail_len", "answered", "family", "omitted", "thought", "late", "raw_estimate",
+        "prices", "metered",
     )  # fmt: skip
 
     def __init__(
-        self, body: dict, model: str, ctx: RunContext, estimate: int, profiles: dict[str, Profile] | None = None
+        self,
+        body: dict,
+        model: str,
+        ctx: RunContext,
+        estimate: int,
+        profiles: dict[str, Profile] | None = None,
+        prices: dict[str, Prices] | None = None,
     ) -> None:
         self.ctx = ctx
+        self.prices = prices
+        self.metered = False
         self.model = body.get("model") or model
         self.answered = answered_model(ctx, model)
         self.family = family_for(self.answered, profiles)
@@ -422,12 +437,21 @@ class _StreamConverter:
             }
         elif usage["output_tokens"] < 1:
             usage["output_tokens"] = max(1, self.chars // 4)
+        self.meter(usage)
         delta: dict[str, Any] = {"stop_reason": stop_reason, "stop_sequence": stop_sequence}
         if stop_reason == "refusal":
             delta["stop_details"] = dict(REFUSAL_DETAILS)
         out.append({"type": "message_delta", "delta": delta, "usage": usage})
         out.append({"type": "message_stop"})
         return out
+
+
+    def meter(self, usage: dict | None) -> None:
+        """Report the turn's usage once: the final one, else (an early end) the estimate."""
+        self.metered = True
+        if usage is None:
+            usage = map_usage(self.usage) or {"input_tokens": self.estimate, "output_tokens": max(1, self.chars // 4)}
+        meter(self.ctx, self.answered, usage, self.usage, self.prices)
 
 
 def _loads_object(text: str) -> dict | None:

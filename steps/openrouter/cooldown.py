@@ -1,20 +1,24 @@
-"""A per-model circuit breaker: stop sending requests to a model that keeps failing.
+"""A circuit breaker per upstream model, shaped like Envoy's outlier detection.
 
-After `threshold` consecutive failures of one upstream model (see
-`upstream.counts_against`: connection failures, upstream timeouts, broken answers, 408, 429,
-5xx), the model is *open* for `seconds`: `openrouter.call` skips it and goes to the
-next fallback, or fails fast with 529 overloaded_error (and `retry-after`) when none is left,
-instead of spending every request's retries on it (LiteLLM's cooldown: allowed_fails 3, 5 s;
-Envoy: "nearly always better to fail quickly and apply back pressure"). When the cooldown
-has passed, exactly one request is let through as a *probe*: its success closes the breaker,
-its failure opens it for another `seconds`; while the probe runs, other requests keep
-skipping the model. A probe that ends without a verdict (cancelled by a client disconnect
-or the engine's timeout, or a client error that says nothing about the model) lets the next
-request probe instead.
+After `threshold` consecutive failures of one model that speak of its health
+(`Failure.about_model`, steps/providers/failures.py: connection failures, upstream timeouts,
+broken answers, 408, 429, 5xx; never 400, 401, 402, 403, 413, a context overflow or our own
+deadline, which say nothing about the model), the model is *open* for `seconds`:
+`openrouter.call` skips it while another candidate (a fallback) is left. It never refuses the
+last candidate left (Envoy's panic mode: when every host is ejected, route to them anyway): a
+request with nowhere else to go tries the open model, so a breaker can only ever redirect
+traffic, never turn a request away (LiteLLM's cooldown: allowed_fails 3, 5 s). When the
+cooldown has passed, exactly one request is let through as a *probe*: its success closes the
+breaker, its failure opens it for another `seconds`; while the probe runs, other requests keep
+skipping the model. A probe that ends without a verdict (cancelled by a client disconnect or
+the engine's timeout, or a failure that says nothing about the model) lets the next request
+probe instead.
 
-State lives in memory, one `Cooldowns` per engine (an engine resource), keyed by base URL
-and model. It is not shared between workers or replicas (DESIGN "Scale": a shared store
-such as Redis if that is ever needed). The clock is monotonic.
+Keys are provider, model and, when the provider forwards clients' own keys, a hash of the
+client's key: one user's rate limit never shuts a model for the others. State lives in
+memory, one `Cooldowns` per engine (an engine resource); it is not shared between workers or
+replicas (DESIGN "Scale": a shared store such as Redis if that is ever needed). The clock is
+monotonic.
 """
 
 from __future__ import annotations

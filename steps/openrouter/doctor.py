@@ -1,78 +1,167 @@
-"""`engine doctor` checks for the upstream: configuration, reachability, key validity.
+"""`engine doctor` checks for the upstreams: configuration, reachability, keys and model ids.
 
-Each check talks to the configured upstream once with a short timeout and says, in one line,
-what it found and what to do about it; the last finding is what Claude Code needs to be set.
+Each declared provider (providers.yaml) is asked once, with a short timeout, for its model
+listing and, when it has a key, whether the key is accepted. Every model reference the
+pipelines configure (the model map and its aliases, routing rules and fallbacks, the web
+search model) is then looked up in its provider's listing: a misspelt id is the most common
+mistake, so an unknown one fails with the closest ids the provider does list.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import httpx
-
+from engine.errors import SpecErrors
 from engine.registry import Finding, doctor_check
+from steps.providers.config import Provider, Providers, load_providers
 
-DEFAULT_BASE = "https://openrouter.ai/api/v1"
+if TYPE_CHECKING:
+    import httpx
+
+LISTING_CONNECT_TIMEOUT, LISTING_TIMEOUT = 5.0, 10.0
 
 
-def _base() -> str:
-    return (os.environ.get("OPENROUTER_BASE_URL") or DEFAULT_BASE).rstrip("/")
+def _providers() -> tuple[Providers | None, str, list[Finding]]:
+    from steps.openrouter import providers_path
+
+    path = providers_path()
+    try:
+        return load_providers(path), str(path), []
+    except SpecErrors as exc:
+        return None, str(path), [Finding("fail", f"{len(exc.errors)} errors in {path}: {exc.errors[0]}", "run `engine check` to see them all, located")]
 
 
 @doctor_check
 def configuration() -> list[Finding]:
-    """What the environment configures."""
-    found = [Finding("ok", f"upstream base URL: {_base()}" + (" (default)" if not os.environ.get("OPENROUTER_BASE_URL") else ""))]
-    if os.environ.get("OPENROUTER_API_KEY"):
-        found.append(Finding("ok", "OPENROUTER_API_KEY is set: the gateway uses it for every request"))
-    else:
-        found.append(
-            Finding(
-                "warn",
-                "OPENROUTER_API_KEY is not set: each client's own key (x-api-key or Bearer) is forwarded upstream",
-                "export OPENROUTER_API_KEY=sk-or-... to keep the key on the server",
-            )
-        )
-    for name, default in (("BIG_MODEL", "anthropic/claude-sonnet-4.5"), ("SMALL_MODEL", "anthropic/claude-haiku-4.5")):
-        value = os.environ.get(name)
-        found.append(Finding("ok", f"{name} = {value or default}" + ("" if value else " (default)")))
+    """What providers.yaml and the environment configure."""
+    providers, path, found = _providers()
+    if providers is None:
+        return found
+    for p in providers.providers.values():
+        mark = " (default)" if p.name == providers.default else ""
+        found.append(Finding("ok", f"provider {p.name}{mark}: {p.base_url} ({p.dialect})"))
+        if p.api_key:
+            found.append(Finding("ok", f"provider {p.name} has a key: the gateway uses it for every request"))
+        elif p.forward_client_key:
+            if p.name == "openrouter":
+                what, hint = "OPENROUTER_API_KEY is not set", "export OPENROUTER_API_KEY=sk-or-... to keep the key on the server"
+            else:
+                what, hint = f"provider {p.name} has no api_key", f"set api_key of {p.name} in {path} to keep the key on the server"
+            found.append(Finding("warn", f"{what}: each client's own key (x-api-key or Bearer) is forwarded to {p.name}", hint))
     if os.environ.get("ENGINE_API_KEYS"):
         found.append(Finding("ok", "ENGINE_API_KEYS is set: clients must present one of those keys"))
     return found
 
 
-async def upstream() -> list[Finding]:
-    """Is the upstream reachable, and does it accept the key?"""
-    base, key = _base(), os.environ.get("OPENROUTER_API_KEY", "")
-    found: list[Finding] = []
-    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0), trust_env=False) as client:
-        try:
-            r = await client.get(f"{base}/models")
-        except httpx.HTTPError as exc:
-            return [Finding("fail", f"upstream {base} is not reachable: {type(exc).__name__}", "check OPENROUTER_BASE_URL and the network (proxies, firewalls)")]
-        if r.status_code >= 500:
-            found.append(Finding("fail", f"upstream {base}/models answered {r.status_code}", "the upstream is having trouble; try again later"))
+def configured_models(pipelines: str | None = None) -> list[tuple[str, str]]:
+    """(where, model reference) for every model the pipelines configure, first use of each."""
+    from engine.executor import load_plans
+
+    directory = pipelines or os.environ.get("ENGINE_PIPELINES") or "pipelines"
+    try:
+        plans = load_plans([directory])
+    except SpecErrors:
+        return []
+    seen: dict[str, str] = {}
+    for plan in plans:
+        for node in plan.nodes.values():
+            for param, ref in _model_params(node.info.name, node.static):
+                if isinstance(ref, str) and ref.strip() and ref not in seen:
+                    seen[ref] = f"{Path(plan.file).name} {node.name}.{param}"
+    return [(where, ref) for ref, where in seen.items()]
+
+
+def _model_params(step: str, static: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    if step in ("openrouter.model_map", "openrouter.model_list"):
+        for name in ("big_model", "middle_model", "small_model"):
+            yield name, static.get(name)
+        for alias, target in (static.get("aliases") or {}).items():
+            yield f"aliases.{alias}", target
+    elif step == "openrouter.route":
+        rules = static.get("rules")
+        if rules is not None:
+            for name in ("default", "background", "think", "long_context", "web_search", "image"):
+                yield f"rules.{name}", getattr(rules, name, None)
+            for i, model in enumerate(getattr(rules, "fallback", None) or ()):
+                yield f"rules.fallback.{i}", model
+    elif step == "providers.endpoint":
+        yield "model", static.get("model")
+
+
+async def _listing(client: httpx.AsyncClient, provider: Provider) -> tuple[list[str] | None, list[Finding]]:
+    import httpx
+
+    base = provider.base_url
+    headers = {"authorization": f"Bearer {provider.api_key}"} if provider.api_key else {}
+    try:
+        r = await client.get(f"{base}/models", headers=headers)
+    except httpx.HTTPError as exc:
+        fix = f"check base_url of provider {provider.name} (the shipped openrouter reads OPENROUTER_BASE_URL) and the network (proxies, firewalls)"
+        return None, [Finding("fail", f"upstream {base} is not reachable: {type(exc).__name__}", fix)]
+    if r.status_code >= 500:
+        return None, [Finding("fail", f"upstream {base}/models answered {r.status_code}", "the upstream is having trouble; try again later")]
+    try:
+        data = r.json().get("data")
+        ids = [e["id"] for e in data if isinstance(e, dict) and isinstance(e.get("id"), str)]
+    except (ValueError, AttributeError, TypeError):
+        return None, [Finding("warn", f"upstream {base}/models did not answer a model list ({r.status_code})", "is base_url an OpenAI-compatible base URL ending in /v1?")]
+    return ids, [Finding("ok", f"upstream {base} is reachable ({len(ids)} models listed)")]
+
+
+async def _key_check(client: httpx.AsyncClient, provider: Provider) -> list[Finding]:
+    import httpx
+
+    if not provider.api_key:
+        return []
+    try:
+        r = await client.get(provider.base_url + provider.speaks.key_check, headers={"authorization": f"Bearer {provider.api_key}"})
+    except httpx.HTTPError as exc:
+        return [Finding("fail", f"could not check the key of {provider.name}: {type(exc).__name__}")]
+    if r.status_code in (401, 403):
+        return [Finding("fail", f"upstream {provider.name} refuses its api_key ({r.status_code})", "create a new key (for OpenRouter: openrouter.ai/keys) and export it")]
+    if r.status_code < 400:
+        return [Finding("ok", f"the upstream {provider.name} accepts its api_key")]
+    return [Finding("warn", f"key check of {provider.name} answered {r.status_code}")]
+
+
+def check_models(providers: Providers, listings: dict[str, list[str] | None], models: list[tuple[str, str]]) -> list[Finding]:
+    """One finding per configured model: listed by its provider, unknown (with the closest
+    listed ids), or not checkable (its provider's listing is unavailable)."""
+    found = []
+    for where, ref in models:
+        target = providers.resolve(ref)
+        ids = listings.get(target.provider)
+        if ids is None:
+            found.append(Finding("warn", f"{ref} ({where}): not checked, provider {target.provider} has no model listing"))
+        elif target.model in ids or target.model.split(":", 1)[0] in ids:  # OpenRouter's :free, :thinking variants
+            found.append(Finding("ok", f"{ref} ({where}) is listed by {target.provider}"))
         else:
-            try:
-                count = len(r.json().get("data") or [])
-                found.append(Finding("ok", f"upstream {base} is reachable ({count} models listed)"))
-            except ValueError:
-                found.append(Finding("warn", f"upstream {base}/models did not answer JSON ({r.status_code})", "is OPENROUTER_BASE_URL an OpenAI-compatible base URL ending in /v1?"))
-        if not key:
-            return found
-        probe = f"{base}/key" if "openrouter.ai" in base else f"{base}/models"
-        try:
-            r = await client.get(probe, headers={"Authorization": f"Bearer {key}"})
-        except httpx.HTTPError as exc:
-            found.append(Finding("fail", f"could not check the key: {type(exc).__name__}"))
-            return found
-        if r.status_code in (401, 403):
-            found.append(Finding("fail", f"the upstream refuses OPENROUTER_API_KEY ({r.status_code})", "create a new key (openrouter.ai/keys) and export it"))
-        elif r.status_code < 400:
-            found.append(Finding("ok", "the upstream accepts OPENROUTER_API_KEY"))
-        else:
-            found.append(Finding("warn", f"key check answered {r.status_code}"))
+            close = difflib.get_close_matches(target.model, ids, n=3, cutoff=0.6)
+            fix = f"did you mean {' or '.join(close)}?" if close else f"`curl {providers.get(target.provider).base_url}/models` lists what {target.provider} serves"
+            found.append(Finding("fail", f"{ref} ({where}): provider {target.provider} does not list model {target.model}", fix))
     return found
+
+
+async def upstream() -> list[Finding]:
+    """Is each provider reachable, does it accept its key, and does it serve the configured models?"""
+    providers, _, found = _providers()
+    if providers is None:
+        return found
+    listings: dict[str, list[str] | None] = {}
+    import httpx  # a tenth of a second: only when the doctor really calls the upstreams
+
+    async with httpx.AsyncClient(timeout=httpx.Timeout(LISTING_TIMEOUT, connect=LISTING_CONNECT_TIMEOUT), trust_env=False) as client:
+        for provider in providers.providers.values():
+            ids, findings = await _listing(client, provider)
+            listings[provider.name] = ids
+            found += findings
+            if ids is not None:
+                found += await _key_check(client, provider)
+    return found + check_models(providers, listings, configured_models())
 
 
 doctor_check(upstream)

@@ -14,9 +14,16 @@ from typing import Any
 
 from engine.capture import value_type
 from engine.errors import StepError
+from steps.providers.failures import (
+    ContextOverflow,
+    Failure,
+    classify,
+    context_from_body,
+    context_from_message,
+    error_fields,
+)
 
-RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
-
+__all__ = ["UpstreamError", "clip", "error_fields", "parse_retry_after", "retry_after_from_headers", "scrub", "scrub_value", "status_from_code"]
 
 @value_type
 class UpstreamError(StepError):
@@ -26,8 +33,11 @@ class UpstreamError(StepError):
     reset, timeout, or a stream that broke). `kind` is one of: "status" (an HTTP error
     status), "connect", "timeout", "protocol" (invalid body or chunk), "cut" (the stream
     ended early), "error_chunk" (the upstream reported an error inside a 200 stream).
-    `error_type` is OpenRouter's `metadata.error_type` when it sent one; `mid_stream` is True
-    once any item of the stream reached our consumer.
+    `error_type` is the body's own name for the error (OpenRouter's `metadata.error_type`, an
+    OpenAI-style `code` or `type`); `mid_stream` is True once any item of the stream reached
+    our consumer. `failure` is what it means (steps/providers/failures.py: the one
+    classification the retry, the candidates, the breaker and the renderer all read) and
+    `context` the numbers of a context overflow, when it is one and they are known.
     """
 
     def __init__(
@@ -42,13 +52,16 @@ class UpstreamError(StepError):
         body: Any = None,
         mid_stream: bool = False,
     ) -> None:
-        if retryable is None:
-            retryable = (status in RETRYABLE_STATUSES) if status is not None else kind in {"connect", "timeout"}
-        super().__init__(message, kind=kind, retryable=retryable, retry_after=retry_after)
+        failure = classify(status=status, kind=kind, retryable=retryable, error_type=error_type, message=message)
+        super().__init__(message, kind=kind, retryable=failure.retryable, retry_after=retry_after)
         self.status = status
         self.error_type = error_type
         self.body = body
         self.mid_stream = mid_stream
+        self.failure: Failure = failure
+        self.context: ContextOverflow | None = None
+        if failure.category == "context_overflow":
+            self.context = context_from_body(body) or context_from_message(message)
 
 
 # --- helpers for building UpstreamErrors (used by steps/openrouter/upstream.py) ---------------
@@ -135,38 +148,3 @@ def status_from_code(code: Any, default: int = 502) -> int:
     if isinstance(code, str) and code.isdigit() and 100 <= int(code) <= 599:
         return int(code)
     return default
-
-
-def error_fields(body: Any) -> tuple[str | None, str | None, Any]:
-    """(message, error_type, code) from an OpenRouter/OpenAI error body, each None if absent.
-
-    OpenRouter: `{"error":{"code","message","metadata":{"error_type"}}}`; availability errors
-    carry `error.error_type` directly; OpenAI-style servers use `error.type` and a string
-    `error.code` such as "context_length_exceeded". A bare `{"message": ...}` or
-    `{"detail": ...}` (some routers) gives just the message.
-    """
-    if not isinstance(body, dict):
-        return None, None, None
-    err = body.get("error")
-    if isinstance(err, str):
-        return err, None, None
-    if not isinstance(err, dict):
-        msg = body.get("message") or body.get("detail")
-        return (msg if isinstance(msg, str) else None), None, None
-    message = err.get("message")
-    if not isinstance(message, str):
-        message = None if message is None else str(message)
-    meta = err.get("metadata")
-    error_type = meta.get("error_type") if isinstance(meta, dict) else None
-    if not isinstance(error_type, str):
-        error_type = err.get("error_type") if isinstance(err.get("error_type"), str) else None
-    if error_type is None:
-        code = err.get("code")
-        if isinstance(code, str) and not code.isdigit():
-            error_type = code
-        elif isinstance(err.get("type"), str):
-            error_type = err["type"]
-    code = err.get("code")
-    if code is None:
-        code = err.get("http_status")
-    return message, error_type, code

@@ -9,6 +9,7 @@ else, so the gateway maps families onto configured upstream models and lets expl
 from __future__ import annotations
 
 from engine.registry import step
+from steps.providers.config import Providers
 
 # Claude Code's discovery (`GET /v1/models`) keeps only ids containing "claude" or
 # "anthropic" (PROTOCOL.md §4), so these are the names we expose for the three tiers.
@@ -28,11 +29,14 @@ def model_map(
     small_model: str,
     middle_model: str = "",
     aliases: dict[str, str] | None = None,
+    providers: Providers | None = None,
 ) -> str:
     """Map a requested model id to the upstream model: aliases, then Claude family, else as is.
 
     An exact `aliases` entry wins (so an operator can re-point any id, even `author/slug`).
-    Ids with a `/` are already upstream ids and pass through. Otherwise the family decides:
+    Ids with a `/`, and `NAME:MODEL` references to a provider declared in `providers`, are
+    already upstream models and pass through (`local:claude-haiku-distill` stays itself).
+    Every target here may be such a reference. Otherwise the family decides:
     `haiku` → small_model, `sonnet` → middle_model (or big_model when unset), `opus` and
     any other `claude-*` id → big_model; a non-Claude id (a custom `ANTHROPIC_MODEL`) passes
     through. Empty tier settings fall back to big_model so a half-filled config still works.
@@ -42,6 +46,9 @@ def model_map(
         if target:
             return target
     if "/" in model:
+        return model
+    prefix, sep, _ = model.partition(":")
+    if sep and providers is not None and prefix in providers.providers:
         return model
     lowered = model.lower()
     if "haiku" in lowered:

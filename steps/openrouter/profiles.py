@@ -7,6 +7,10 @@ the model family which produced them can read. Each of those needs to know the m
 when it is reachable (fetched once per TTL through the upstream's pooled client) and from
 `pipelines/profiles/models.yaml` otherwise; what no listing says (cache support, the
 reasoning wire format, rejected schema keywords) always comes from the YAML.
+
+Prices (USD per million tokens) come from the same two sources, the listing's `pricing` over the
+YAML's `price`, and travel separately (`openrouter.prices`): a cost is accounting, not a
+capability, so what goes upstream never depends on it.
 """
 
 from __future__ import annotations
@@ -15,10 +19,9 @@ import fnmatch
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
-import httpx
 import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict
@@ -27,6 +30,11 @@ from engine.capture import value_type
 from engine.registry import step
 from engine.run import RunContext
 from engine.types import Request
+from steps.providers.config import Providers, Target, single
+from steps.providers.dialects import Dialect
+
+if TYPE_CHECKING:  # httpx loads with the first listing fetch, not with `engine check`
+    import httpx
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "pipelines" / "profiles" / "models.yaml"
 RETRY_FAILED_FETCH = 60.0  # seconds before trying an unreachable listing again
@@ -54,10 +62,36 @@ class Profile:
         return self.supported is None or param in self.supported
 
 
+@dataclass(frozen=True, slots=True)
+class Prices:
+    """USD per million tokens of each kind; a cache price of None is billed as input."""
+
+    input: float
+    output: float
+    cache_read: float | None = None
+    cache_write: float | None = None
+
+    def cost(self, input: int, output: int, cache_read: int = 0, cache_write: int = 0) -> float:
+        """The USD cost of a call's tokens (input excludes cache reads and writes)."""
+        read = self.input if self.cache_read is None else self.cache_read
+        write = self.input if self.cache_write is None else self.cache_write
+        return (input * self.input + output * self.output + cache_read * read + cache_write * write) / 1e6
+
+
+class _Price(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: float
+    output: float
+    cache_read: float | None = None
+    cache_write: float | None = None
+
+
 class _Rule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     match: list[str]
+    price: _Price | None = None
     family: str | None = None
     context_length: int | None = None
     max_output: int | None = None
@@ -97,6 +131,7 @@ class ProfileBook:
         self.fetched_at: float | None = None  # monotonic time of the last attempt
         self.fetch_ok = False
         self._memo: dict[str, Profile] = {}
+        self._prices: dict[str, Prices | None] = {}
         self._lock = anyio.Lock()
 
     def get(self, model: str) -> Profile:
@@ -110,7 +145,7 @@ class ProfileBook:
         lowered = model.lower()
         for rule in self.rules:
             if any(fnmatch.fnmatchcase(lowered, pat.lower()) for pat in rule.match):
-                for key, value in rule.model_dump(exclude={"match"}, exclude_none=True).items():
+                for key, value in rule.model_dump(exclude={"match", "price"}, exclude_none=True).items():
                     fields[key] = value
         profile = Profile(
             model=model,
@@ -128,6 +163,19 @@ class ProfileBook:
         entry = self.live.get(model) or self.live.get(model.split(":", 1)[0])
         return _overlay(profile, entry) if entry else profile
 
+    def prices(self, model: str) -> Prices | None:
+        """The model's prices: the live listing's `pricing`, else the last matching YAML `price`."""
+        if model not in self._prices:
+            entry = self.live.get(model) or self.live.get(model.split(":", 1)[0])
+            found = _listed_prices(entry) if entry else None
+            if found is None:
+                lowered = model.lower()
+                for rule in self.rules:
+                    if rule.price is not None and any(fnmatch.fnmatchcase(lowered, pat.lower()) for pat in rule.match):
+                        found = Prices(**rule.price.model_dump())
+            self._prices[model] = found
+        return self._prices[model]
+
     def stale(self, ttl: float) -> bool:
         if self.fetched_at is None:
             return True
@@ -138,6 +186,8 @@ class ProfileBook:
         """Fetch the listing once per TTL; one request fetches while the others use what is known."""
         if not self.stale(ttl) or (self._lock.locked() and self.fetched_at is not None):
             return
+        import httpx
+
         async with self._lock:
             if not self.stale(ttl):
                 return
@@ -158,12 +208,13 @@ class ProfileBook:
                 log.info("openrouter.models_unavailable", error=f"{type(exc).__name__}: {exc}"[:200])
             self.fetched_at = time.monotonic()
             self._memo = {}
+            self._prices = {}
 
 
 def _overlay(profile: Profile, entry: dict) -> Profile:
     """Live listing figures over the YAML ones (only the fields the listing actually has)."""
     changes: dict[str, Any] = {}
-    ctx_len = entry.get("context_length")
+    ctx_len = entry.get("context_length") or entry.get("max_model_len")  # OpenRouter; vLLM
     if isinstance(ctx_len, int) and ctx_len > 0:
         changes["context_length"] = ctx_len
     top = entry.get("top_provider") if isinstance(entry.get("top_provider"), dict) else {}
@@ -180,17 +231,49 @@ def _overlay(profile: Profile, entry: dict) -> Profile:
     return replace(profile, **changes) if changes else profile
 
 
+def _per_million(value: Any) -> float | None:
+    """An OpenRouter per-token price (a decimal string) in USD per million; None if absent or
+    negative (OpenRouter lists -1 for routers whose price depends on the model they pick)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return round(number * 1e6, 9) if number >= 0 else None
+
+
+def _listed_prices(entry: dict) -> Prices | None:
+    """Prices from a listing entry's `pricing` (`prompt`, `completion`, `input_cache_read`,
+    `input_cache_write`), or None when it has no usable prompt and completion price."""
+    pricing = entry.get("pricing")
+    if not isinstance(pricing, dict):
+        return None
+    prompt, completion = _per_million(pricing.get("prompt")), _per_million(pricing.get("completion"))
+    if prompt is None or completion is None:
+        return None
+    return Prices(prompt, completion, _per_million(pricing.get("input_cache_read")), _per_million(pricing.get("input_cache_write")))
+
+
 def _listing_client() -> httpx.AsyncClient:
     """For the model listing: a request an hour, so plain httpx (the per-request upstream
     path is steps/openrouter/transport.py)."""
+    import httpx
+
     from steps.openrouter.transport import USER_AGENT
 
     return httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), trust_env=False, follow_redirects=False, headers={"user-agent": USER_AGENT})
 
 
-async def profile_book(ctx: RunContext, data: str = "") -> ProfileBook:
-    """The engine-wide ProfileBook for a data file (shared by every step that needs profiles)."""
-    return await ctx.resource(f"openrouter.profiles:{data or DEFAULT_DATA}", lambda: ProfileBook(load_rules(data)))
+async def profile_book(ctx: RunContext, data: str = "", provider: str = "") -> ProfileBook:
+    """The engine-wide ProfileBook for a data file and provider (each provider lists its own models)."""
+    return await ctx.resource(f"openrouter.profiles:{data or DEFAULT_DATA}:{provider}", lambda: ProfileBook(load_rules(data)))
+
+
+def for_dialect(profile: Profile, dialect: Dialect) -> Profile:
+    """A profile as the provider's server takes it: how reasoning goes back, whether part-level
+    cache_control may be sent (only OpenRouter passes it on to the models that honour it)."""
+    if dialect.name == "openrouter":
+        return profile
+    return replace(profile, reasoning=dialect.reasoning_back, cache=profile.cache and dialect.cache_control)
 
 
 @step("openrouter.profiles")
@@ -198,6 +281,8 @@ async def profiles(
     models: list[str],
     ctx: RunContext,
     request: Request | None = None,
+    providers: Providers | None = None,
+    candidates: list[dict] | None = None,
     base_url: str = "",
     api_key: str = "",
     data: str = "",
@@ -207,15 +292,51 @@ async def profiles(
 ) -> dict[str, Profile]:
     """Capability profiles (context, max output, parameters, vision, cache, schema rules) per model.
 
-    From OpenRouter's `GET {base_url}/models` when `fetch` and reachable (once per `ttl`
-    seconds, with an httpx client of its own; a failed fetch is retried after a minute and
-    never fails the request), overlaid on the YAML rules in `data` (default
-    `pipelines/profiles/models.yaml`), which also say what no listing does.
+    With `providers` and the route's `candidates`, each model's profile comes from its own
+    provider: that provider's `GET {base_url}/models` when `fetch`, its `fetch_models` and
+    reachable (once per `ttl` seconds, with an httpx client of its own; a failed fetch is
+    retried after a minute and never fails the request), overlaid on the YAML rules in `data`
+    (default `pipelines/profiles/models.yaml`), which also say what no listing does, then
+    adjusted to the provider's dialect. Without them, `base_url`/`api_key` is the one upstream.
+    Keyed by the model id the payload carries (the first candidate wins a shared id).
+    """
+    from steps.openrouter.upstream import _client_key
+
+    if providers is None:
+        providers = single(base_url, api_key) if base_url else None
+        candidates = None
+    if providers is None:
+        book = await profile_book(ctx, data)
+        return {m: book.get(m) for m in models}
+    targets = [Target(c["provider"], c["model"], c.get("ref") or c["model"]) for c in candidates or () if c.get("provider") in providers.providers]
+    if not targets:
+        targets = [providers.resolve(m) for m in models]
+    out: dict[str, Profile] = {}
+    client_key = _client_key(request)
+    for target in targets:
+        if target.model in out:
+            continue
+        provider = providers.get(target.provider)
+        book = await profile_book(ctx, data, provider.name)
+        if fetch and provider.fetch_models:
+            client = await ctx.resource("openrouter.models_client", _listing_client)
+            await book.refresh(client, provider.base_url, provider.key_for(client_key), ttl, fetch_timeout, ctx.log)
+        out[target.model] = for_dialect(book.get(target.model), provider.speaks)
+    for m in models:  # ids no candidate named (a caller's own list)
+        if m not in out:
+            out[m] = (await profile_book(ctx, data, providers.default)).get(m)
+    return out
+
+
+
+@step("openrouter.prices")
+async def prices(models: list[str], ctx: RunContext, profiles: dict[str, Profile] | None = None, data: str = "") -> dict[str, Prices]:
+    """USD per million input, output, cache-read and cache-write tokens, per model (when known).
+
+    From the model listing `openrouter.profiles` fetched (pass its output as `profiles` so this
+    runs after it), else from the `price` of the YAML rules in `data`. A model with no known
+    price is left out; its cost is then known only when the upstream reports one.
     """
     book = await profile_book(ctx, data)
-    if fetch and base_url:
-        from steps.openrouter.upstream import _client_key
-
-        client = await ctx.resource("openrouter.models_client", _listing_client)
-        await book.refresh(client, base_url, api_key or _client_key(request), ttl, fetch_timeout, ctx.log)
-    return {m: book.get(m) for m in models}
+    found = {m: book.prices(m) for m in models}
+    return {m: p for m, p in found.items() if p is not None}

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from engine.registry import step
 from engine.run import RunContext
 from engine.types import Reply
+from steps.providers.config import Providers
 
 UPSTREAM_MODEL_HEADER = "x-upstream-model"
 
@@ -74,7 +75,12 @@ def _has_image(body: dict) -> bool:
 
 
 def _has_web_search(body: dict) -> bool:
-    return any(str(t.get("type") or "").startswith("web_search") for t in body.get("tools") or ())
+    """Anthropic's web search server tool, as the client sent it or as tools.detect declared it
+    for the gateway to run (a function the detector marks with `server_tool`)."""
+    for tool in body.get("tools") or ():
+        if str(tool.get("type") or "").startswith("web_search") or tool.get("server_tool") == "web_search":
+            return True
+    return False
 
 
 def _thinks(body: dict) -> bool:
@@ -82,12 +88,13 @@ def _thinks(body: dict) -> bool:
     return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
 
 
-def choose(body: dict, model: str, input_tokens: int, rules: RoutingRules) -> tuple[str, str]:
+def choose(body: dict, model: str, input_tokens: int, rules: RoutingRules, providers: Providers | None = None) -> tuple[str, str]:
     """(scenario, upstream model) for a request; `model` is what openrouter.model_map chose."""
     requested = str(body.get("model") or "")
     if rules.long_context and input_tokens > rules.long_context_threshold:
         return "long_context", rules.long_context
-    if "/" in requested:
+    prefix, sep, _ = requested.partition(":")
+    if "/" in requested or (sep and providers is not None and prefix in providers.providers):
         return "explicit", model  # an upstream id the client chose: only long context overrides it
     lowered = requested.lower()
     if rules.background and any(m in lowered for m in rules.background_match):
@@ -108,8 +115,9 @@ def route(
     ctx: RunContext,
     input_tokens: int = 0,
     rules: RoutingRules | None = None,
+    providers: Providers | None = None,
 ) -> dict:
-    """Pick the upstream model by routing rules: `{model, fallbacks, models, scenario}`.
+    """Pick the upstream model by routing rules: `{model, fallbacks, models, candidates, scenario}`.
 
     Scenarios, first match wins: `long_context` (input estimate over `long_context_threshold`),
     then, for Claude-named ids only (an explicit `author/slug` id is the client's choice),
@@ -117,16 +125,25 @@ def route(
     web_search server tool), `image` (images in the latest user turn), `think` (thinking
     enabled or adaptive), else `default` (or the model map's pick). `fallback` models follow,
     without repeats; openrouter.call tries them in order before the first byte is sent.
-    `models` is the whole ordered list (model first).
+
+    Every model here is a reference (`NAME:MODEL` for a provider declared in `providers`,
+    else a model of the default provider), so a fallback may be on another provider.
+    `candidates` is the ordered list resolved: `{provider, model, ref}` each; `model`,
+    `fallbacks` and `models` are the model ids the providers know (what the payloads carry).
     """
     rules = rules or RoutingRules()
-    scenario, chosen = choose(body, model, input_tokens, rules)
+    scenario, chosen = choose(body, model, input_tokens, rules, providers)
     ctx.attributes["route"] = scenario
-    models = [chosen]
+    refs = [chosen]
     for candidate in rules.fallback:
-        if candidate not in models:
-            models.append(candidate)
-    return {"model": chosen, "fallbacks": models[1:], "models": models, "scenario": scenario}
+        if candidate not in refs:
+            refs.append(candidate)
+    if providers is None:
+        candidates = [{"provider": None, "model": r, "ref": r} for r in refs]
+    else:
+        candidates = [{"provider": t.provider, "model": t.model, "ref": t.ref} for t in map(providers.resolve, refs)]
+    models = [c["model"] for c in candidates]
+    return {"model": models[0], "fallbacks": models[1:], "models": models, "candidates": candidates, "scenario": scenario}
 
 
 @step("openrouter.upstream_header", blocking=False)

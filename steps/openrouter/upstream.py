@@ -1,4 +1,4 @@
-"""`openrouter.call`: one chat-completions request to an OpenAI-compatible router.
+"""`openrouter.call`: one chat-completions request to an OpenAI-compatible upstream (any provider).
 
 The step is deliberately thin: it sends the already-converted payload, turns every way the
 upstream can fail into an `UpstreamError` (steps/openrouter/errors.py) and, for a stream,
@@ -8,15 +8,14 @@ with the step's timeout and hands the gap timeout to the stream (`enforce_idle_t
 watchdog timer); the run's deadline, when there is one, bounds the wait for the response
 headers (and, without streaming, for the whole body).
 
-Error kinds raised (see UpstreamError): "status" (HTTP error status, retryable per
-RETRYABLE_STATUSES), "connect" (refused, reset or closed before the response headers: the
-stale-pooled-connection case; retryable), "timeout" (httpx connect/read/write/pool timeout;
-retryable; or the run's deadline passing, not retryable), "protocol" (non-JSON body or an
-invalid SSE data line; not retryable), "error_chunk" (a 200 whose JSON or a stream chunk holds
-a top-level `error`; status from `error.code`, 502 when it is not a number), "cut" (the stream
-or body broke or ended before a finish_reason; retryable only while nothing was yielded),
-"cooldown" (the model is cooling down after repeated failures and no fallback is left: a
-529 that is not retried here; steps/openrouter/cooldown.py).
+Error kinds raised (see UpstreamError): "status" (an HTTP error status), "connect" (refused,
+reset or closed before the response headers: the stale-pooled-connection case), "timeout"
+(httpx connect/read/write/pool timeout, or the run's deadline passing), "protocol" (non-JSON
+body or an invalid SSE data line), "error_chunk" (a 200 whose JSON or a stream chunk holds a
+top-level `error`; status from `error.code`, 502 when it is not a number), "cut" (the stream or
+body broke or ended before a finish_reason; retryable only while nothing was yielded). What
+each means — retried, fallen back from, counted by the breaker, shown as which status — is
+the error's `failure`, classified once (steps/providers/failures.py).
 
 The commit point (README "Failure policy"): the engine primes a stream step by pulling its
 first item inside the step's attempt, and the response starts once it has one. A
@@ -35,13 +34,13 @@ is bounded by the first-item timeout. Converters ignore the marker (no `choices`
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import httpx
 import orjson
 
 from engine.errors import StepTimeout
@@ -58,8 +57,12 @@ from steps.openrouter.errors import (
     status_from_code,
 )
 from steps.openrouter.cooldown import Cooldowns, cooldowns
+from steps.providers.config import Provider, Providers, Target, single
+from steps.providers.failures import ContextOverflow
 from steps.openrouter.sse import DONE, SSEDecoder, SSEError
-from steps.openrouter.transport import UpstreamClient, UpstreamResponse
+
+if TYPE_CHECKING:  # httpx and aiohttp load with the first call, not with `engine check`
+    from steps.openrouter.transport import UpstreamClient, UpstreamResponse
 
 __all__ = ["KEEPALIVE_OBJECT", "ChunkStream", "call", "is_keepalive"]
 
@@ -116,6 +119,8 @@ async def call(
     payload: dict,
     request: Request,
     ctx: RunContext,
+    providers: Providers | None = None,
+    candidates: list[dict] | None = None,
     base_url: str = "https://openrouter.ai/api/v1",
     api_key: str = "",
     referer: str = "",
@@ -130,173 +135,178 @@ async def call(
     cooldown: float = 0.0,
     cooldown_failures: int = 3,
     first_byte_timeout: float | None = None,
+    first_content_timeout: float | None = None,
 ) -> Any:
     """POST a chat-completions payload upstream; a dict, or a stream of chunk dicts.
 
-    `fallbacks` (convert.requests: one payload per fallback model) are tried in order after
-    `payload`, moving on when a model fails in a way another model may not (see
-    `falls_back`: 404, 408, 429, 5xx, 529, timeouts, connection failures, bad responses,
-    context-length 400s; never other 400s or 401/402/403) — for a stream, up to and including
-    its first chunk, so nothing has reached the client yet. The model that answered goes to
-    `ctx.attributes["model"]` (access log, `x-upstream-model`). A context-length error
-    whose message lacks the figures gets them from `profiles` and `input_tokens`, so the
-    error renderer can word it the way Claude Code's auto-compaction expects.
+    `providers` (providers.load) are the declared upstreams and `candidates`
+    (openrouter.route) say which provider serves `payload` and each of `fallbacks`
+    (convert.requests: one payload per fallback model), in that order; a fallback may be on
+    another provider. Without `providers`, `base_url` and `api_key` (the client's own key when
+    empty) with `referer`/`title` headers make one OpenRouter-dialect provider. Each payload
+    is adapted to its provider's dialect (steps/providers/dialects.py) just before it is sent.
+
+    Candidates are tried in order, moving on when a failure says another model may succeed
+    (`Failure.falls_back`, steps/providers/failures.py: 404, 408, 429, 5xx, timeouts,
+    connection failures, bad responses, context overflows; never other 4xx) — for a stream,
+    up to and including its first chunk, so nothing has reached the client yet. The model
+    that answered goes to `ctx.attributes["model"]` (access log, `x-upstream-model`). A
+    context overflow whose numbers the upstream did not state gets them from `profiles` and
+    `input_tokens`, so the renderer can word it the way Claude Code's auto-compaction expects.
 
     `commit_after` (seconds; None = never) is the commit-after-hold policy of the module
-    docstring. `cooldown` (seconds; 0 = off) and `cooldown_failures` are the circuit breaker:
-    after that many consecutive failures of a model (steps/openrouter/cooldown.py), requests
-    skip it for `cooldown` seconds, going to the next fallback or failing fast with 529
-    overloaded_error; then one probe request may try it again.
+    docstring. `cooldown` (seconds; 0 = off) and `cooldown_failures` are the circuit breaker
+    (steps/openrouter/cooldown.py): after that many consecutive failures that speak of the
+    model's health (`Failure.about_model`), requests skip the model for `cooldown` seconds
+    while another candidate is left; the last candidate is always tried (panic mode).
 
     `first_byte_timeout` (seconds; None = none) bounds each model's wait for its response
     headers and first chunk (for a JSON answer, the whole body). It lives here rather than in
     the engine's step `timeout` so that a silent model is a failure like any other: it falls
-    back to the next model, counts against the breaker, and the attempt is retried.
+    back to the next model and counts against the breaker; it is not retried on the same model
+    (it would most likely time out again: a 2 MB prompt), so with no candidate left it is a 504.
+
+    `first_content_timeout` (seconds; None = none) bounds a stream that shows it is alive
+    (keepalive comments) but sends nothing meaningful: before the commit point that is a
+    first-byte timeout like any other (the next candidate, or 504); after it (the keepalives
+    committed the response) an SSE `timeout_error` ends the stream.
 
     Returns the parsed response dict when `payload["stream"]` is falsy, else a `ChunkStream`
     (an AsyncIterator[dict] of parsed `chat.completion.chunk`s, without the `[DONE]` marker) once
     the upstream answered 200. Annotated `Any` because it is either: the registry would mark a
     step annotated AsyncIterator as always streaming. Every failure is an `UpstreamError`.
-    Authorization is `Bearer {api_key}`, or the client's own key (`x-api-key`, or the bearer
-    token of `authorization`) when `api_key` is empty.
     """
-    target = _Target(base_url, api_key, referer, title, connect_timeout, read_timeout, pool_size, commit_after, first_byte_timeout)
+    if providers is None:
+        headers = {"http-referer": referer} if referer else {}
+        if title:
+            headers.update({"x-title": title, "x-openrouter-title": title})
+        providers = single(base_url, api_key, headers)
+    transport = _Transport(connect_timeout, read_timeout, pool_size, commit_after, first_byte_timeout, first_content_timeout)
+    payloads = [p for p in [payload, *(fallbacks or ())] if isinstance(p, dict)]
+    targets = _targets(providers, payloads, candidates)
     breaker = await cooldowns(ctx) if cooldown and cooldown > 0 else None
     return await _call_candidates(
-        [payload, *(fallbacks or ())], request, ctx, target, profiles, input_tokens, breaker, cooldown, cooldown_failures
+        list(zip(payloads, targets)), request, ctx, providers, transport, profiles, input_tokens, breaker, cooldown, cooldown_failures
     )
 
 
 @dataclass(frozen=True, slots=True)
-class _Target:
-    """Where and how one call talks to the upstream (the step's connection parameters)."""
+class _Transport:
+    """How one call talks to any upstream (the step's connection parameters)."""
 
-    base_url: str
-    api_key: str
-    referer: str
-    title: str
     connect_timeout: float
     read_timeout: float
     pool_size: int
     commit_after: float | None
     first_byte_timeout: float | None
+    first_content_timeout: float | None = None
 
 
-CONTEXT_ERROR_TYPES = frozenset({"context_length_exceeded", "max_tokens_exceeded", "token_limit_exceeded"})
-_CONTEXT_WORDS = ("context length", "context window", "context_length", "too long", "too many tokens", "maximum context")
-
-
-def is_context_error(exc: UpstreamError) -> bool:
-    """A 400/413/422 saying the prompt (or prompt + max_tokens) does not fit the model."""
-    if exc.status not in (400, 413, 422) and exc.kind != "error_chunk":
-        return False
-    if exc.error_type in CONTEXT_ERROR_TYPES:
-        return True
-    message = (exc.message or "").lower()
-    return any(w in message for w in _CONTEXT_WORDS)
-
-
-def falls_back(exc: UpstreamError) -> bool:
-    """Whether another model may succeed where this one failed (a routing fallback applies)."""
-    if exc.kind in ("connect", "timeout", "cut", "protocol"):
-        return True
-    status = exc.status
-    if status is None:
-        return exc.kind == "error_chunk"
-    if status in (404, 408, 409, 429) or status >= 500:
-        return True
-    return is_context_error(exc)
-
-
-def _answered(ctx: RunContext, payload: dict) -> None:
-    model = payload.get("model")
-    if isinstance(model, str):
-        ctx.attributes["model"] = model
+def _targets(providers: Providers, payloads: list[dict], candidates: list[dict] | None) -> list[Target]:
+    """The provider of each payload: from the route's candidates, else by resolving its model."""
+    out = []
+    for i, payload in enumerate(payloads):
+        c = candidates[i] if candidates and i < len(candidates) and isinstance(candidates[i], dict) else None
+        if c is not None and c.get("provider") in providers.providers:
+            out.append(Target(c["provider"], str(c.get("model") or payload.get("model")), str(c.get("ref") or payload.get("model"))))
+        else:
+            out.append(providers.resolve(str(payload.get("model") or "")))
+    return out
 
 
 def _with_context_figures(
     exc: UpstreamError, payload: dict, profiles: dict | None, input_tokens: int, ctx: RunContext
 ) -> UpstreamError:
-    """Give a bare context-length error the limit and token figures it lacks.
+    """Give a context overflow the numbers its message or body did not state.
 
-    `context_limit` / `input_tokens` / `max_tokens` are set on the error for renderers; when
-    the upstream text has no "maximum context length is N tokens", OpenRouter's own wording
-    with the profile's limit and the (calibrated) input estimate is appended, which
-    steps/anthropic/errors.py already rewrites into Anthropic's words.
+    The model's window comes from its profile and the prompt's size from the (calibrated)
+    estimate, so an upstream that says only "the input length exceeds the context length"
+    (Ollama) still reaches the client as `prompt is too long: N tokens > M maximum`.
     """
-    if not is_context_error(exc):
+    if exc.failure.category != "context_overflow":
+        return exc
+    known = exc.context or ContextOverflow(None, None)
+    if known.complete:
         return exc
     model = payload.get("model") if isinstance(payload.get("model"), str) else ""
     profile = (profiles or {}).get(model)
-    limit = getattr(profile, "context_length", None)
-    if input_tokens and model:
+    limit = known.limit or getattr(profile, "context_length", None)
+    prompt = known.input_tokens
+    if prompt is None and input_tokens and model:
         from steps.anthropic.tokens import calibration
 
-        input_tokens = calibration(ctx).correct(model, input_tokens)
-    max_tokens = payload.get("max_tokens") if isinstance(payload.get("max_tokens"), int) else 0
-    exc.context_limit = limit  # type: ignore[attr-defined]
-    exc.input_tokens = input_tokens or None  # type: ignore[attr-defined]
-    exc.max_tokens = max_tokens or None  # type: ignore[attr-defined]
-    if limit and input_tokens and "maximum context length is" not in (exc.message or ""):
-        asked = input_tokens + max_tokens
-        exc.message = (
-            f"{exc.message} (This endpoint's maximum context length is {limit} tokens. However, you "
-            f"requested about {asked} tokens ({input_tokens} of text input, {max_tokens} in the output).)"
-        )
-        exc.args = (exc.message,)
+        prompt = calibration(ctx).correct(model, input_tokens)
+    max_tokens = payload.get("max_tokens") or payload.get("max_completion_tokens")
+    output = known.output_tokens or (max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None)
+    exc.context = ContextOverflow(prompt or None, limit, output)  # the output budget counts against the window too
     return exc
 
 
+def _breaker_key(target: Target, provider: Provider, request: Request | None) -> str:
+    """Provider and model; and the client when its own key is forwarded, so one user's rate
+    limit never shuts a model for everyone (the key is hashed, never kept)."""
+    key = f"{target.provider}|{target.model}"
+    if not provider.api_key and provider.forward_client_key:
+        client = _client_key(request)
+        if client:
+            key += "|" + hashlib.sha256(client.encode()).hexdigest()[:16]
+    return key
+
+
 async def _call_candidates(
-    payloads: list[dict],
+    candidates: list[tuple[dict, Target]],
     request: Request,
     ctx: RunContext,
-    target: _Target,
+    providers: Providers,
+    transport: _Transport,
     profiles: dict | None,
     input_tokens: int,
     breaker: Cooldowns | None = None,
     cooldown: float = 0.0,
     cooldown_failures: int = 3,
 ) -> Any:
-    """Try each payload in order (the routed model, then its fallbacks) until one answers."""
-    candidates = [p for p in payloads if isinstance(p, dict)]
+    """Try each candidate in order (the routed model, then its fallbacks) until one answers."""
     if not candidates:
         raise UpstreamError("no upstream model to call", kind="protocol", retryable=False)
     ctx.attributes.pop("fallback", None)  # this attempt's story, not a previous attempt's
-    first_model = candidates[0].get("model")
+    first = providers.shown(candidates[0][1])
     last_exc: UpstreamError | None = None
-    skipped: list[str] = []
-    for i, payload in enumerate(candidates):
-        model = payload.get("model")
-        key = f"{target.base_url}|{model}"
+    last = len(candidates) - 1
+    for i, (payload, target) in enumerate(candidates):
+        provider = providers.get(target.provider)
+        shown = providers.shown(target)
+        key = _breaker_key(target, provider, request)
         if breaker is not None and not breaker.allow(key):
-            skipped.append(str(model))
-            ctx.log.info("openrouter.cooldown_skip", model=model, remaining_s=round(breaker.remaining(key), 3))
-            continue
+            if i < last:
+                ctx.log.info("openrouter.cooldown_skip", model=shown, remaining_s=round(breaker.remaining(key), 3))
+                continue
+            # Panic mode (Envoy's outlier detection): never refuse the last candidate left.
+            ctx.log.info("openrouter.cooldown_panic", model=shown, remaining_s=round(breaker.remaining(key), 3))
         settled = False
         try:
-            with _deadline(target.first_byte_timeout, first_byte=True):
-                result = await _call_one(payload, request, ctx, target)
+            with _deadline(transport.first_byte_timeout, first_byte=True):
+                result = await _call_one(payload, request, ctx, provider, transport)
                 if isinstance(result, ChunkStream):
                     # Up to its first chunk a stream may still fail over to the next model,
                     # and only then has the model answered (for the circuit breaker too).
                     await result.peek()
         except UpstreamError as exc:
             exc = _with_context_figures(exc, payload, profiles, input_tokens, ctx)
+            failure = exc.failure
             if breaker is not None:
                 settled = True
-                if counts_against(exc) and breaker.failed(key, cooldown_failures, cooldown):
-                    ctx.log.warning("openrouter.cooldown", model=model, failures=cooldown_failures, seconds=cooldown)
-                elif not counts_against(exc):
+                if failure.about_model and breaker.failed(key, cooldown_failures, cooldown):
+                    ctx.log.warning("openrouter.cooldown", model=shown, failures=cooldown_failures, seconds=cooldown)
+                elif not failure.about_model:
                     breaker.release(key)
-            if not falls_back(exc):
+            if not failure.falls_back:
                 raise exc from None
             last_exc = exc
-            if i < len(candidates) - 1:
+            if i < last:
                 ctx.log.warning(
                     "openrouter.fallback",
-                    model=model,
-                    next_model=candidates[i + 1].get("model"),
+                    model=shown,
+                    next_model=providers.shown(candidates[i + 1][1]),
                     status=exc.status,
                     kind=exc.kind,
                 )
@@ -308,69 +318,35 @@ async def _call_candidates(
                 breaker.release(key)
         if breaker is not None:
             breaker.succeeded(key)
-        _answered(ctx, payload)
+        ctx.attributes["model"] = shown
         if i:
             ctx.attributes["fallbacks"] = i
-            ctx.attributes["fallback"] = f"{first_model}->{model}"
+            ctx.attributes["fallback"] = f"{first}->{shown}"
         return result
-    if last_exc is not None:
-        raise last_exc
-    assert breaker is not None
-    wait = min(breaker.remaining(f"{target.base_url}|{m}") for m in skipped) if skipped else None
-    raise UpstreamError(
-        f"Overloaded: {', '.join(skipped)} cooling down after repeated failures",
-        status=529,
-        kind="cooldown",
-        retryable=False,  # failing fast is the point; the client's own retry waits retry-after
-        retry_after=wait,
-    )
+    assert last_exc is not None  # the last candidate is always tried
+    raise last_exc
 
 
-def counts_against(exc: UpstreamError) -> bool:
-    """Whether a failure says the model (or its provider) is unwell: counted by the breaker.
-
-    Connection failures, upstream timeouts, broken or invalid answers, 408, 429 and 5xx
-    count; client errors (4xx, context length) and our own deadline do not. A 404 does not
-    either: OpenRouter's "No endpoints found that support image input" is about one request,
-    not the model's health (it still falls back).
-    """
-    if exc.kind == "timeout":
-        return exc.retryable  # not retryable: the run's own deadline passed
-    if exc.kind in ("connect", "cut", "protocol"):
-        return True
-    if exc.kind == "cooldown":
-        return False
-    status = exc.status
-    if status is None:
-        return exc.kind == "error_chunk"
-    return status in (408, 429) or status >= 500
-
-
-async def _call_one(payload: dict, request: Request, ctx: RunContext, target: _Target) -> Any:
-    key = target.api_key or _client_key(request)
-    if not key:
+async def _call_one(payload: dict, request: Request, ctx: RunContext, provider: Provider, transport: _Transport) -> Any:
+    key = provider.key_for(_client_key(request))
+    if not key and provider.forward_client_key:
         raise UpstreamError(
-            "no API key: set OPENROUTER_API_KEY or send x-api-key",
+            f"no API key: send x-api-key, or give provider '{provider.name}' an api_key (OPENROUTER_API_KEY for the shipped one)",
             status=401,
             kind="status",
             retryable=False,
         )
-    headers = {
-        "authorization": f"Bearer {key}",
-        "content-type": "application/json",
-    }
+    headers = {"content-type": "application/json", **provider.headers}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    payload = provider.speaks.adapt(payload)
     streaming = bool(payload.get("stream"))
     headers["accept"] = "text/event-stream" if streaming else "application/json"
-    if target.referer:
-        headers["http-referer"] = target.referer
-    if target.title:
-        headers["x-title"] = target.title
-        headers["x-openrouter-title"] = target.title
     client: UpstreamClient = await ctx.resource(
-        f"openrouter.client:{target.connect_timeout}:{target.read_timeout}:{target.pool_size}",
-        lambda: UpstreamClient(target.connect_timeout, target.read_timeout, target.pool_size),
+        f"openrouter.client:{transport.connect_timeout}:{transport.read_timeout}:{transport.pool_size}",
+        lambda: _client(transport),
     )
-    url = target.base_url.rstrip("/") + "/chat/completions"
+    url = provider.base_url + "/chat/completions"
     try:
         body = orjson.dumps(payload)
     except TypeError as exc:
@@ -405,7 +381,7 @@ async def _call_one(payload: dict, request: Request, ctx: RunContext, target: _T
     except BaseException:
         await _close(response)
         raise
-    return ChunkStream(response, ctx, key, commit_after=target.commit_after)
+    return ChunkStream(response, ctx, key, commit_after=transport.commit_after, first_content=transport.first_content_timeout)
 
 
 class ChunkStream(AsyncIterator[dict]):
@@ -419,12 +395,18 @@ class ChunkStream(AsyncIterator[dict]):
     """
 
     def __init__(
-        self, response: UpstreamResponse | None, ctx: RunContext | None, key: str = "", commit_after: float | None = None
+        self,
+        response: UpstreamResponse | None,
+        ctx: RunContext | None,
+        key: str = "",
+        commit_after: float | None = None,
+        first_content: float | None = None,
     ) -> None:
         self._response = response
         self._ctx = ctx
         self._key = key
         self.commit_after = commit_after if commit_after and commit_after > 0 else None
+        self.first_content = first_content if first_content and first_content > 0 else None
         self.chunks = 0  # items produced so far (keepalive markers included; peeked or not)
         self.keepalives = 0  # keepalive markers yielded so far
         self.finished = False  # a finish_reason was seen
@@ -546,6 +528,8 @@ class ChunkStream(AsyncIterator[dict]):
         return chunk
 
     async def _run(self) -> AsyncIterator[dict]:
+        import httpx  # loaded by the transport already; imported here to keep it out of `engine check`
+
         response = self._response
         assert response is not None
         decoder = SSEDecoder()
@@ -556,10 +540,17 @@ class ChunkStream(AsyncIterator[dict]):
         hold = self.commit_after
         clock = time.monotonic
         last = clock()  # when the last item was yielded (or the stream began)
+        content_by = None if self.first_content is None else last + self.first_content  # None: met, or no bound
         try:
             try:
                 async for raw in raw_iter:
-                    self._last_item = clock()  # bytes arrived: items follow, or a keepalive does
+                    now = self._last_item = clock()  # bytes arrived: items follow, or a keepalive does
+                    if content_by is not None and now >= content_by:
+                        raise self._error(
+                            f"upstream sent only keepalives for {self.first_content:g} s",
+                            kind="timeout",
+                            error_type="first_byte_timeout",
+                        )
                     try:
                         events = decoder.feed(raw)
                     except SSEError as exc:
@@ -578,6 +569,7 @@ class ChunkStream(AsyncIterator[dict]):
                                 self.chunks += 1
                                 yield h
                             held.clear()
+                        content_by = None
                         self.chunks += 1
                         yield chunk
                         if hold is not None:
@@ -670,7 +662,8 @@ def _client_key(request: Request | None) -> str:
 class _deadline:
     """`anyio.fail_after(seconds)` (or nothing when None) that raises a timeout UpstreamError:
     by default the run's deadline (not retryable); `first_byte=True` an upstream that sent
-    nothing in time (retryable, counted by the circuit breaker, falls back)."""
+    nothing in time (falls back to the next candidate and counts against the breaker, but is
+    not retried on the same model)."""
 
     __slots__ = ("_first_byte", "_scope", "_seconds")
 
@@ -692,12 +685,21 @@ class _deadline:
             return bool(self._scope.__exit__(et, ev, tb))
         except TimeoutError:
             if self._first_byte:
-                raise UpstreamError(f"upstream sent nothing for {self._seconds:g} s", kind="timeout", retryable=True) from None
+                raise UpstreamError(f"upstream sent nothing for {self._seconds:g} s", kind="timeout", error_type="first_byte_timeout") from None
             raise UpstreamError("run deadline passed while waiting for the upstream", kind="timeout", retryable=False) from None
+
+
+def _client(transport: Any) -> UpstreamClient:
+    """The pooled upstream client (aiohttp is imported only when a call is really made)."""
+    from steps.openrouter.transport import UpstreamClient
+
+    return UpstreamClient(transport.connect_timeout, transport.read_timeout, transport.pool_size)
 
 
 async def _send(client: UpstreamClient, url: str, body: bytes, headers: dict[str, str], key: str) -> UpstreamResponse:
     """Send and wait for the response headers; map transport failures to UpstreamError."""
+    import httpx
+
     try:
         return await client.post(url, body, headers)
     except httpx.TimeoutException as exc:
@@ -728,6 +730,8 @@ async def _send(client: UpstreamClient, url: str, body: bytes, headers: dict[str
 
 async def _read_body(response: UpstreamResponse, limit: int | None = None) -> bytes:
     """The (decoded) body; a transport failure while reading it is a retryable "cut"."""
+    import httpx
+
     try:
         if limit is None:
             return await response.aread()

@@ -23,14 +23,15 @@ import ipaddress
 import socket
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 import anyio
-import httpx
-from markdownify import markdownify
 
 from steps.tools.workspace import ToolRefused
+
+if TYPE_CHECKING:  # httpx loads with the first fetch, not when pipelines load
+    import httpx
 
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -91,6 +92,8 @@ async def resolve(host: str, port: int) -> list[str]:
 
 async def checked_target(url: str, lim: FetchLimits) -> tuple[httpx.URL, str]:
     """(URL to connect to, with the checked IP as host; the original host name)."""
+    import httpx
+
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -149,6 +152,8 @@ class _Decoder:
 
 async def fetch(url: str, lim: FetchLimits, client: httpx.AsyncClient) -> Fetched:
     """GET `url` under the rules above; redirects re-checked hop by hop."""
+    import httpx
+
     if not isinstance(url, str) or not url:
         raise ToolRefused("'url' must be a non-empty string")
     current = url
@@ -184,6 +189,8 @@ async def fetch(url: str, lim: FetchLimits, client: httpx.AsyncClient) -> Fetche
 
 
 async def _read(url: str, response: httpx.Response, lim: FetchLimits) -> Fetched:
+    import httpx
+
     decoder = _Decoder(response.headers.get("content-encoding", ""))
     parts: list[bytes] = []
     size = 0
@@ -219,6 +226,8 @@ async def _read(url: str, response: httpx.Response, lim: FetchLimits) -> Fetched
     title = None
     if "html" in ctype.lower():
         title = _title(text)
+        from markdownify import markdownify  # with BeautifulSoup, a tenth of a second: only when a page comes
+
         text = markdownify(text, heading_style="ATX", strip=["script", "style"])
     if len(text) > lim.max_chars:
         text = text[: lim.max_chars]
@@ -242,4 +251,6 @@ def _title(html: str) -> str | None:
 
 def client_factory() -> Any:
     """The pooled client WebFetch uses: no redirects, no environment proxies, no decoding."""
+    import httpx
+
     return httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=httpx.Timeout(30.0, connect=10.0))

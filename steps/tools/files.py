@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import regex
-from wcmatch import glob as wglob
 
 from steps.tools.workspace import MAX_DEPTH, Place, ToolRefused, Workspace, open_regular_at
 
@@ -198,6 +196,8 @@ def multi_edit(ws: Workspace, lim: FileLimits, args: dict) -> str:
 
 def ls(ws: Workspace, lim: FileLimits, args: dict) -> str:
     ignore = args.get("ignore") or []
+    from wcmatch import glob as wglob  # imported when a tool runs, not when pipelines load
+
     matcher = wglob.compile([p for p in ignore if isinstance(p, str)], flags=wglob.GLOBSTAR | wglob.DOTGLOB) if ignore else None
     out: list[str] = []
     total = 0
@@ -281,6 +281,8 @@ def _pattern(value: Any, name: str) -> str:
 
 
 def glob(ws: Workspace, lim: FileLimits, args: dict) -> str:
+    from wcmatch import glob as wglob
+
     pattern = _pattern(args.get("pattern"), "pattern")
     matcher = wglob.compile(pattern, flags=wglob.GLOBSTAR | wglob.BRACE | wglob.DOTGLOB)
     walk = _Walk(lim.walk_entries, lim.walk_seconds)
@@ -307,6 +309,9 @@ def grep(ws: Workspace, lim: FileLimits, args: dict) -> str:
     """ripgrep-like search with a time budget: the `regex` module's `timeout` interrupts a
     catastrophic pattern such as `(a+)+$`, which the standard `re` cannot."""
     source = _str(args.get("pattern"), "pattern")
+    import regex
+    from wcmatch import glob as wglob
+
     flags = regex.MULTILINE | (regex.IGNORECASE if args.get("-i") else 0)
     if args.get("multiline"):
         flags |= regex.DOTALL

@@ -102,7 +102,9 @@ def detect(body: dict, agent_tools: list[AgentTool] | None = None, web: bool = T
             server[name] = name
             if isinstance(tool.get("max_uses"), int):
                 max_uses[name] = tool["max_uses"]
-            declared.append(_declare(name, *WEB_TOOLS[name]))
+            # Marked, so that routing (a later pipeline) still sees a web search in this
+            # request; converters read only name, description and schema.
+            declared.append({**_declare(name, *WEB_TOOLS[name]), "server_tool": name})
         elif tool.get("name") in server and server[tool.get("name")] == "agent":
             continue  # the gateway runs it: its own declaration replaces the client's
         else:

@@ -17,7 +17,6 @@ import base64
 import inspect
 from typing import Any
 
-import httpx
 import orjson
 
 from engine.registry import resolve, step
@@ -147,6 +146,8 @@ async def web_search_openrouter(
         "plugins": [{"id": "web", "max_results": max_results}],
         "max_tokens": 1024,
     }
+    import httpx  # imported with the first search, not when pipelines load
+
     client = await ctx.resource("tools.web_search.client", lambda: httpx.AsyncClient(timeout=timeout, trust_env=False))
     response = await client.post(base_url.rstrip("/") + "/chat/completions", content=orjson.dumps(payload), headers=headers)
     response.raise_for_status()

@@ -24,11 +24,14 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def imports_of(path: Path, package: str = "engine") -> set[str]:
-    """Every name `path` imports (absolute), found anywhere in its syntax tree.
+_MODULES = {_module_name(p) for p in ENGINE.rglob("*.py")}
 
-    `from a import b` yields both `a` and `a.b` (b may be a module); callers keep the names
-    that are modules."""
+
+def imports_of(path: Path, package: str = "engine") -> set[str]:
+    """Every module `path` imports (absolute names), found anywhere in its syntax tree.
+
+    `from a import b` names the module `a.b` when there is one (`from engine import logs`),
+    else `a` (`from engine.errors import StepError`); callers keep engine's modules."""
     tree = ast.parse(path.read_text(), filename=str(path))
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -39,9 +42,8 @@ def imports_of(path: Path, package: str = "engine") -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
-            found.add(base)
-            # `from engine import logs` imports the module engine.logs
-            found.update(f"{base}.{alias.name}" for alias in node.names)
+            for alias in node.names:
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in _MODULES else base)
         elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module":
             if node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
                 found.add(node.args[0].value)
@@ -49,7 +51,7 @@ def imports_of(path: Path, package: str = "engine") -> set[str]:
 
 
 def engine_graph() -> tuple[nx.DiGraph, dict[str, set[str]]]:
-    modules = {_module_name(p): p for p in ENGINE.glob("*.py")}
+    modules = {_module_name(p): p for p in ENGINE.rglob("*.py")}
     graph = nx.DiGraph()
     graph.add_nodes_from(m for m in modules if m != "engine")
     raw: dict[str, set[str]] = {}
@@ -72,8 +74,8 @@ def test_engine_imports_form_no_cycle() -> None:
 def test_engine_modules_never_import_the_package_face() -> None:
     """`engine/__init__.py` re-exports from the modules, so a module taking a name from
     `engine` itself (`from engine import step`) would be a cycle through the face."""
-    modules = {_module_name(p) for p in ENGINE.glob("*.py")}
-    for path in ENGINE.glob("*.py"):
+    modules = {_module_name(p) for p in ENGINE.rglob("*.py")}
+    for path in ENGINE.rglob("*.py"):
         if path.name == "__init__.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
@@ -96,12 +98,22 @@ def test_the_graph_reader_sees_function_level_and_string_imports(tmp_path: Path)
 DOMAIN_WORDS = re.compile(r"openrouter|anthropic|claude|x-api-key|\bping\b|\bsk-", re.I)
 
 
+# Known and deliberate, each with its reason; the list only shrinks.
+# `engine statusline` is in the CLI contract (DESIGN.md) as Claude Code's status-line command:
+# it reads the base URL Claude Code exports and its stdin, and must start without importing
+# the step packages, so it cannot ask the domain. Moving it out needs a command registry that
+# keeps start-up that fast.
+KNOWN_LEAKS = {"statusline.py": None, "cli.py": ("Claude Code's statusLine setting", "$ANTHROPIC_BASE_URL")}
+
+
 def test_engine_source_names_no_domain() -> None:
     """The domain passes its names in (key headers, secret patterns, heartbeats); none is written here."""
-    hits = [
-        f"{p.name}:{i}: {line.strip()}"
-        for p in sorted(ENGINE.glob("*.py"))
-        for i, line in enumerate(p.read_text().splitlines(), 1)
-        if DOMAIN_WORDS.search(line)
-    ]
+    hits = []
+    for p in sorted(ENGINE.rglob("*.py")):
+        allowed = KNOWN_LEAKS.get(p.name, ())
+        if allowed is None:
+            continue
+        for i, line in enumerate(p.read_text().splitlines(), 1):
+            if DOMAIN_WORDS.search(line) and not any(a in line for a in allowed):
+                hits.append(f"{p.relative_to(ENGINE.parent)}:{i}: {line.strip()}")
     assert not hits, "\n".join(hits)

@@ -52,3 +52,13 @@ def test_star_import_gives_exactly_all() -> None:
     namespace: dict[str, object] = {}
     exec("from engine import *", namespace)
     assert sorted(k for k in namespace if not k.startswith("__")) == sorted(EXPECTED)
+
+
+def test_importing_the_cli_loads_no_step_machinery() -> None:
+    """`engine statusline` starts fast: the package face loads its names only when used."""
+    import subprocess
+    import sys
+
+    code = "import sys, engine.cli; print(sorted(m for m in ('structlog', 'anyio', 'pydantic', 'engine.registry') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -55,6 +55,7 @@ def reset(gw: Gateway) -> None:
     gw.fake.clear()
     gw.fake.default_mode = "ok"
     gw.fake.model_modes = {}
+    gw.fake.cost = 0
 
 
 @pytest.fixture(autouse=True)

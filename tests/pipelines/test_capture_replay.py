@@ -27,7 +27,7 @@ CAPTURES = REPO / "tests" / "captures" / "gateway.jsonl"
 def capture_env() -> dict[str, str]:
     """The configuration the committed captures were made with."""
     first = json.loads(CAPTURES.open().readline())
-    base_url = next(c["input"]["base_url"] for c in first["calls"])
+    base_url = next(c["input"]["providers"]["providers"]["openrouter"]["base_url"] for c in first["calls"])
     return {"BIG_MODEL": "test/big", "SMALL_MODEL": "test/small", "PING_INTERVAL": "30", "OPENROUTER_BASE_URL": base_url}
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,22 @@ def test_claude_code_plain_answer(claude: str, gateway: Gateway, tmp_path: Path)
     """A plain prompt comes back as the upstream's streamed text, exactly."""
     result = run_claude(claude, gateway, tmp_path, "Say hello")
     assert result["result"].startswith("Hello! I am the fake upstream.")
+
+
+def test_claude_code_session_usage_and_statusline(claude: str, gateway: Gateway, tmp_path: Path) -> None:
+    """Claude Code's requests carry its session id: the gateway adds up their usage under it,
+    and `engine statusline` fed the session id shows the upstream model and the cost."""
+    gateway.fake.cost = 0.002
+    result = run_claude(claude, gateway, tmp_path, "Say hello")
+    session = result["session_id"]
+    with gateway.http() as http:
+        assert gateway.fake.wait_for(lambda: http.get("/usage", params={"session": session}).status_code == 200, timeout=40)
+        found = http.get("/usage", params={"session": session}).json()
+    assert found["total"]["requests"] >= 1 and found["total"]["cost_usd"] == pytest.approx(0.002 * found["total"]["requests"])
+    assert set(found["models"]) <= {"test/big", "test/small"}
+    status = subprocess.run(
+        [sys.executable, "-m", "engine", "statusline", "--url", gateway.url],
+        cwd=REPO, input=json.dumps({"session_id": session, "model": {"id": "claude-opus-5-5", "display_name": "Opus"}}),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert status.returncode == 0 and "test/" in status.stdout and "$0.0" in status.stdout

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import anthropic
 import pytest
 
+from tests.fixtures import claude_code_cases
 from tests.pipelines.conftest import FIXTURES, Gateway
 
 
@@ -179,11 +181,14 @@ def test_health_warmup_and_unknown_routes(gateway: Gateway) -> None:
 FIXTURE_FILES = ["first_turn", "tool_result_turn", "thinking_tool_result_turn", "small_model_call", "interactive_first_turn", "custom_model_turn", "sonnet45_turn"]
 
 
-@pytest.mark.parametrize("name", FIXTURE_FILES)
-def test_claude_code_fixture_produces_valid_upstream_request(gateway: Gateway, name: str) -> None:
-    """Every real Claude Code request goes through and reaches the upstream as a valid chat request."""
-    body = (FIXTURES / f"{name}.json").read_bytes()
-    meta = json.loads((FIXTURES / "requests_meta.json").read_text())[name]
+RELEASE_CASES = claude_code_cases(FIXTURE_FILES)
+
+
+@pytest.mark.parametrize("path", [p for _, p in RELEASE_CASES], ids=[i for i, _ in RELEASE_CASES])
+def test_claude_code_fixture_produces_valid_upstream_request(gateway: Gateway, path: Path) -> None:
+    """Every real Claude Code request (every recorded release) goes through and reaches the upstream as a valid chat request."""
+    body = path.read_bytes()
+    meta = json.loads((path.parent / "requests_meta.json").read_text())[path.stem]
     headers = {k: v for k, v in meta["headers"].items() if k.lower() not in {"host", "content-length", "connection", "accept-encoding"}}
     headers["x-api-key"] = "sk-ant-test"
     with gateway.http() as http:

@@ -339,8 +339,8 @@ def test_long_thinking_commits_and_pings_until_the_first_delta() -> None:
 
 def test_without_commit_after_a_silent_stretch_is_a_first_byte_timeout() -> None:
     """§2.16, the other side of the policy: comments before the first chunk do not commit
-    when commit_after is longer than the first-byte timeout; the attempt times out (and is
-    retried) before anything is sent, so the client gets a real 504."""
+    when commit_after is longer than the first-byte timeout; the attempt times out before
+    anything is sent, so the client gets a real 504."""
     env = {**FAST, "UPSTREAM_COMMIT_AFTER": "30", "UPSTREAM_TIMEOUT": "1", "ENGINE_REQUEST_DEADLINE": "2.5"}
     with gateway_with(env) as g:
         g.fake.default_mode = "comments;seconds=10"
@@ -422,3 +422,30 @@ def test_disconnected_run_replays_without_a_false_difference(tmp_path: Path) -> 
     assert records[0]["outcome"] == "client_disconnected"
     (result,) = replay(tmp_path, env)
     assert result.skipped and "disconnected" in result.skipped
+
+
+def test_keepalives_only_after_the_commit_end_at_the_first_content_timeout() -> None:
+    """Issue 15 item 4: an upstream that sends only keepalive comments, once they committed the
+    response, is bounded by the first-content timeout: an SSE timeout_error ends the stream
+    (comments alone would keep the idle timer alive for ever)."""
+    env = {**FAST, "PING_INTERVAL": "0.5", "UPSTREAM_COMMIT_AFTER": "0.5", "UPSTREAM_FIRST_CONTENT_TIMEOUT": "2", "UPSTREAM_TIMEOUT": "30"}
+    with gateway_with(env) as g:
+        g.fake.default_mode = "comments;seconds=20"
+        r = post(g, body(stream=True))
+        assert r.status_code == 200 and len(g.fake.requests) == 1
+    events = sse(r.text)
+    assert events[0][0] == "message_start"
+    assert events[-1] == ("error", {"type": "error", "error": {"type": "timeout_error", "message": "upstream request timed out"}, "request_id": r.headers["request-id"]})
+    assert not texts(events)
+
+
+def test_keepalives_only_before_the_commit_move_to_the_next_candidate() -> None:
+    """Before the commit point the same bound is a first-byte timeout: the next candidate answers."""
+    env = {**FAST, "UPSTREAM_COMMIT_AFTER": "30", "UPSTREAM_FIRST_CONTENT_TIMEOUT": "1", "UPSTREAM_TIMEOUT": "30", "ROUTER_FALLBACK_MODELS": "test/fallback"}
+    with gateway_with(env) as g:
+        g.fake.model_modes = {"test/big": "comments;seconds=20"}
+        r = post(g, body(stream=True))
+        assert r.status_code == 200 and r.headers["x-upstream-model"] == "test/fallback"
+        assert [q.json["model"] for q in g.fake.requests] == ["test/big", "test/fallback"]
+        assert "".join(texts(sse(r.text))) == OK_TEXT
+        g.fake.model_modes = {}

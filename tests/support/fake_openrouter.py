@@ -36,6 +36,8 @@ scripted mode, else `fake.default_mode` ("ok"). Mode syntax: `name;key=value;key
   comments;seconds=S         only `: OPENROUTER PROCESSING` comments for S s (one per 0.5 s),
                              then the normal answer
   text=<url-escaped text>    answer with exactly this text
+  raw;status=S;body=B        status S (default 400) with exactly the url-escaped JSON body B: another
+                             server's error shape (llama.cpp, vLLM, Ollama, DeepSeek, OpenAI)
 
 Any streaming mode also takes `framing=close` (no chunked encoding: the body ends when the
 connection closes) instead of the default chunked transfer encoding. `after` defaults to 3.
@@ -50,6 +52,8 @@ so a stream has ≥ 12 text deltas).
 
 Parity extensions (all off by default, so the modes above behave as before):
 
+  - `GET {base}/key` answers OpenRouter's key information when a bearer token is sent, and
+    401 otherwise (a token listed in `fake.refused_keys` is refused with 401 too).
   - `GET {base}/models` answers `fake.models` (id, context_length, top_provider
     .max_completion_tokens, supported_parameters, architecture.input_modalities); these
     listing calls are counted in `fake.listing_requests`, not recorded in `fake.requests`.
@@ -58,6 +62,8 @@ Parity extensions (all off by default, so the modes above behave as before):
     signature in a last text-less detail; google/* gemini text + `reasoning.encrypted`;
     deepseek/* `reasoning_content` only; anything else `reasoning` + an openai-responses-v1
     summary and encrypted detail.
+  - `fake.cost` is every answer's `usage.cost` (default 0; None leaves the field out, as servers
+    other than OpenRouter do). Listing entries may carry OpenRouter's `pricing`.
   - A request with any `cache_control` reports cache writes the first time its system prompt
     is seen and cache reads after (`prompt_tokens_details`).
   - `context_length;bare=1` words the error without any figures.
@@ -103,7 +109,7 @@ MODES = frozenset({
     "ok", "status", "context_length", "reset_before_headers", "close_before_headers",
     "stall_before_headers", "error_200", "html", "empty", "cut_mid_stream", "reset_mid_stream",
     "error_chunk", "malformed_chunk", "no_done", "stall_mid_stream", "slow_drip", "comments",
-    "text",
+    "text", "raw",
 })
 
 _ERRORS: dict[int, tuple[str, str]] = {
@@ -373,6 +379,7 @@ class _Answer:
         self.model = model
         self.reasoning: str | None = None  # set when the request asked for reasoning
         self.cache: tuple[int, int] | None = None  # (cached_tokens, cache_write_tokens) shares
+        self.cost: float | None = 0  # usage.cost (None: not reported, as non-OpenRouter servers)
         self.id = "gen-" + _rand(20)
         self.created = int(time.time())
         self.call_id = "call_" + _rand(24)
@@ -470,7 +477,8 @@ class _Answer:
         return {"prompt_tokens": prompt, "completion_tokens": completion,
                 "total_tokens": prompt + completion,
                 "prompt_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written},
-                "completion_tokens_details": {"reasoning_tokens": 0}, "cost": 0, "is_byok": False}
+                "completion_tokens_details": {"reasoning_tokens": 0},
+                **({"cost": self.cost, "is_byok": False} if self.cost is not None else {})}
 
     def completion(self, request_bytes: int) -> dict:
         message: dict[str, Any] = {"role": "assistant", "content": self.text if self.tool is None else (self.text or None),
@@ -705,6 +713,8 @@ class FakeOpenRouter:
             {"id": "fake/model", "name": "Fake model", "context_length": 200000},
         ]
         self.listing_requests = 0
+        self.cost: float | None = 0  # what every answer reports as usage.cost; None: no cost field
+        self.refused_keys: set[str] = set()
         self.strict = False
         self.no_vision: set[str] = set()
         self.max_output: dict[str, int] = {}
@@ -860,6 +870,14 @@ class FakeOpenRouter:
             parsed = orjson.loads(body) if body else None
         except orjson.JSONDecodeError:
             parsed = None
+        if method == "GET" and target.split("?", 1)[0].rstrip("/").endswith("/key"):
+            out = _Body(conn, RequestRecord(method, target, headers, None, b"", time.monotonic(), conn.id), True)
+            token = headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if token and token not in self.refused_keys:
+                await out.json(200, {"data": {"label": "fake key", "limit": None, "usage": 0, "is_free_tier": False}})
+            else:
+                await out.json(401, {"error": {"code": 401, "message": "No auth credentials found"}})
+            return True
         if method == "GET" and target.split("?", 1)[0].rstrip("/").endswith("/models") and "x-fake-mode" not in headers:
             self.listing_requests += 1
             out = _Body(conn, RequestRecord(method, target, headers, None, b"", time.monotonic(), conn.id), True)
@@ -930,6 +948,10 @@ class FakeOpenRouter:
         if rec.method != "POST" or not path.endswith("/chat/completions"):
             await out.json(404, {"error": {"code": 404, "message": f"Not found: {rec.method} {rec.path}"}})
             return out.keep_alive
+        if name == "raw":
+            raw = mode.params.get("body", "{}").encode()
+            await out.full(mode.int("status", 400), raw, "application/json")
+            return out.keep_alive
         if name in ("status", "context_length"):
             await self._error_status(out, mode)
             return out.keep_alive
@@ -951,6 +973,7 @@ class FakeOpenRouter:
                                                       "metadata": {"error_type": "invalid_request", "provider_name": "Fake"}}})
                 return out.keep_alive
         answer = answer_for(rec.json, mode)
+        answer.cost = self.cost
         if isinstance(rec.json, dict):
             reasoning = rec.json.get("reasoning")
             if isinstance(reasoning, dict) and not reasoning.get("exclude") and name == "ok":

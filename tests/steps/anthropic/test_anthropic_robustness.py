@@ -1,4 +1,4 @@
-"""Seeded random mutations of real bodies: parse → clean → validate → estimate only ever raise AnthropicError 4xx."""
+"""Seeded random mutations of real bodies: parse → tool_changes → clean → validate → estimate only ever raise AnthropicError 4xx."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ from steps.anthropic.clean import clean
 from steps.anthropic.errors import AnthropicError
 from steps.anthropic.parse import parse_body
 from steps.anthropic.tokens import estimate_tokens
+from steps.anthropic.tool_changes import tool_changes
 from steps.anthropic.validate import validate
 from tests.fixtures import CLAUDE_CODE as FIXTURES
 
-REPLACEMENTS = [None, 0, -1, 5, 1.5, True, "", " ", "x", "true", [], {}, [{}], [5], {"type": "foo"}, {"type": "text", "text": ""}, [[[]]]]
+REPLACEMENTS = [None, 0, -1, 5, 1.5, True, "", " ", "x", "true", [], {}, [{}], [5], {"type": "foo"}, {"type": "text", "text": ""}, [[[]]],
+                {"role": "system", "clear_at": "next_user_message"}, {"type": "tool_removal", "tool": {"type": "tool_reference", "name": "Bash"}},
+                {"type": "compaction", "content": "s", "tool_changes": [5]}, {"type": "mcp_tool_result", "tool_use_id": 5}]
 
 
 def _paths(node, prefix=()):
@@ -49,7 +52,7 @@ def test_mutated_bodies_only_raise_client_errors():
     for i in range(300):
         mutated = _mutate(bases[i % len(bases)], rng)
         try:
-            body = validate(body=clean(body=parse_body(orjson.dumps(mutated))))
+            body = validate(body=clean(body=tool_changes(body=parse_body(orjson.dumps(mutated)))))
             estimate_tokens(body)
             outcomes["ok"] += 1
         except AnthropicError as exc:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import re
 import time
+from pathlib import Path
 
 import orjson
 import pytest
 
 from steps.convert.request import convert_request
 from tests.fixtures import CLAUDE_CODE as FIXTURES
+from tests.fixtures import claude_code_cases
 
 CC_FIXTURES = [
     "first_turn",
@@ -86,10 +88,13 @@ def check_openai_request(req: dict, *, cache_allowed: bool = False) -> None:
             assert prev["role"] == "assistant" and msg["tool_call_id"] in {c["id"] for c in prev["tool_calls"]}
 
 
-@pytest.mark.parametrize("name", CC_FIXTURES)
-def test_claude_code_fixture_converts_to_valid_request(name: str) -> None:
-    """Every captured Claude Code request converts to a structurally valid OpenAI request."""
-    body = load(name)
+RELEASE_CASES = claude_code_cases(CC_FIXTURES)
+
+
+@pytest.mark.parametrize("path", [p for _, p in RELEASE_CASES], ids=[i for i, _ in RELEASE_CASES])
+def test_claude_code_fixture_converts_to_valid_request(path: Path) -> None:
+    """Every captured Claude Code request (every release) converts to a structurally valid OpenAI request."""
+    body = orjson.loads(path.read_bytes())
     original = copy.deepcopy(body)
     req = convert_request(body, "openai/gpt-test")
     check_openai_request(req)
@@ -98,12 +103,12 @@ def test_claude_code_fixture_converts_to_valid_request(name: str) -> None:
     assert req["stream"] is True and req["stream_options"] == {"include_usage": True}
 
 
-@pytest.mark.parametrize("name", CC_FIXTURES)
-def test_claude_code_fixture_with_cache_control_is_valid(name: str) -> None:
+@pytest.mark.parametrize("path", [p for _, p in RELEASE_CASES], ids=[i for i, _ in RELEASE_CASES])
+def test_claude_code_fixture_with_cache_control_is_valid(path: Path) -> None:
     """With cache_control enabled the fixtures still convert validly, keeping breakpoints as parts."""
-    req = convert_request(load(name), "anthropic/claude-test", cache_control=True)
+    req = convert_request(orjson.loads(path.read_bytes()), "anthropic/claude-test", cache_control=True)
     check_openai_request(req, cache_allowed=True)
-    if name != "small_model_call":
+    if path.stem != "small_model_call":
         assert isinstance(req["messages"][0]["content"], list)
         assert has_cache_control(req["messages"][0])
 
@@ -353,15 +358,16 @@ def test_tool_reference_becomes_text() -> None:
     assert convert_request(body, "m")["messages"][2]["content"] == "tool WebFetch is now available"
 
 
-def test_server_tool_history_dropped_safely() -> None:
-    """server_tool_use and web_search_tool_result blocks in history are dropped without leaving an empty message."""
+def test_server_tool_history_becomes_text() -> None:
+    """server_tool_use and its result in history reach the model as text: what was asked, what was found."""
     body = {
         "model": "x", "max_tokens": 5,
         "messages": [
             {"role": "user", "content": "search"},
             {"role": "assistant", "content": [
                 {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "q"}},
-                {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": []},
+                {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": [
+                    {"type": "web_search_result", "title": "Result title", "url": "https://example.com/r", "encrypted_content": "opaque"}]},
                 {"type": "text", "text": "found it"},
             ]},
             {"role": "user", "content": "thanks"},
@@ -369,7 +375,46 @@ def test_server_tool_history_dropped_safely() -> None:
     }  # fmt: skip
     req = convert_request(body, "m")
     check_openai_request(req)
-    assert req["messages"][1] == {"role": "assistant", "content": "found it"}
+    assert req["messages"][1] == {
+        "role": "assistant",
+        "content": '(web_search {"query":"q"})\n\n(web_search result)\nResult title\nhttps://example.com/r\n\nfound it',
+    }
+
+
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        ({"type": "code_execution_tool_result", "content": {"type": "code_execution_result", "stdout": "42", "stderr": "", "return_code": 0, "content": []}}, "(code_execution result)\n42"),
+        ({"type": "bash_code_execution_tool_result", "content": {"type": "bash_code_execution_result", "stdout": "", "stderr": "boom", "return_code": 2, "content": []}}, "(bash_code_execution result)\nboom\nexit code 2"),
+        ({"type": "tool_search_tool_result", "content": {"type": "tool_search_tool_search_result", "tool_references": [{"type": "tool_reference", "tool_name": "Grep"}]}}, "(tool_search result)\ntools found: Grep"),
+        ({"type": "advisor_tool_result", "content": {"type": "advisor_result", "text": "use a set"}}, "(advisor result)\nuse a set"),
+        ({"type": "web_fetch_tool_result", "content": {"type": "web_fetch_tool_result_error", "error_code": "url_not_accessible"}}, "(web_fetch result)\nerror: url_not_accessible"),
+        ({"type": "web_fetch_tool_result", "content": {"type": "web_fetch_result", "url": "https://e.com", "content": {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQK"}}}}, "(web_fetch result)\nhttps://e.com"),
+        ({"type": "advisor_tool_result", "content": {"type": "advisor_redacted_result", "encrypted_content": "opaque"}}, "(advisor result)"),
+    ],
+)
+def test_server_tool_results_of_every_kind_as_text(result: dict, expected: str) -> None:
+    """Each server tool result kind (a newer one too) is read as text; encrypted and base64 content never is."""
+    body = {"model": "x", "max_tokens": 5, "messages": [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": [{**result, "tool_use_id": "srvtoolu_1"}]},
+        {"role": "user", "content": "next"},
+    ]}  # fmt: skip
+    req = convert_request(body, "m")
+    check_openai_request(req)
+    assert req["messages"][1] == {"role": "assistant", "content": expected}
+
+
+@pytest.mark.parametrize("kind", ["image", "document"])
+def test_file_sources_become_a_note(kind: str) -> None:
+    """An image or document held by Anthropic's Files API cannot be sent: a note says so, never a 400."""
+    body = {"model": "x", "max_tokens": 5, "messages": [{"role": "user", "content": [
+        {"type": kind, "source": {"type": "file", "file_id": "file_011"}}, {"type": "text", "text": "what is this?"}]}]}  # fmt: skip
+    req = convert_request(body, "m")
+    check_openai_request(req)
+    note, question = req["messages"][0]["content"]
+    assert note["type"] == "text" and "file_011" in note["text"] and kind in note["text"]
+    assert question == {"type": "text", "text": "what is this?"}
 
 
 def test_empty_text_blocks_skipped() -> None:
