@@ -1,15 +1,20 @@
-"""The gateway benchmark: latency, throughput, stream timing and server CPU, with a floor.
+"""The gateway benchmark: server CPU and latency, as ratios to a forwarder floor and to ccr.
 
-    uv run python -m benchmarks.gateway [--quick] [--rounds N]
+    uv run python -m benchmarks.gateway [--quick] [--rounds N] [--no-ccr]
 
-Starts a fast fake upstream (benchmarks/fast_upstream.py) and `engine serve` on loopback as
-separate processes, the gateway pinned to core 0 and the upstream and this load client to
-core 1, and drives them with a raw asyncio HTTP/1.1 client (keep-alive, no library parsing
-cost). Every figure is printed next to the same measurement sent straight to the upstream
-(the floor), and server CPU time comes from /proc/PID/stat. The gateway logs as in
-production (info, one JSON access line per request) into a temporary file. Last, it opens
-1,000 streams whose upstream falls silent after the first word and reads the gateway's RSS.
-Not a test: it asserts nothing.
+Starts a fast fake upstream (benchmarks/fast_upstream.py) and, on loopback as separate
+processes, the servers it compares: `engine serve` (the gateway), a conversion-free forwarder
+(benchmarks/forwarder.py: starlette + aiohttp, the floor any Python proxy pays), and
+claude-code-router when it is installed (`npm install --prefix .ci/.cache/ccr
+@musistudio/claude-code-router`; never committed; configured by a config.json written into a
+throw-away HOME). The servers are pinned to core 0, the upstream and this load client to core 1;
+a raw asyncio HTTP/1.1 client (keep-alive, no library parsing cost) drives them. Every load
+runs in rounds, the servers taking turns within a round, and each prints server CPU per
+request (from /proc/PID/stat), latency, and the gateway's ratio to each other server measured
+in the same round. The gateway logs as in production (info, one JSON access line per request)
+into a temporary file. Last, gateway only: 1,000 streams whose upstream falls silent after the
+first word (RSS), and large requests (CPU per MB).
+Not a test: it prints and asserts nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -34,6 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 IDLE_STREAMS = 1000
 FIXTURE = REPO / "tests" / "fixtures" / "claude-code" / "first_turn.json"
 TICK = os.sysconf("SC_CLK_TCK")
+# claude-code-router, installed by hand (never committed): npm install --prefix .ci/.cache/ccr @musistudio/claude-code-router
+CCR_CLI = REPO / ".ci" / ".cache" / "ccr" / "node_modules" / "@musistudio" / "claude-code-router" / "dist" / "cli.js"
 
 
 def free_port() -> int:
@@ -54,6 +62,9 @@ def rss_kb(pid: int, key: str = "VmHWM") -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1])
     return 0
+
+
+TEXT_CHUNK = b'"delta":{"content":"'  # the upstream's own text chunk, as the forwarder passes it on
 
 
 @dataclass
@@ -93,9 +104,9 @@ class Client:
                 data = await reader.readexactly(size + 2)
                 now = time.perf_counter() - t0
                 timing.chunks += data.count(b"\n\n")
-                if timing.first_event is None and b"event:" in data:
+                if timing.first_event is None and b"data:" in data:
                     timing.first_event = now
-                if timing.first_text is None and b"text_delta" in data:
+                if timing.first_text is None and (b"text_delta" in data or TEXT_CHUNK in data):
                     timing.first_text = now
         else:
             i = lower.index(b"content-length:")
@@ -169,35 +180,76 @@ def open_fds(pid: int) -> int:
 
 
 @dataclass
-class Compared:
-    """One load, in rounds, each sent straight to the upstream (the floor) and then through
-    the gateway: every timing, the wall time, and per-round medians (noise on a shared
-    machine moves single rounds by several per cent)."""
+class Target:
+    """A server under load: its name in the report, the process whose CPU is counted, its port."""
 
-    floor: list[Timing]
-    floor_secs: float
+    name: str
+    pid: int
+    port: int
+
+
+@dataclass
+class Measured:
+    """One target's share of a load, over every round."""
+
     timings: list[Timing]
     secs: float
-    cpu: float  # median over rounds of server CPU seconds per request
-    added_p50: float  # median over rounds of (gateway p50 - floor p50)
+    cpus: list[float]  # server CPU seconds per request, one per round
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(self.cpus)
 
 
-async def compare(pid: int, port: int, up_port: int, body: bytes, direct: bytes, c: int, n: int, rounds: int, path: str = "/v1/messages") -> Compared:
-    out = Compared([], 0.0, [], 0.0, 0.0, 0.0)
-    cpus: list[float] = []
-    added: list[float] = []
-    for _ in range(rounds):
-        floor, floor_secs = await drive(up_port, "/v1/chat/completions", direct, c, n)
-        cpu0 = cpu_seconds(pid)
-        timings, secs = await drive(port, path, body, c, n)
-        cpus.append((cpu_seconds(pid) - cpu0) / n)
-        added.append(pct([t.total for t in timings], 50) - pct([t.total for t in floor], 50))
-        out.floor += floor
-        out.floor_secs += floor_secs
-        out.timings += timings
-        out.secs += secs
-    out.cpu, out.added_p50 = statistics.median(cpus), statistics.median(added)
+async def compare(targets: list[Target], body: bytes, c: int, n: int, rounds: int, path: str = "/v1/messages") -> dict[str, Measured]:
+    """The same load on every target, in rounds; within a round the targets take turns (the
+    order reversed every other round), so a burst of noise on the shared machine lands on all
+    of them rather than on one, and ratios are taken within a round."""
+    out = {t.name: Measured([], 0.0, []) for t in targets}
+    for i in range(rounds):
+        for t in targets if i % 2 == 0 else targets[::-1]:
+            cpu0 = cpu_seconds(t.pid)
+            timings, secs = await drive(t.port, path, body, c, n)
+            m = out[t.name]
+            m.cpus.append((cpu_seconds(t.pid) - cpu0) / n)
+            m.timings += timings
+            m.secs += secs
     return out
+
+
+def cpu_ratio(results: dict[str, Measured], a: str, b: str) -> float:
+    """Median over rounds of a's CPU per request divided by b's in the same round."""
+    return statistics.median(x / y for x, y in zip(results[a].cpus, results[b].cpus, strict=True) if y > 0)
+
+
+def ratios(results: dict[str, Measured], p50: dict[str, float]) -> str:
+    parts = []
+    for other in (name for name in results if name != "gateway"):
+        parts.append(f"gateway / {other}: CPU x{cpu_ratio(results, 'gateway', other):.2f}, p50 x{p50['gateway'] / p50[other]:.2f}")
+    return "    " + "   |   ".join(parts)
+
+
+def write_ccr_config(home: Path, port: int, upstream_port: int) -> None:
+    """claude-code-router's config.json (its README's format) in a throw-away HOME: one
+    provider, the fast upstream, every request routed to it; logging at info like the gateway."""
+    config = {
+        "HOST": "127.0.0.1", "PORT": port, "LOG": True, "LOG_LEVEL": "info", "NON_INTERACTIVE_MODE": True, "API_TIMEOUT_MS": 600000,
+        "Providers": [{"name": "bench", "api_base_url": f"http://127.0.0.1:{upstream_port}/v1/chat/completions", "api_key": "bench", "models": ["bench/model"]}],
+        "Router": {"default": "bench,bench/model"},
+    }  # fmt: skip
+    (home / ".claude-code-router").mkdir(parents=True)
+    (home / ".claude-code-router" / "config.json").write_bytes(orjson.dumps(config))
+
+
+def ccr_command() -> tuple[list[str] | None, str]:
+    """How to start claude-code-router, or why it cannot be."""
+    cli = Path(os.environ.get("CCR_CLI", str(CCR_CLI)))
+    node = shutil.which("node")
+    if node is None:
+        return None, "node is not on PATH"
+    if not cli.is_file():
+        return None, f"{cli} is missing (install it: npm install --prefix {CCR_CLI.parents[4]} @musistudio/claude-code-router; or set CCR_CLI)"
+    return [node, str(cli), "start"], ""
 
 
 def pct(values: list[float], p: float) -> float:
@@ -225,12 +277,12 @@ async def wait_port(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-async def main(quick: bool, rounds: int) -> None:
+async def main(quick: bool, rounds: int, with_ccr: bool) -> None:
     scale = 0.2 if quick else 1.0
     cores = sorted(os.sched_getaffinity(0))
     server_core, other_core = cores[0], cores[-1]
     os.sched_setaffinity(0, {other_core})
-    up_port, gw_port = free_port(), free_port()
+    up_port, gw_port, fw_port, ccr_port = free_port(), free_port(), free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     upstream = start([sys.executable, "-m", "benchmarks.fast_upstream", str(up_port)], other_core, env)
     gw_env = {**env, "OPENROUTER_BASE_URL": f"http://127.0.0.1:{up_port}/v1", "ENGINE_LOG_FORMAT": "json", "BIG_MODEL": "bench/model", "OPENROUTER_MODELS_FETCH": "false",
@@ -238,43 +290,78 @@ async def main(quick: bool, rounds: int) -> None:
     # Logging as in production (info: one JSON access line per request), into a file.
     log_file = tempfile.NamedTemporaryFile(prefix="gateway-bench-", suffix=".log", delete=False)  # noqa: SIM115
     gateway = start([sys.executable, "-m", "engine", "serve", "--port", str(gw_port)], server_core, gw_env, log_file)
+    forwarder = start([sys.executable, "-m", "benchmarks.forwarder", str(fw_port), f"http://127.0.0.1:{up_port}/v1/chat/completions"], server_core, env)
+    procs = [gateway, forwarder, upstream]
+    ccr_home = Path(tempfile.mkdtemp(prefix="gateway-bench-ccr-"))
+    ccr_cmd, why_not = ccr_command() if with_ccr else (None, "left out (--no-ccr)")
+    ccr: subprocess.Popen[bytes] | None = None
     try:
         await wait_port(up_port)
         await wait_port(gw_port)
+        await wait_port(fw_port)
+        targets = [Target("gateway", gateway.pid, gw_port), Target("forwarder", forwarder.pid, fw_port)]
+        if ccr_cmd is not None:
+            write_ccr_config(ccr_home, ccr_port, up_port)
+            ccr = start(ccr_cmd, server_core, {**env, "HOME": str(ccr_home)})
+            procs.insert(0, ccr)
+            try:
+                await wait_port(ccr_port)
+                targets.append(Target("ccr", ccr.pid, ccr_port))
+            except RuntimeError:
+                why_not = f"it did not listen on {ccr_port} within 30 s (exit status {ccr.poll()})"
         small = orjson.dumps({"model": "claude-opus-5-5", "max_tokens": 256, "messages": [{"role": "user", "content": "Say hello"}]})
         stream = orjson.dumps({"model": "claude-opus-5-5", "max_tokens": 1200, "stream": True, "messages": [{"role": "user", "content": "Say hello"}]})
-        direct_small = orjson.dumps({"model": "bench/model", "max_tokens": 256, "messages": [{"role": "user", "content": "Say hello"}]})
-        direct_stream = orjson.dumps({"model": "bench/model", "max_tokens": 1200, "stream": True, "messages": [{"role": "user", "content": "Say hello"}]})
-        await drive(gw_port, "/v1/messages", small, 8, 400)  # warm-up (imports, pools, caches)
-        await drive(gw_port, "/v1/messages", stream, 4, 40)
-        print(f"gateway pid {gateway.pid} on core {server_core}, logging at info to {log_file.name}; upstream and client on core {other_core}; python {sys.version.split()[0]}")
-        print(f"each line: {rounds} round(s), alternating straight-to-upstream (the floor) and through the gateway; CPU and added latency are medians over rounds")
-        print("\nnon-streaming (JSON)   p50 ms  p99 ms    req/s  server CPU ms/req  |  floor p50 ms  floor req/s  |  p50 x floor  req/s / floor")
+        for t in targets:  # warm-up (imports, pools, caches; node's JIT)
+            await drive(t.port, "/v1/messages", small, 8, 1000)
+            await drive(t.port, "/v1/messages", stream, 4, 100)
+        cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "unknown CPU")
+        print(f"machine: {cpu_model}, {os.cpu_count()} cores; python {sys.version.split()[0]}; load average {os.getloadavg()[0]:.2f} at start")
+        print(f"servers pinned to core {server_core}, the fast upstream and this client to core {other_core}")
+        print(f"  gateway    pid {gateway.pid}, logging at info (one JSON access line per request) to {log_file.name}")
+        print(f"  forwarder  pid {forwarder.pid}: benchmarks/forwarder.py, starlette + aiohttp, forwards bytes, converts nothing, logs nothing")
+        if ccr is not None and any(t.name == "ccr" for t in targets):
+            print(f"  ccr        pid {ccr.pid}: claude-code-router ({' '.join(ccr_cmd or [])}), HOME={ccr_home}, logging at info")
+        else:
+            print(f"  ccr        not measured: {why_not}")
+        print(f"each load: {rounds} round(s), the servers taking turns within a round; CPU is the median over rounds, a ratio the median of per-round ratios")
+        summary: list[str] = []
+
+        print("\nnon-streaming (JSON)        server CPU ms/req   p50 ms   p99 ms    req/s")
         for c, n in ((1, int(1000 * scale)), (16, int(4000 * scale)), (64, int(6000 * scale))):
-            r = await compare(gateway.pid, gw_port, up_port, small, direct_small, c, n, rounds)
-            lat = [t.total for t in r.timings]
-            g50, f50 = pct(lat, 50), pct([t.total for t in r.floor], 50)
-            rate, floor_rate = n * rounds / r.secs, n * rounds / r.floor_secs
-            print(f"  c={c:<3d}               {ms(g50)}  {ms(pct(lat, 99))}  {rate:7.0f}  {r.cpu * 1000:10.3f}         |  {ms(f50)}       {floor_rate:7.0f}    |  {g50 / f50:8.1f}     {rate / floor_rate:8.3f}")
-            if c == 1:
-                print(f"    added p50 latency at c=1: {r.added_p50 * 1000:.3f} ms")
-        print("\nstreams (200 chunks)   first event  first text  total ms  chunks/s  server CPU ms/stream      |  floor total ms  |  total x floor")
+            results = await compare(targets, small, c, n, rounds)
+            p50 = {}
+            print(f"  c={c}")
+            for name, r in results.items():
+                lat = [t.total for t in r.timings]
+                p50[name] = pct(lat, 50)
+                print(f"    {name:<10s}                {r.cpu * 1000:8.3f}       {ms(p50[name])}   {ms(pct(lat, 99))}  {n * rounds / r.secs:7.0f}")
+            print(ratios(results, p50))
+            if c == 64:
+                summary.append(f"small request, c=64: gateway CPU x{cpu_ratio(results, 'gateway', 'forwarder'):.2f} the forwarder's (target <= 1.15)")
+
+        print("\nstreams (200 chunks)        server CPU ms/stream (us/chunk)   first event ms   first text ms   total p50 ms   chunks/s")
         cc = FIXTURE.read_bytes()
-        loads = [(f"c={c}", stream, direct_stream, "/v1/messages", c, n) for c, n in ((1, int(200 * scale)), (64, int(640 * scale)))]
-        loads.append((f"Claude Code first_turn.json ({len(cc) // 1024} KB), c=16", cc, cc, "/v1/messages?beta=true", 16, int(400 * scale)))
-        for label, body, direct, path, c, n in loads:
-            r = await compare(gateway.pid, gw_port, up_port, body, direct, c, n, rounds, path)
-            timings = r.timings
-            chunks = sum(t.chunks for t in timings)
-            total, floor_total = pct([t.total for t in timings], 50), pct([t.total for t in r.floor], 50)
-            if label.startswith("Claude"):
-                print(f"  {label}: first event {ms(pct([t.first_event or 0 for t in timings], 50)).strip()} ms, total p50 {ms(total).strip()} ms, p99 {ms(pct([t.total for t in timings], 99)).strip()} ms, "
-                      f"{n * rounds / r.secs:.0f} req/s, server CPU {r.cpu * 1000:.3f} ms/req  |  floor total {ms(floor_total).strip()} ms  |  x{total / floor_total:.1f}")  # fmt: skip
-                continue
-            print(
-                f"  {label:<5s}                {ms(pct([t.first_event or 0 for t in timings], 50))}      {ms(pct([t.first_text or 0 for t in timings], 50))}    "
-                f"{ms(total)}  {chunks / r.secs:8.0f}   {r.cpu * 1000:8.3f} ({r.cpu * 1e6 / 200:5.1f} us/chunk)  |  {ms(floor_total)}          |  {total / floor_total:8.1f}"
-            )
+        loads = [(f"c={c}", stream, "/v1/messages", c, n) for c, n in ((1, int(200 * scale)), (64, int(640 * scale)))]
+        loads.append((f"Claude Code first_turn.json ({len(cc) // 1024} KB, streamed), c=16", cc, "/v1/messages?beta=true", 16, int(400 * scale)))
+        for label, body, path, c, n in loads:
+            results = await compare(targets, body, c, n, rounds, path)
+            p50 = {}
+            print(f"  {label}")
+            for name, r in results.items():
+                p50[name] = pct([t.total for t in r.timings], 50)
+                print(
+                    f"    {name:<10s}                {r.cpu * 1000:8.3f} ({r.cpu * 1e6 / 200:5.1f})            {ms(pct([t.first_event or 0 for t in r.timings], 50))}"
+                    f"          {ms(pct([t.first_text or 0 for t in r.timings], 50))}         {ms(p50[name])}   {sum(t.chunks for t in r.timings) / r.secs:8.0f}"
+                )
+            print(ratios(results, p50))
+            summary.append(f"{label.split(' (')[0]} stream: gateway CPU x{cpu_ratio(results, 'gateway', 'forwarder'):.2f} the forwarder's" + (" (target <= 1.5)" if label.startswith("c=") else ""))
+            if "ccr" in results:
+                summary[-1] += f", x{cpu_ratio(results, 'gateway', 'ccr'):.2f} ccr's"
+
+        print("\nsummary (ratios of server CPU, measured in this run):")
+        for line in summary:
+            print(f"  {line}")
+
         print(f"\ngateway peak RSS {rss_kb(gateway.pid) / 1024:.1f} MB")
         n = IDLE_STREAMS if not quick else IDLE_STREAMS // 5
         before, fds_before = rss_kb(gateway.pid, "VmRSS"), open_fds(gateway.pid)
@@ -287,7 +374,7 @@ async def main(quick: bool, rounds: int) -> None:
             f"{n} concurrent idle streams (first word sent, then silence; opened in {secs:.1f} s): RSS {during / 1024:.1f} MB "
             f"({before / 1024:.1f} MB before, {(during - before) / n:.1f} KB per stream), descriptors {fds_before} -> {fds_during}"
         )
-        print("\nlarge requests (300 tools + history, JSON, c=1)   body MB   server CPU ms/req   ms per MB")
+        print("\nlarge requests (300 tools + history, JSON, c=1, gateway)   body MB   server CPU ms/req   ms per MB")
         for mb in (0.5, 1, 2, 4):
             big = large_body(mb)
             await drive(gw_port, "/v1/messages", big, 1, 2)  # warm-up
@@ -295,9 +382,9 @@ async def main(quick: bool, rounds: int) -> None:
             cpu0 = cpu_seconds(gateway.pid)
             await drive(gw_port, "/v1/messages", big, 1, n)
             cpu = (cpu_seconds(gateway.pid) - cpu0) / n
-            print(f"                                                  {len(big) / 1e6:6.2f}   {cpu * 1000:10.2f}          {cpu * 1000 / (len(big) / 1e6):6.2f}")
+            print(f"                                                           {len(big) / 1e6:6.2f}   {cpu * 1000:10.2f}          {cpu * 1000 / (len(big) / 1e6):6.2f}")
     finally:
-        for proc in (gateway, upstream):
+        for proc in procs:
             proc.terminate()
             try:
                 proc.wait(timeout=20)
@@ -306,6 +393,7 @@ async def main(quick: bool, rounds: int) -> None:
         log_file.close()
         lines = Path(log_file.name).read_text(errors="replace").count("\n")
         os.unlink(log_file.name)
+        shutil.rmtree(ccr_home, ignore_errors=True)
         print(f"(the gateway wrote {lines} log lines)")
 
 
@@ -313,5 +401,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a fifth of the requests, one round (a rough look)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per load; figures are medians over them (default 3)")
+    parser.add_argument("--no-ccr", action="store_true", help="leave claude-code-router out even when it is installed")
     args = parser.parse_args()
-    asyncio.run(main(args.quick, 1 if args.quick else max(1, args.rounds)))
+    asyncio.run(main(args.quick, 1 if args.quick else max(1, args.rounds), not args.no_ccr))

@@ -67,12 +67,13 @@ class Plan:
     roots: list[str]
     output: Any
     errors: StepInfo | None
-    routes: list[tuple[str, str]]  # what is served: none when the pipeline is disabled
+    routes: list[tuple[str, str]]  # what is served: no route switched off, none when the pipeline is disabled
     deadline: float | None
     limits: dict[str, LimitSpec]
     graph: Dependencies
     enabled: bool = True
     runs_code: bool = False
+    declared_routes: list[tuple[str, str]] = field(default_factory=list)  # served or switched off (`engine run`)
     retry_budget: Any = None
     sequential: bool = False  # no two steps that may await could ever run at the same time
 
@@ -191,10 +192,11 @@ def check(loaded: list[LoadedPipeline]) -> tuple[list[Plan], list[SpecError]]:
     plans = []
     for lp in loaded:
         plan = _check_one(lp, set(names), {n: s for n, (s, _) in limits.items()}, errors)
-        for route, i in zip(plan.routes, range(len(plan.routes))):
+        for route in plan.routes:
             prior_lp = routes.get(route)
             if prior_lp is not None:
-                errors.append(SpecError(f"route '{route[0]} {route[1]}' is also served by {prior_lp.file}", lp.where("route", i) if isinstance(lp.spec.route, list) else lp.where("route"), "each route belongs to one pipeline"))
+                i = next((i for i, (text, _) in enumerate(lp.spec.route_switches) if text.split() == list(route)), 0)
+                errors.append(SpecError(f"route '{route[0]} {route[1]}' is also served by {prior_lp.file}", _route_where(lp, i), "each route belongs to one pipeline"))
             routes[route] = lp
         plans.append(plan)
     return plans, errors
@@ -325,14 +327,15 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
         except RegistryError as exc:
             errors.append(SpecError(f"errors: {exc}", lp.where("errors"), "name a registered step that renders an error"))
 
-    parsed_routes = []
-    for i, route in enumerate(spec.routes):
+    parsed_routes, declared_routes = [], []
+    for i, (route, served) in enumerate(spec.route_switches):
         m = _ROUTE.match(route.strip())
         if not m:
-            loc = lp.where("route", i) if isinstance(spec.route, list) else lp.where("route")
-            errors.append(SpecError(f"route '{route}' is not 'METHOD /path'", loc, "write e.g. route: POST /v1/items"))
+            errors.append(SpecError(f"route '{route}' is not 'METHOD /path'", _route_where(lp, i), "write e.g. route: POST /v1/items"))
         else:
-            parsed_routes.append((m.group(1), m.group(2)))
+            declared_routes.append((m.group(1), m.group(2)))
+            if served:  # a switched-off route (or pipeline) is checked, never served
+                parsed_routes.append((m.group(1), m.group(2)))
 
     order = (graph.topological_order() or step_names) if not cycles else step_names
     for name in order:
@@ -353,7 +356,7 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
         roots=roots,
         output=spec.output,
         errors=errors_info,
-        routes=parsed_routes if spec.enabled else [],  # a disabled pipeline is checked, never served
+        routes=parsed_routes,
         deadline=spec.deadline,
         limits=dict(spec.limits),
         graph=graph,
@@ -361,7 +364,15 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
         sequential=sequential,
         enabled=spec.enabled,
         runs_code=spec.runs_code,
+        declared_routes=declared_routes,
     )
+
+
+def _route_where(lp: LoadedPipeline, i: int) -> Any:
+    """Where the `i`-th route is written (`route:` itself when it is a single entry)."""
+    if not isinstance(lp.spec.route, list):
+        return lp.where("route")
+    return lp.where("route", i, "route") if not isinstance(lp.spec.route[i], str) else lp.where("route", i)
 
 
 def _totally_ordered(graph: Dependencies, names: list[str]) -> bool:

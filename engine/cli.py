@@ -268,16 +268,50 @@ def _select(target: str, pipelines: str | None) -> tuple[list[Any], str]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from engine import registry
+
     paths = args.paths or [default_pipelines()]
-    load, named = _with_siblings(paths)
-    if not pipeline_files(load):
+    configs = _configuration_files(paths)
+    others = [p for p in paths if Path(p) not in configs]
+    load, named = _with_siblings(others) if others else ([], set())
+    for config in configs:  # the pipelines beside a configuration file read it: load them too
+        if config.parent.resolve() not in {x.resolve() for x in load}:
+            load.append(config.parent)
+    has_pipelines = bool(pipeline_files(load))
+    if not has_pipelines and not configs:
         print(f"no pipeline files in {', '.join(paths)}", file=sys.stderr)
         return 1
-    plans = load_plans(load)  # every error of every file, at once (SpecErrors)
+    errors = []
+    for config in configs:  # a step package's file beside the pipelines, checked its own way
+        try:
+            registry.configuration_check(config)(config)  # type: ignore[misc]
+        except SpecErrors as exc:
+            errors.extend(exc.errors)
+    try:
+        plans = load_plans(load) if has_pipelines else []  # every error of every file, at once (SpecErrors)
+    except SpecErrors as exc:
+        raise SpecErrors(errors + [e for e in exc.errors if e not in errors]) from None
+    if errors:
+        raise SpecErrors(errors)
+    for config in configs:
+        print(f"{config}: OK (configuration: {config.name})")
     for plan in plans:
         if Path(plan.file).resolve() in named:
             print(f"{plan.file}: OK ({len(plan.nodes)} steps{', ' + ', '.join(f'{m} {p}' for m, p in plan.routes) if plan.routes else ''}{'' if plan.enabled else '; disabled: not served'})")
     return 0
+
+
+def _configuration_files(paths: list[str]) -> list[Path]:
+    """The step packages' configuration files among `paths` (named, or in a named directory)
+    that their package can check."""
+    from engine import registry
+
+    found: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        candidates = sorted(p.iterdir()) if p.is_dir() else [p]
+        found += [c for c in candidates if c.is_file() and registry.configuration_check(c) is not None]
+    return found
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
@@ -330,7 +364,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     import anyio
 
     from engine import logs
-    from engine.capture_reader import CaptureProblem, Captured, read_captures
+    from engine.capture_reader import Captured, CaptureProblem, read_captures
     from engine.executor import Engine
     from engine.replay import Summary, replay_all
 
@@ -387,8 +421,8 @@ def _read_input(path: str | None, plan: Any) -> Any:
         except OSError as exc:
             raise EngineError(f"cannot read the input file {path}: {exc.strerror or exc}") from None
     yaml_file = path is not None and Path(path).suffix in {".yaml", ".yml"}
-    if plan.routes:
-        method, route = plan.routes[0]
+    if plan.declared_routes:  # served or not: `engine run` serves nothing
+        method, route = plan.declared_routes[0]
         if yaml_file:
             data = json.dumps(_parse_input(path, data)).encode()
         headers = {"content-type": "application/json", "content-length": str(len(data))} if data else {}

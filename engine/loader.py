@@ -384,8 +384,8 @@ def read_document(path: str | Path, env: Any = None) -> Document:
     reader = _Reader(str(p), os.environ if env is None else env)
     node = _compose(text, str(p))
     data = reader.value(node, ()) if node is not None else None
-    if reader.errors:
-        raise SpecErrors(reader.errors)
+    if reader.errors or reader.unset:
+        raise SpecErrors(reader.errors + reader.unset)
     return Document(data, str(p), reader.positions, reader.sources)
 
 

@@ -20,8 +20,8 @@ _STEP_BUCKETS = (0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1
 # name -> (kind, metric name, help, labels, extra keyword arguments)
 _DECLARED: dict[str, tuple[str, str, str, list[str], dict[str, Any]]] = {
     "REQUESTS": ("Counter", "engine_requests_total", "HTTP requests answered, by pipeline, status and outcome", ["pipeline", "status", "outcome"], {}),
-    "REQUEST_SECONDS": ("Histogram", "engine_request_duration_seconds", "Time from request to the last byte of the response", ["pipeline"], {"buckets": _LATENCY_BUCKETS}),
-    "STEP_SECONDS": ("Histogram", "engine_step_duration_seconds", "Step duration (a stream step: until its stream ends)", ["pipeline", "step", "outcome"], {"buckets": _STEP_BUCKETS}),
+    "REQUEST_SECONDS": ("LoopHistogram", "engine_request_duration_seconds", "Time from request to the last byte of the response", ["pipeline"], {"buckets": _LATENCY_BUCKETS}),
+    "STEP_SECONDS": ("LoopHistogram", "engine_step_duration_seconds", "Step duration (a stream step: until its stream ends)", ["pipeline", "step", "outcome"], {"buckets": _STEP_BUCKETS}),
     "RETRIES": ("Counter", "engine_step_retries_total", "Step attempts retried, by error kind", ["pipeline", "step", "kind"], {}),
     "ACTIVE_STREAMS": ("Gauge", "engine_active_streams", "Responses currently streaming to clients", ["pipeline"], {}),
     "CAPTURE_FAILURES": ("Counter", "engine_capture_failures_total", "Capture records lost (disk full, I/O error, queue full); requests are unaffected", [], {}),
@@ -43,7 +43,12 @@ def __getattr__(name: str) -> Any:
         made = globals().get(name)
         if made is None:
             kind, metric, help, labels, extra = declared
-            made = getattr(prometheus_client, kind)(metric, help, labels, **extra)
+            if kind == "LoopHistogram":  # observed on the event loop only: no locks (engine/loop_histogram.py)
+                from engine.loop_histogram import LoopHistogram
+
+                made = LoopHistogram(metric, help, labels, **extra)
+            else:
+                made = getattr(prometheus_client, kind)(metric, help, labels, **extra)
             globals()[name] = made  # later lookups never come back here
     return made
 

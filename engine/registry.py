@@ -22,6 +22,7 @@ import typing
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from engine import builtins
@@ -266,19 +267,26 @@ def startup_refusals() -> list[str]:
     return [reason for fn in _startup_checks if (reason := fn())]
 
 
-_configuration_files: set[str] = set()
+_configuration_files: dict[str, Callable[[Path], Any] | None] = {}
 
 
-def configuration_file(name: str) -> str:
+def configuration_file(name: str, check: Callable[[Path], Any] | None = None) -> str:
     """Declare a file name that may sit in a pipeline directory without being a pipeline
-    (a step package's configuration, e.g. the upstreams it talks to): directories skip it."""
-    _configuration_files.add(name)
+    (a step package's configuration, e.g. the upstreams it talks to): directories skip it,
+    and `engine check` validates it with `check` (which raises SpecErrors, located)."""
+    _configuration_files[name] = check
     return name
 
 
 def configuration_files() -> frozenset[str]:
     load_step_packages()
     return frozenset(_configuration_files)
+
+
+def configuration_check(path: Path) -> Callable[[Path], Any] | None:
+    """The checker of a configuration file named like `path`, if its package gave one."""
+    load_step_packages()
+    return _configuration_files.get(path.name)
 
 
 _doctor_checks: list[Callable[[], Any]] = []

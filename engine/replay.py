@@ -1,8 +1,9 @@
 """Replaying captured runs through the current pipelines, offline, and saying what changed.
 
 Each captured run is run again with the same input, request id, ids and clock readings; every
-call of a `record: true` step is answered from the capture (in order, per pipeline and step),
-so no network is touched. Then what a person cares about is compared with the capture, and
+call of a `record: true` step is answered from the capture (in order, per pipeline and step;
+a later recorded call with exactly the same compared inputs is taken first, since calls that
+ran concurrently may start in another order), so no network is touched. Then what a person cares about is compared with the capture, and
 nothing else:
 
 - what would go upstream: the inputs each recorded step puts on the wire (the step's
@@ -87,13 +88,16 @@ class Replayer:
         queue = self.queues.get((pipeline, step))
         if not queue:
             raise ReplayMissing(f"the capture has no further call of step '{step}' in pipeline '{pipeline}'")
-        call = queue.pop(0)
-        self.answered += 1
-        before, now = call.get("input") or {}, redact_named(jsonable(inputs))
         wire = self.sends(pipeline, step)
-        if wire and isinstance(before, dict):
-            before = {k: before[k] for k in wire if k in before}
+        now = redact_named(jsonable(inputs))
+        if wire:
             now = {k: now[k] for k in wire if k in now}
+        # In call order; but calls that ran concurrently (the tool calls of one turn) may
+        # start in another order now, so a later recorded call with exactly these inputs wins.
+        at = next((i for i, c in enumerate(queue) if _compared(c, wire) == now), 0)
+        call = queue.pop(at)
+        self.answered += 1
+        before = _compared(call, wire)
         for line in diff(plain(before), plain(now)):
             self.upstream_changes.append(f"{pipeline}.{step} {line}")
         if "items" in call:
@@ -119,6 +123,14 @@ class Replayer:
             for (pipeline, step), queue in self.queues.items()
             if queue
         ]
+
+
+def _compared(call: dict[str, Any], wire: tuple[str, ...]) -> Any:
+    """The recorded inputs replay compares: those the step sends (all when it names none)."""
+    before = call.get("input") or {}
+    if wire and isinstance(before, dict):
+        return {k: before[k] for k in wire if k in before}
+    return before
 
 
 @dataclass(slots=True)

@@ -3,7 +3,9 @@
 A pipeline file looks like this (GitHub-Actions-like words: `uses`, `with`, `if`)::
 
     name: greet
-    route: POST /greet            # optional: served over HTTP by `engine serve`
+    route: POST /greet            # optional: served over HTTP by `engine serve`; a list serves
+                                  # several, and an entry {route: GET /greet/x, enabled: ${X:-off}}
+                                  # is served only when its own `enabled` is on too
     enabled: ${GREET:-on}         # optional: off = loaded and checked, but no route
     runs_code: false              # optional: true if it runs code on the serving machine
     deadline: 30s                 # optional: the whole run, retries included
@@ -106,13 +108,25 @@ class StepSpec(_Strict):
     description: str = ""
 
 
+class RouteSpec(_Strict):
+    """One route that has a switch of its own: served only when `enabled` (and the pipeline) is on.
+
+    A switch belongs to a route, not to the steps behind it: one pipeline may serve a route
+    always and another only when a feature is turned on (the agent's `/agent/v1/models` beside
+    `/v1/models`), without a second copy of its steps.
+    """
+
+    route: str = Field(description="METHOD /path")
+    enabled: bool = Field(True, description="false: the route is checked but not served")
+
+
 class PipelineSpec(_Strict):
     """A whole pipeline file."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
     description: str = ""
-    route: str | list[str] | None = None
-    enabled: bool = Field(True, description="false: loaded and checked like any pipeline, but its routes are not served")
+    route: str | RouteSpec | list[str | RouteSpec] | None = None
+    enabled: bool = Field(True, description="false: loaded and checked like any pipeline, but none of its routes is served")
     runs_code: bool = Field(
         False,
         description="it runs code on the serving machine (server-side tools): `engine serve` then needs inbound keys on a non-loopback bind",
@@ -126,9 +140,16 @@ class PipelineSpec(_Strict):
 
     @property
     def routes(self) -> list[str]:
+        """Every declared route, served or not, as `METHOD /path`."""
+        return [text for text, _ in self.route_switches]
+
+    @property
+    def route_switches(self) -> list[tuple[str, bool]]:
+        """Every declared route with whether it is served (its own switch and the pipeline's)."""
         if self.route is None:
             return []
-        return [self.route] if isinstance(self.route, str) else list(self.route)
+        entries = self.route if isinstance(self.route, list) else [self.route]
+        return [(e, self.enabled) if isinstance(e, str) else (e.route, self.enabled and e.enabled) for e in entries]
 
 
 STEP_FIELDS = sorted({f.alias or n for n, f in StepSpec.model_fields.items()})

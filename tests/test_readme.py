@@ -86,8 +86,20 @@ def readme_blocks() -> list[Block]:
     return blocks
 
 
+def exported() -> dict[str, str]:
+    """The variables the README's shell blocks `export` (a YAML example may need them set)."""
+    found: dict[str, str] = {}
+    for block in readme_blocks():
+        if block.lang in ("bash", "sh", "shell"):
+            for m in re.finditer(r"^export ((?:[A-Z_][A-Z0-9_]*=\S+\s*)+)", block.text, re.M):
+                for pair in m.group(1).split():
+                    name, _, value = pair.partition("=")
+                    found[name] = value
+    return found
+
+
 def engine(*args: str, cwd: Path, **kw: Any) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ENGINE_LOG_FORMAT": "json"}
+    env = {**os.environ, **exported(), "ENGINE_LOG_FORMAT": "json"}
     return subprocess.run([sys.executable, "-m", "engine", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, **kw)
 
 

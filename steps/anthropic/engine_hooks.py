@@ -14,4 +14,4 @@ X_API_KEY = key_header("x-api-key")
 
 # Keys as clients and upstreams spell them: Anthropic's `sk-ant-...`, OpenRouter's
 # `sk-or-v1-...`, and the `sk-...` of OpenAI-compatible servers, scrubbed wherever they appear.
-register_secret_values(r"sk-[A-Za-z0-9_\-]{6,}")
+register_secret_values(r"sk-[A-Za-z0-9_\-]{6,}", marker="sk-")

@@ -23,7 +23,7 @@ from engine.registry import step
 from steps.anthropic.errors import AnthropicError
 
 
-@step("anthropic.threads")
+@step("anthropic.threads", blocking=False)  # a dict lookup: a worker thread per request cost more than the step
 def threads(body: dict[str, Any]) -> dict[str, Any]:
     """Pass a request without `thread` on; decline a threaded one with the SDKs' recovery codes."""
     thread = body.get("thread")

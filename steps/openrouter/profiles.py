@@ -330,13 +330,20 @@ async def profiles(
 
 
 @step("openrouter.prices")
-async def prices(models: list[str], ctx: RunContext, profiles: dict[str, Profile] | None = None, data: str = "") -> dict[str, Prices]:
+async def prices(
+    models: list[str], ctx: RunContext, profiles: dict[str, Profile] | None = None, data: str = "", candidates: list[dict[str, Any]] | None = None
+) -> dict[str, Prices]:
     """USD per million input, output, cache-read and cache-write tokens, per model (when known).
 
     From the model listing `openrouter.profiles` fetched (pass its output as `profiles` so this
-    runs after it), else from the `price` of the YAML rules in `data`. A model with no known
-    price is left out; its cost is then known only when the upstream reports one.
+    runs after it; `candidates`, the routed `{provider, model}` list, says whose listing), else
+    from the `price` of the YAML rules in `data`. A model with no known price is left out; its
+    cost is then known only when the upstream reports one.
     """
-    book = await profile_book(ctx, data)
-    found = {m: book.prices(m) for m in models}
-    return {m: p for m, p in found.items() if p is not None}
+    pairs = [(c["model"], c.get("provider") or "") for c in candidates] if candidates else [(m, "") for m in models]
+    found: dict[str, Prices] = {}
+    for model, provider in pairs:
+        price = (await profile_book(ctx, data, provider)).prices(model)
+        if price is not None and model not in found:
+            found[model] = price
+    return found

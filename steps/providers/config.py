@@ -53,7 +53,7 @@ from steps.providers.dialects import DIALECTS, Dialect
 
 __all__ = ["PROVIDERS_FILE", "Provider", "Providers", "ProvidersFile", "Target", "load_providers"]
 
-PROVIDERS_FILE = configuration_file("providers.yaml")
+PROVIDERS_FILE = configuration_file("providers.yaml", check=lambda path: load_providers(path))
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 

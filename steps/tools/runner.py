@@ -11,10 +11,17 @@ Client-facing shapes:
   something" result the SDKs know; a refusal is `return_code: 1` with the reason in stderr.
 
 Every failure is a result with `is_error`, never an exception: a tool cannot crash a request.
+
+A call is first admitted here (its input's shape, `max_uses`: pure checks, which replay
+repeats), then run as the one step of the tool pipeline (pipelines/tool.yaml, `tools.run`,
+`record: true`): a capture keeps each execution's call and result, and `engine replay`
+answers it from there, so a replay never writes a file, runs a command or fetches a page
+again, and a changed tool input shows up as a difference.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable
@@ -25,8 +32,10 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from engine.registry import serving_note
+from engine.capture import value_type
+from engine.registry import serving_note, step
 from engine.run import RunContext
+from engine.types import Request
 from steps.tools import bash as bash_tool
 from steps.tools import fetch as fetch_tool
 from steps.tools import files, sandbox, web
@@ -107,6 +116,7 @@ def bash_note() -> str:
     return "\n  ".join(lines) or "server-side Bash: not used by any served pipeline"
 
 
+@value_type  # a recorded step's output: a capture holds it, replay rebuilds it
 @dataclass(slots=True)
 class Result:
     text: str
@@ -120,6 +130,8 @@ class Runner:
     """The server-side tools of one request, configured from YAML."""
 
     ctx: RunContext
+    pipeline: str = "tool"  # runs one admitted call (pipelines/tool.yaml)
+    settings: dict = field(default_factory=dict)  # as given, for that pipeline to build its Runner
     workspace: str | None = None
     file_limits: files.FileLimits = field(default_factory=files.FileLimits)
     bash_limits: bash_tool.BashLimits = field(default_factory=bash_tool.BashLimits)
@@ -132,9 +144,12 @@ class Runner:
 
     @classmethod
     def from_settings(cls, ctx: RunContext, workspace: str, file_settings: dict | None, bash_settings: dict | None,
-                      fetch_settings: dict | None, search: dict | None, max_uses: dict, request: Any) -> Runner:
+                      fetch_settings: dict | None, search: dict | None, max_uses: dict, request: Any,
+                      pipeline: str = "tool") -> Runner:
         return cls(
             ctx=ctx,
+            pipeline=pipeline,
+            settings={"workspace": workspace, "files": file_settings, "bash": bash_settings, "fetch": fetch_settings, "web_search": search},
             workspace=workspace or None,
             file_limits=_build(files.FileLimits, file_settings, seconds=("walk_seconds", "grep_seconds")),
             bash_limits=limits_for_bash(bash_settings),
@@ -152,20 +167,41 @@ class Runner:
         return self._ws
 
     async def run(self, name: str, kind: str, args: Any) -> Result:
+        """One call: refused here if `admit` says so, else executed by the tool pipeline."""
+        refused = self.admit(name, kind, args)
+        if refused is not None:
+            return refused
+        call = {"name": name, "kind": kind, "input": args}
+        return await self.ctx.run_pipeline(self.pipeline, {"call": call, "settings": self.settings, "request": _headers_only(self.request)})
+
+    def admit(self, name: str, kind: str, args: Any) -> Result | None:
+        """The refusal a call gets before anything runs (bad input, over `max_uses`), or None.
+
+        Pure and counted per request, so replay, which runs it again, refuses the same calls."""
+        if not isinstance(args, dict):
+            return _refused(kind, "tool input must be an object")
+        if kind == "web_search":
+            query = args.get("query")
+            if not isinstance(query, str) or not query.strip():
+                return _search_error("invalid_tool_input", "query must be a non-empty string")
+            if len(query) > 500:
+                return _search_error("query_too_long", "query is longer than 500 characters")
+            if self._over("web_search"):
+                return _search_error("max_uses_exceeded", "web_search was used more often than max_uses allows")
+        if kind == "web_fetch" and self._over("web_fetch"):
+            return _fetch_error("max_uses_exceeded", "web_fetch was used more often than max_uses allows")
+        return None
+
+    async def act(self, name: str, kind: str, args: dict) -> Result:
+        """Execute an admitted call: the side effect itself (files, a command, the network)."""
         try:
-            if not isinstance(args, dict):
-                raise ToolRefused("tool input must be an object")
             if kind == "web_search":
                 return await self._web_search(args)
             if kind == "web_fetch":
                 return await self._web_fetch(args)
             text, is_error = await self._agent(name, args)
         except ToolRefused as exc:
-            if kind == "web_search":
-                return _search_error("invalid_tool_input", str(exc))
-            if kind == "web_fetch":
-                return _fetch_error("url_not_accessible", str(exc))
-            text, is_error = str(exc), True
+            return _refused(kind, str(exc))
         except Exception as exc:  # noqa: BLE001 - a tool failure is a result, never a crash
             self.ctx.log.warning("tools.failed", tool=name, error=repr(exc)[:300])
             if kind == "web_search":
@@ -174,20 +210,7 @@ class Runner:
                 return _fetch_error("unavailable", f"{type(exc).__name__}")
             text, is_error = f"internal error in {name}: {type(exc).__name__}", True
         self.ctx.log.info("tools.ran", tool=name, is_error=is_error, chars=len(text))
-        return Result(
-            text=text,
-            is_error=is_error,
-            block={
-                "type": "code_execution_tool_result",
-                "content": {
-                    "type": "code_execution_result",
-                    "stdout": "" if is_error else text,
-                    "stderr": text if is_error else "",
-                    "return_code": 1 if is_error else 0,
-                    "content": [],
-                },
-            },
-        )
+        return _executed(text, is_error)
 
     async def _agent(self, name: str, args: dict) -> tuple[str, bool]:
         if name == "Bash":
@@ -213,13 +236,7 @@ class Runner:
         return limit is not None and self.uses[kind] > limit
 
     async def _web_search(self, args: dict) -> Result:
-        query = args.get("query")
-        if not isinstance(query, str) or not query.strip():
-            return _search_error("invalid_tool_input", "query must be a non-empty string")
-        if len(query) > 500:
-            return _search_error("query_too_long", "query is longer than 500 characters")
-        if self._over("web_search"):
-            return _search_error("max_uses_exceeded", "web_search was used more often than max_uses allows")
+        query = args["query"]  # admitted: a non-empty string
         backend = self.search.get("backend") or "tools.web_search_openrouter"
         options = dict(self.search.get("options") or {})
         results = await _call(backend, self.ctx, query=query, max_results=int(self.search.get("max_results") or 5),
@@ -231,8 +248,6 @@ class Runner:
 
     async def _web_fetch(self, args: dict) -> Result:
         url = args.get("url")
-        if self._over("web_fetch"):
-            return _fetch_error("max_uses_exceeded", "web_fetch was used more often than max_uses allows")
         fetched = await self._fetch(url)
         retrieved = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
         doc = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": fetched.text},
@@ -244,6 +259,53 @@ class Runner:
 
 async def _call(backend: str, ctx: RunContext, **kwargs: Any) -> Any:
     return await web.call_backend(backend, ctx, **kwargs)
+
+
+@step("tools.run", side_effects=True, sends=("call",))
+async def run_tool(call: dict, settings: dict, ctx: RunContext, request: Any = None) -> Result:
+    """Execute one admitted server-side tool call (pipelines/tool.yaml; record it there).
+
+    `call` is {name, kind, input} from the tool loop; `settings` the tools' YAML settings as
+    tools.execute_sequence was given them. Replay compares `call` (what the tool was asked
+    to do) and answers the result from the capture.
+    """
+    s = settings or {}
+    runner = Runner.from_settings(ctx, s.get("workspace") or "", s.get("files"), s.get("bash"), s.get("fetch"), s.get("web_search"), {}, request)
+    return await runner.act(str(call.get("name")), str(call.get("kind")), call.get("input") or {})
+
+
+def _headers_only(request: Any) -> Any:
+    """The request without its body: the tools read only headers (web search may use the
+    client's key), and the body, the whole conversation, would be copied into every
+    recorded tool call."""
+    return dataclasses.replace(request, body=b"") if isinstance(request, Request) else request
+
+
+def _executed(text: str, is_error: bool) -> Result:
+    """An agent tool's result as the client sees it: `code_execution_tool_result`."""
+    return Result(
+        text=text,
+        is_error=is_error,
+        block={
+            "type": "code_execution_tool_result",
+            "content": {
+                "type": "code_execution_result",
+                "stdout": "" if is_error else text,
+                "stderr": text if is_error else "",
+                "return_code": 1 if is_error else 0,
+                "content": [],
+            },
+        },
+    )
+
+
+def _refused(kind: str, reason: str) -> Result:
+    """A call refused before or while running, in its kind's result shape."""
+    if kind == "web_search":
+        return _search_error("invalid_tool_input", reason)
+    if kind == "web_fetch":
+        return _fetch_error("url_not_accessible", reason)
+    return _executed(reason, True)
 
 
 def _search_error(code: str, reason: str) -> Result:

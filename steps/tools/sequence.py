@@ -80,6 +80,7 @@ async def execute_sequence(
     model: str = "",
     request: Any = None,
     turn_pipeline: PipelineName = PipelineName("turn"),
+    tool_pipeline: PipelineName = PipelineName("tool"),
     max_rounds: int = 25,
     concurrency: int = 4,
     workspace: str = "",
@@ -94,14 +95,15 @@ async def execute_sequence(
     `plan` comes from tools.detect. With no server-side tool in the plan the message passes
     through untouched. `files`, `bash`, `fetch` and `web_search` are the settings of the
     server-side tools (caps, the Bash allowlist, the search backend); `workspace` is the
-    directory the file tools and Bash are confined to.
+    directory the file tools and Bash are confined to. Each admitted call runs as a run of
+    `tool_pipeline` (pipelines/tool.yaml), whose recorded step replay answers from a capture.
     """
     server = plan.get("server") or {}
     if not server:
         return message
     if int(max_rounds) < 1:
         raise ValueError("max_rounds must be at least 1")
-    runner = Runner.from_settings(ctx, workspace, files, bash, fetch, web_search, plan.get("max_uses") or {}, request)
+    runner = Runner.from_settings(ctx, workspace, files, bash, fetch, web_search, plan.get("max_uses") or {}, request, tool_pipeline)
     seq = _Sequence(ctx, plan, model, request, turn_pipeline, int(max_rounds), int(concurrency), runner)
     if isinstance(message, dict):
         return await seq.json(message)

@@ -144,10 +144,12 @@ def test_capture_files_are_listed_and_opened(tmp_path: Path) -> None:
     captures = tmp_path / "captures"
     captures.mkdir()
     shutil.copy(REPO / "tests" / "captures" / "gateway.jsonl", captures / "capture-earlier.jsonl")
+    # The first turn.yaml run of the committed capture (its request id changes when it is re-recorded).
+    first = next(r["request_id"] for r in map(orjson.loads, (captures / "capture-earlier.jsonl").read_bytes().splitlines()) if r["pipeline"] == "messages")
     with console_gateway(capture=str(captures)) as g, g.http() as client:
         page = client.get("/console/").text
-        assert "req_B94B5c2Wb5wnlx1Yx87VsVS6" in page
-        key = re.search(r'href="/console/runs/(capture-earlier\.jsonl@\d+)">req_B94B5c2Wb5wnlx1Yx87VsVS6', page).group(1)
+        assert first in page
+        key = re.search(rf'href="/console/runs/(capture-earlier\.jsonl@\d+)">{first}', page).group(1)
         run = client.get(f"/console/runs/{key}").text
         assert 'data-pipeline="turn"' in run and "from capture file capture-earlier.jsonl" in run
         assert client.get("/console/runs/..%2F..%2Fetc%2Fpasswd@0").status_code == 404

@@ -70,7 +70,7 @@ def test_one_line_per_step_end(lines) -> None:
 
 def test_redaction_masks_secret_fields_and_values(lines) -> None:
     """Secret-named fields, bearer tokens and the key shapes a domain registered are masked."""
-    logs.register_secret_values(r"toykey-[A-Za-z0-9]{6,}")
+    logs.register_secret_values(r"toykey-[A-Za-z0-9]{6,}", marker="toykey-")
     logs.register_secret_names(r"x-toy-key")
     log = structlog.get_logger("t")
     log.info(

@@ -41,8 +41,9 @@ def test_every_environment_variable_read_is_in_the_readme_table() -> None:
 
 
 def test_inbound_keys_without_an_upstream_key_refuse_to_start() -> None:
-    """ENGINE_API_KEYS with no OPENROUTER_API_KEY would answer every request 401: `engine serve`
-    exits 2 with one line saying why and what to set, and `engine doctor` flags it."""
+    """ENGINE_API_KEYS with a provider that forwards the client's key (the shipped openrouter with
+    no OPENROUTER_API_KEY) would answer every request 401: `engine serve` exits 2 with one line
+    saying why and what to set, and `engine doctor` flags it."""
     env = {"ENGINE_API_KEYS": "inbound-key-1", "OPENROUTER_API_KEY": "", "OPENROUTER_BASE_URL": "http://127.0.0.1:9/api/v1"}
     served = engine_cli("serve", "--port", "1", env=env)
     assert served.returncode == 2
@@ -50,7 +51,7 @@ def test_inbound_keys_without_an_upstream_key_refuse_to_start() -> None:
     assert "refusing to serve" in line and "ENGINE_API_KEYS" in line and "OPENROUTER_API_KEY" in line
     doctor = engine_cli("doctor", env=env)
     assert doctor.returncode == 1
-    assert any(row.startswith(("✗", "FAIL")) and "ENGINE_API_KEYS is set but OPENROUTER_API_KEY is not" in row for row in doctor.stdout.splitlines())
+    assert any(row.startswith(("✗", "FAIL")) and "ENGINE_API_KEYS is set but provider(s) openrouter have no api_key" in row for row in doctor.stdout.splitlines())
 
 
 def test_version() -> None:
