@@ -290,7 +290,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         plans = load_plans(load) if has_pipelines else []  # every error of every file, at once (SpecErrors)
     except SpecErrors as exc:
-        raise SpecErrors(errors + [e for e in exc.errors if e not in errors]) from None
+        seen = {str(e) for e in errors}  # the pipelines that read a configuration file report its errors too
+        raise SpecErrors(errors + [e for e in exc.errors if str(e) not in seen]) from None
     if errors:
         raise SpecErrors(errors)
     for config in configs:

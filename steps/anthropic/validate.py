@@ -24,12 +24,12 @@ KNOWN_FIELDS = frozenset(
     {
         "model", "max_tokens", "messages", "system", "metadata", "stop_sequences", "stream",
         "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "output_config",
-        "output_format", "cache_control",
+        "output_format", "cache_control", "context_management", "compaction",
     }
 )
 """Top-level fields whose meaning reaches the upstream. Every other field (`service_tier`,
-`container`, `context_management`, `mcp_servers`, `speed`, `fallbacks`, `thread`,
-`compaction`, a field newer than this code, ...) is accepted, never refused, and its name is
+`container`, `mcp_servers`, `speed`, `fallbacks`, `thread`, a field newer than this
+code, ...) is accepted, never refused, and its name is
 logged at debug (`anthropic.ignored_fields`); a step that gives one a meaning adds it here."""
 
 

@@ -9,6 +9,9 @@ Code pointed at `/agent` declares Read, Bash, ... itself, and the point of that 
 that the gateway runs them). Server-side work that a client sends back in its history
 (`server_tool_use` + `*_tool_result` blocks) becomes `tool_use` + `tool_result` again, so
 the upstream remembers what it did.
+
+Tools marked `defer_loading` stay out of the upstream request until the conversation loads
+them, and the API's tool-search server tools are run here over them (steps/tools/tool_search.py).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 from typing import Any, Literal, get_args
 
 from engine.registry import step
+from steps.tools import tool_search
 from steps.tools.web import decode_result
 
 _STR = {"type": "string"}
@@ -79,14 +83,17 @@ def _declare(name: str, description: str, schema: dict) -> dict:
 
 
 @step("tools.detect", blocking=False)
-def detect(body: dict, agent_tools: list[AgentTool] | None = None, web: bool = True) -> dict:
-    """Split a request's tools into client and server-side tools; declare the server-side ones upstream.
+def detect(body: dict, agent_tools: list[AgentTool] | None = None, web: bool = True, tool_search_tools: bool = True) -> dict:
+    """Split a request's tools into client, server-side and deferred tools; declare the server-side ones upstream.
 
-    Returns `{"body": ..., "server": {name: kind}, "max_uses": {name: n}}`: `body` is the
-    request to convert (server tools as functions, server history as tool calls), `server`
-    maps each tool name the gateway runs to its kind (`agent`, `web_search`, `web_fetch`).
+    Returns `{"body": ..., "server": {name: kind}, "max_uses": {name: n}, "deferred": [tool]}`:
+    `body` is the request to convert (server tools as functions, server history as tool calls,
+    `defer_loading` tools left out until the conversation references them), `server` maps each
+    tool name the gateway runs to its kind (`agent`, `web_search`, `web_fetch`,
+    `tool_search_regex`, `tool_search_bm25`), `deferred` is the catalogue a tool search runs over.
     `agent_tools` lists the agent tools this pipeline runs (none by default); `web: false`
-    leaves Anthropic's web server tools alone (the converter then drops them).
+    leaves Anthropic's web server tools alone (the converter then drops them), and so does
+    `tool_search_tools: false` for the tool-search server tools.
     """
     wanted = [t for t in agent_tools or () if t in AGENT_TOOLS]
     unknown = [t for t in agent_tools or () if t not in AGENT_TOOLS]
@@ -95,8 +102,11 @@ def detect(body: dict, agent_tools: list[AgentTool] | None = None, web: bool = T
     server: dict[str, str] = {name: "agent" for name in wanted}
     max_uses: dict[str, int] = {}
     declared: list[dict] = []
-    for tool in body.get("tools") or ():
+    searches: list[tuple[str, str, int]] = []  # (kind, name, position in declared)
+    tools, deferred = tool_search.split(body.get("tools"), body.get("messages"), body.get("tool_choice"))
+    for tool in tools:
         kind = tool.get("type") or ""
+        search = tool_search.search_kind(tool) if tool_search_tools else None
         if web and (kind.startswith("web_search_") or kind.startswith("web_fetch_")):
             name = "web_search" if kind.startswith("web_search_") else "web_fetch"
             server[name] = name
@@ -105,17 +115,26 @@ def detect(body: dict, agent_tools: list[AgentTool] | None = None, web: bool = T
             # Marked, so that routing (a later pipeline) still sees a web search in this
             # request; converters read only name, description and schema.
             declared.append({**_declare(name, *WEB_TOOLS[name]), "server_tool": name})
+        elif search is not None:
+            name = next(n for n, k in tool_search.SEARCH_TOOLS.items() if k == search)
+            server[name] = search
+            searches.append((search, name, len(declared)))
+            declared.append({})
         elif tool.get("name") in server and server[tool.get("name")] == "agent":
             continue  # the gateway runs it: its own declaration replaces the client's
         else:
             declared.append(tool)
+    for search, name, at in searches:
+        declared[at] = tool_search.declaration(search, name, len(deferred))
     if not server:
-        return {"body": body, "server": {}, "max_uses": {}}
+        if not deferred:
+            return {"body": body, "server": {}, "max_uses": {}, "deferred": []}
+        return {"body": {**body, "tools": declared}, "server": {}, "max_uses": {}, "deferred": deferred}
     declared += [_declare(name, *AGENT_TOOLS[name]) for name in wanted]
     out = dict(body)
     out["tools"] = declared
     out["messages"] = restore_history(body.get("messages") or [])
-    return {"body": out, "server": server, "max_uses": max_uses}
+    return {"body": out, "server": server, "max_uses": max_uses, "deferred": deferred}
 
 
 def restore_history(messages: list[dict]) -> list[dict]:
@@ -139,7 +158,7 @@ def restore_history(messages: list[dict]) -> list[dict]:
             if kind == "server_tool_use":
                 segment.append({"type": "tool_use", "id": b.get("id"), "name": b.get("name"), "input": b.get("input") or {}})
             elif isinstance(kind, str) and kind.endswith("_tool_result") and "tool_use_id" in b:
-                text, is_error = decode_result(b)
+                text, is_error = tool_search.result_text(b) if kind == "tool_search_tool_result" else decode_result(b)
                 if segment:
                     out.append({"role": "assistant", "content": segment})
                     segment = []

@@ -6,8 +6,13 @@ bounded) and appear to the client as `server_tool_use` + a result block. Their r
 back to the upstream through a sub-pipeline (`turn_pipeline`: pipelines/turn.yaml, the same
 upstream turn every route runs), and the loop repeats until a turn has no server-side call, a turn also
 has client calls (the client must answer those: `stop_reason: tool_use`), or `max_rounds`
-upstream turns have run; then a final text block says the bound was reached and the reply
-ends with `end_turn`.
+upstream turns have run and their calls with them: then the reply ends with `pause_turn`, as
+the API pauses a long server-side turn. Its last blocks are server tool results, so a client
+that sends the reply back as-is (what the SDKs and Claude Code do on `pause_turn`) gets the
+loop going again from there, and the upstream reads the results it has not answered yet.
+
+A tool search (`tool_search_tool_regex` / `_bm25`, steps/tools/tool_search.py) runs here over
+the plan's deferred tools; the tools it finds are offered to the upstream from the next turn on.
 
 Nothing that ran is ever run twice because of a failure: once a server-side call has run,
 every later failure of the loop is raised as `AfterSideEffects` (steps/tools/effects.py),
@@ -33,19 +38,13 @@ from engine.errors import DeadlineExceeded, RunCancelled
 from engine.registry import step
 from engine.run import RunContext
 from engine.types import PipelineName
+from steps.tools import tool_search
 from steps.tools.effects import AfterSideEffects
 from steps.tools.runner import Result, Runner, run_all
 
 _USAGE_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 DEADLINE_MARGIN = 0.1
 """Seconds before the run's deadline at which a JSON tool loop stops itself (see `json`)."""
-
-
-def bound_note(max_rounds: int, skipped: int) -> str:
-    return (
-        f"[Stopped: the server-side tool loop reached its bound of {max_rounds} upstream turns; "
-        f"{skipped} pending tool call{'s were' if skipped != 1 else ' was'} not run.]"
-    )
 
 
 class _Usage:
@@ -126,20 +125,41 @@ class _Sequence:
         self.usage = _Usage(self.server)
         self.citations: list[dict] = []  # for the next text block after a search
         self.ran: list[str] = []  # names of the server-side calls started so far, in order
+        self.deferred: list[dict] = list(plan.get("deferred") or ())  # what a tool search runs over
 
     def is_server(self, block: dict) -> bool:
         return block.get("type") == "tool_use" and block.get("name") in self.server
 
     async def execute(self, calls: list[dict]) -> list[Result]:
         self.ran += [c["name"] for c in calls]  # before running: a call that fails half-way may have acted
-        results = await run_all(
-            self.runner, [(c["name"], self.server[c["name"]], c.get("input")) for c in calls], self.concurrency
-        )
+        results: list[Result | None] = [None] * len(calls)
+        found: list[str] = []
+        others = []
+        for i, c in enumerate(calls):
+            kind = self.server[c["name"]]
+            if kind in tool_search.SEARCH_TOOLS.values():
+                results[i], names = tool_search.run(kind, c.get("input"), self.deferred)
+                found += names
+            else:
+                others.append(i)
+        ran = await run_all(self.runner, [(calls[i]["name"], self.server[calls[i]["name"]], calls[i].get("input")) for i in others],
+                            self.concurrency) if others else []
+        for i, r in zip(others, ran):
+            results[i] = r
         for c, r in zip(calls, results):
             self.usage.count(self.server[c["name"]])
-            if r.citations:
+            if r is not None and r.citations:
                 self.citations = r.citations
-        return results
+        if found:
+            self.load(found)
+        return [r for r in results if r is not None]
+
+    def load(self, names: list[str]) -> None:
+        """Offer the deferred tools a search found from the next upstream turn on."""
+        wanted = set(names)
+        loaded = [t for t in self.deferred if t["name"] in wanted]
+        self.deferred = [t for t in self.deferred if t["name"] not in wanted]
+        self.body = {**self.body, "tools": [*(self.body.get("tools") or ()), *loaded]}
 
     async def next_turn(self, blocks: list[dict], calls: list[dict], results: list[Result], stream: bool) -> Any:
         self.history.append({"role": "assistant", "content": blocks})
@@ -197,11 +217,6 @@ class _Sequence:
                 content += self.cite(blocks)
                 stop, stop_seq = msg.get("stop_reason"), msg.get("stop_sequence")
                 break
-            if rounds >= self.max_rounds:
-                content += self.cite([b for b in blocks if not self.is_server(b)])
-                content.append({"type": "text", "text": bound_note(self.max_rounds, len(calls))})
-                stop, stop_seq = "end_turn", None
-                break
             results = await self.execute(calls)
             by_id = {c["id"]: r for c, r in zip(calls, results)}
             client_calls = False
@@ -219,6 +234,9 @@ class _Sequence:
             content += done
             if client_calls:
                 stop, stop_seq = "tool_use", None
+                break
+            if rounds >= self.max_rounds:
+                stop, stop_seq = "pause_turn", None  # the client sends it back to go on
                 break
             msg = await self.next_turn(blocks, calls, results, stream=False)
             rounds += 1
@@ -248,7 +266,6 @@ class _Sequence:
                 calls: list[dict] = []
                 open_blocks: dict[int, dict] = {}  # upstream index → {"block", "out" index or None, "parts"}
                 stop: tuple[Any, Any] = ("end_turn", None)
-                last_round = rounds >= self.max_rounds
                 try:
                     async for ev in events:
                         kind = ev.get("type")
@@ -286,8 +303,6 @@ class _Sequence:
                                 yield {**ev, "index": entry["out"]}
                                 continue
                             calls.append(block)
-                            if last_round:
-                                continue  # it will not run: the client never sees it
                             use, _, srv_id = self.server_blocks(block, None)
                             block["_srv_id"] = srv_id
                             yield {"type": "content_block_start", "index": index, "content_block": {**use, "input": {}}}
@@ -311,14 +326,6 @@ class _Sequence:
                     for ev in self.end(*stop):
                         yield ev
                     return
-                if last_round:
-                    note = bound_note(self.max_rounds, len(calls))
-                    yield {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}
-                    yield {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": note}}
-                    yield {"type": "content_block_stop", "index": index}
-                    for ev in self.end("end_turn", None):
-                        yield ev
-                    return
                 results = await self.execute(calls)
                 for call, res in zip(calls, results):
                     srv_id = call.pop("_srv_id")
@@ -328,6 +335,10 @@ class _Sequence:
                     index += 1
                 if any(b.get("type") == "tool_use" and not self.is_server(b) for b in blocks):
                     for ev in self.end("tool_use", None):
+                        yield ev
+                    return
+                if rounds >= self.max_rounds:
+                    for ev in self.end("pause_turn", None):  # the client sends it back to go on
                         yield ev
                     return
                 events = await self.next_turn(blocks, calls, results, stream=True)

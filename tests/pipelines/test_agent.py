@@ -107,16 +107,36 @@ def test_concurrent_calls_in_one_turn(agent: Agent) -> None:
     assert [t.split("\t")[1].strip() for t in texts] == ["content 0", "content 1", "content 2"]
 
 
-def test_loop_bound_stops_clearly(agent: Agent) -> None:
-    """An upstream that always calls a tool is stopped at max_rounds (5 here): upstream requests = bound."""
+def test_loop_bound_pauses_the_turn(agent: Agent) -> None:
+    """An upstream that always calls a tool is paused at max_rounds (5 here): upstream requests =
+    bound, every call made ran, and the reply ends with `pause_turn` on a server tool result."""
     agent.fake.default_mode = tool_mode("LS", {})
     for stream in (False, True):
         agent.fake.clear()
         msg = agent.ask("loop forever", stream=stream)
         assert len(agent.fake.requests) == 5
-        assert msg.stop_reason == "end_turn"
-        assert msg.content[-1].type == "text" and "bound of 5 upstream turns" in msg.content[-1].text
-        assert len(results(msg)) == 4
+        assert msg.stop_reason == "pause_turn"
+        assert msg.content[-1].type == "code_execution_tool_result"
+        assert len(results(msg)) == 5
+
+
+def test_paused_turn_sent_back_continues_from_the_results(agent: Agent) -> None:
+    """What a client does on pause_turn: the reply goes back as the assistant turn, and the
+    upstream resumes with every tool result of it answered, ending on the last one."""
+    agent.fake.default_mode = tool_mode("LS", {})
+    paused = agent.ask("loop forever")
+    assert paused.stop_reason == "pause_turn"
+    agent.fake.clear()
+    agent.fake.default_mode = "ok"
+    client = agent.client()
+    msg = client.messages.create(
+        model="claude-sonnet-5-5", max_tokens=200,
+        messages=[{"role": "user", "content": "loop forever"}, {"role": "assistant", "content": paused.content}],
+    )
+    assert msg.stop_reason == "end_turn" and msg.content[-1].text.startswith("Done:")
+    upstream = agent.fake.requests[0].json["messages"]
+    assert upstream[-1]["role"] == "tool"
+    assert sum(m["role"] == "tool" for m in upstream) == 5
 
 
 def test_web_search_answered_the_anthropic_way(agent: Agent) -> None:
