@@ -1,21 +1,23 @@
-"""Steps every pipeline may use, whatever it serves."""
+"""Steps every pipeline may use, whatever it serves.
+
+Plain functions, listed in `CORE_STEPS` with their registration options. The registry
+registers them when it is imported: this module sits below the registry and imports nothing of
+it, so the registry can name it without an import cycle.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from engine.registry import step
 from engine.run import RunContext
 from engine.types import PipelineName
 
 
-@step("core.value", blocking=False)
 def value(value: Any) -> Any:
     """Return `value` as given: a constant, or a reference passed through under a new name."""
     return value
 
 
-@step("core.run")
 async def run(pipeline: PipelineName, input: Any, ctx: RunContext) -> Any:
     """Run another pipeline on `input` and return its output: a shared part as one step.
 
@@ -23,3 +25,10 @@ async def run(pipeline: PipelineName, input: Any, ctx: RunContext) -> Any:
     run that calls it; `engine graph PIPELINE` draws the inside.
     """
     return await ctx.run_pipeline(pipeline, input)
+
+
+CORE_STEPS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "core.value": (value, {"blocking": False}),
+    "core.run": (run, {}),
+}
+"""Step name -> (function, options for `registry.step`)."""

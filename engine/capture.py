@@ -39,6 +39,7 @@ import structlog
 from engine import logs, metrics
 from engine import errors as engine_errors
 from engine.errors import StepError
+from engine.streams import aclose_quietly
 from engine.types import Request
 
 _log = structlog.get_logger("engine.capture")
@@ -216,7 +217,7 @@ for _cls in (
 
 def redact_headers(headers: Any) -> dict[str, str]:
     """Headers with every secret-named one replaced by a marker (names stay visible)."""
-    return {k: "[REDACTED]" if logs.SECRET_KEYS.search(k) else str(v) for k, v in dict(headers or {}).items()}
+    return {k: "[REDACTED]" if logs.is_secret_name(k) else str(v) for k, v in dict(headers or {}).items()}
 
 
 def redact_named(value: Any) -> Any:
@@ -225,7 +226,7 @@ def redact_named(value: Any) -> Any:
     Only names are judged: content is kept as it was (a capture must replay faithfully), and
     exact secret values are scrubbed from the whole line when it is written."""
     if isinstance(value, dict):
-        return {k: "[REDACTED]" if isinstance(k, str) and logs.SECRET_KEYS.search(k) and value[k] else redact_named(value[k]) for k in value}
+        return {k: "[REDACTED]" if logs.is_secret_name(k) and value[k] else redact_named(value[k]) for k in value}
     if isinstance(value, list):
         return [redact_named(v) for v in value]
     return value
@@ -327,8 +328,6 @@ class RunRecorder:
 
 async def recording_stream(it: Any, entry: dict[str, Any], recorder: RunRecorder) -> Any:
     """Pass a stream through, noting each item and its offset from the stream's start."""
-    from engine.streams import aclose_quietly
-
     items: list[Any] = []
     entry["items"] = items
     t0 = time.perf_counter()

@@ -46,6 +46,7 @@ class Node:
     limit: str | None
     record: bool
     dependents: list[str] = field(default_factory=list)
+    vars: tuple[str, ...] = ()  # the `${{ vars.NAME }}` its YAML used (drawn by `engine graph`)
 
     @property
     def info_inline(self) -> bool:
@@ -278,6 +279,7 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
         deps_t = tuple(d for d in deps if d in spec.steps)
         graph.add_edges_from((d, name) for d in deps_t)
         nodes[name] = Node(name, info, static, refs, nested, deps_t, cond, sspec.else_, sspec.retry, sspec.timeout, sspec.idle_timeout, sspec.limit, sspec.record)
+        nodes[name].vars = tuple(dict.fromkeys(v for path, v in lp.vars_used.items() if path[:2] == ("steps", name)))
 
     output_deps: set[str] = set()
     for r in iter_refs(spec.output):
@@ -329,7 +331,7 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
     for i, (route, served) in enumerate(spec.route_switches):
         m = _ROUTE.match(route.strip())
         if not m:
-            errors.append(SpecError(f"route '{route}' is not 'METHOD /path'", _route_where(lp, i), "write e.g. route: POST /v1/messages"))
+            errors.append(SpecError(f"route '{route}' is not 'METHOD /path'", _route_where(lp, i), "write e.g. route: POST /v1/items"))
         else:
             declared_routes.append((m.group(1), m.group(2)))
             if served:  # a switched-off route (or pipeline) is checked, never served

@@ -3,7 +3,7 @@
 Argparse, because none of the project's libraries is a CLI framework and the standard
 library's is enough. Every subcommand's help ends with examples.
 
-Start-up time matters (`engine statusline` runs after every Claude Code message, `engine check`
+Start-up time matters (`engine statusline` runs after every assistant message, `engine check`
 in editors and CI), so this module imports only the standard library at the top; each command
 imports what it needs (the executor with the step packages, uvicorn, networkx, ...).
 """
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "replay",
         "re-run captured runs through the current pipelines, offline, and show what changed",
-        ["engine replay captures/", "engine replay captures/capture-*.jsonl --pipelines ./pipelines", "engine replay tests/captures/stream.jsonl --realtime", "OPENROUTER_API_KEY=... engine replay captures/ --live"],
+        ["engine replay captures/", "engine replay captures/capture-*.jsonl --pipelines ./pipelines", "engine replay tests/captures/stream.jsonl --realtime", "engine replay captures/ --live   # against the real upstream"],
     )
     p.add_argument("captures", nargs="+", metavar="CAPTURE", help="capture files or directories")
     p.add_argument("--pipelines", default=None, metavar="DIR")
@@ -147,10 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest capture record read (default 256M); a longer one is reported and skipped unread",
     )
 
-    p = add("steps", "list every registered step with its parameters", ["engine steps", "engine steps | grep anthropic", "engine steps --format markdown   # the README's step catalogue"])
+    p = add("steps", "list every registered step with its parameters", ["engine steps", "engine steps | grep core", "engine steps --format markdown   # the README's step catalogue"])
     p.add_argument("--format", default="text", choices=["text", "markdown"])
 
-    p = add("doctor", "check the configuration, the pipelines and the upstream, and say what clients need", ["engine doctor", "OPENROUTER_API_KEY=sk-or-... engine doctor", "engine doctor --providers ~/my-providers.yaml"])
+    p = add("doctor", "check the configuration, the pipelines and the upstream, and say what clients need", ["engine doctor", "engine doctor --pipelines ./pipelines", "engine doctor --providers ~/my-providers.yaml"])
     p.add_argument("--pipelines", default=None, metavar="DIR")
     p.add_argument("--providers", default=None, metavar="FILE", help="the upstream providers file (default: $ENGINE_PROVIDERS or providers.yaml in the pipeline directory)")
 
@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("paths", nargs="*", metavar="LOG_OR_CAPTURE_DIR", help="JSON access logs, capture files, or directories of them (default: $ENGINE_CAPTURE_DIR)")
     p.add_argument("--format", default="table", choices=["table", "json"])
-    p.add_argument("--session", default=None, metavar="ID", help="only the requests of one client session (Claude Code's session id)")
+    p.add_argument("--session", default=None, metavar="ID", help="only the requests of one client session (the client's session id)")
     p.add_argument("--since", default=None, metavar="YYYY-MM-DD", help="only requests from that day (UTC) on")
 
     p = add(
@@ -608,7 +608,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if public and not keys and not args.allow_unauthenticated:
         return _refuse(
             f"refusing to serve {args.host} without inbound keys: anyone who can reach it could use it. "
-            "Set ENGINE_API_KEYS=key1,key2 (clients send one as x-api-key or Bearer), "
+            "Set ENGINE_API_KEYS=key1,key2 (clients send one as a Bearer token or in their protocol's key header), "
             "or pass --allow-unauthenticated if something in front of it authenticates."
         )
     try:
@@ -725,12 +725,14 @@ def _writable_by_others(pipelines: str) -> str | None:
     """The pipeline directory or file that group or others may write, if any (like ssh's StrictModes)."""
     import stat
 
+    from engine.loader import vars_beside
+
     root = Path(pipelines)
-    for p in [root, *pipeline_files([root])]:
+    for p in [root, *pipeline_files([root]), vars_beside(root)]:  # the shared vars configure them too
         try:
             if p.stat().st_mode & (stat.S_IWGRP | stat.S_IWOTH):
                 return str(p)
-        except OSError:
+        except OSError:  # no such file (a directory without vars.yaml)
             continue
     return None
 

@@ -33,7 +33,7 @@ from engine import capture, logs, metrics, registry, retry, streams
 from engine.check import Node, Plan, check
 from engine.errors import DeadlineExceeded, EngineError, SpecError, SpecErrors, StepError, StepTimeout
 from engine.limits import Limits
-from engine.loader import LoadedPipeline, Ref, load_file, without_echoes
+from engine.loader import VARS_FILE, LoadedPipeline, Ref, Vars, load_file, load_vars, vars_beside, without_echoes
 from engine.run import IdSource, Resources, RunContext
 
 _log = structlog.get_logger("engine")
@@ -41,11 +41,12 @@ _step_histograms: dict[tuple[str, str, str], Any] = {}
 
 
 def pipeline_files(paths: Iterable[str | Path]) -> list[Path]:
-    """The YAML files named by `paths` (directories contribute their *.yaml / *.yml files)."""
+    """The YAML files named by `paths` (directories contribute their *.yaml / *.yml files,
+    except the shared `vars.yaml`)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            others = registry.configuration_files()  # step packages' files that sit beside pipelines
+            others = {VARS_FILE, *registry.configuration_files()}  # the shared vars, and step packages' files beside pipelines
             out += sorted(x for x in p.iterdir() if x.suffix in {".yaml", ".yml"} and not x.name.startswith(".") and x.name not in others)
         else:
             out.append(p)
@@ -56,9 +57,18 @@ def load_plans(paths: Iterable[str | Path], env: dict[str, str] | None = None) -
     """Load and check pipeline files together; raises `SpecErrors` listing every problem."""
     errors: list[SpecError] = []
     loaded: list[LoadedPipeline] = []
+    shared: dict[Path, Vars] = {}  # per directory, read once: its errors are reported once
     for f in pipeline_files(paths):
+        where = vars_beside(f).resolve()
+        if where not in shared:
+            try:
+                shared[where] = load_vars(where, env, lenient=True)
+            except SpecErrors as exc:
+                errors += exc.errors
+                shared[where] = Vars()
+            errors += shared[where].errors
         try:
-            lp = load_file(f, env=env, lenient=True)  # an unset variable hides no other error
+            lp = load_file(f, env=env, lenient=True, shared=shared[where])  # an unset variable hides no other error
         except SpecErrors as exc:
             errors += exc.errors
             continue
@@ -91,6 +101,25 @@ def materialize(value: Any, results: dict[str, Any], input: Any) -> Any:
     return value
 
 
+def _register_static_secrets(plans: list[Plan]) -> None:
+    """Scrub from every log line the secret-named parameters written in the YAML (a key
+    interpolated from the environment, say), whichever variable they came from."""
+    def walk(name: Any, value: Any) -> None:
+        if isinstance(value, str):
+            if logs.is_secret_name(name):
+                logs.register_secret(value)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(k, v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(name, v)
+
+    for plan in plans:
+        for node in plan.nodes.values():
+            walk(None, node.static)
+
+
 class Engine:
     """Loaded pipelines plus what their runs share: resources, limits, the id source.
 
@@ -100,6 +129,7 @@ class Engine:
 
     def __init__(self, plans: list[Plan], ids: IdSource | None = None) -> None:
         self.plans = {p.name: p for p in plans}
+        _register_static_secrets(plans)
         limits = {}
         for p in plans:
             limits.update(p.limits)
@@ -130,6 +160,7 @@ class Engine:
         """
         for p in plans:
             self.limits.add(p.limits)
+        _register_static_secrets(plans)
         self.plans = {p.name: p for p in plans}
         self._step_log_checked = None
 

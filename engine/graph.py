@@ -1,7 +1,7 @@
 """Drawing a pipeline: plain text, Mermaid (renders on GitHub), Graphviz dot, and SVG/PNG.
 
 Every drawing has the run input, each step (its name and the step it uses, with `if`,
-`retry`, `timeout`, `limit` and `record` noted) and the output, with an edge wherever a
+`retry`, `timeout`, `limit`, `record` and the `vars` it reads noted) and the output, with an edge wherever a
 value flows. The renderings are deterministic (steps in file order), so they can be
 compared with golden files in tests.
 """
@@ -80,6 +80,8 @@ def _notes(node: Node) -> list[str]:
         notes.append(f"limit {node.limit}")
     if node.record:
         notes.append("record")
+    if node.vars:
+        notes.append("vars " + ", ".join(node.vars))
     return notes
 
 

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import functools
 import gc
-import hmac
 import re
 import sys
 import time
@@ -44,12 +43,13 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from engine import logs, metrics, usage
-from engine.capture import RecordingIds, RunRecorder
+from engine import logs, metrics, registry, usage
+from engine.capture import CaptureWriter, RecordingIds, RunRecorder
 from engine.check import Plan
 from engine.errors import HttpError, SpecErrors, StepError
 from engine.executor import Engine, failed_step, load_plans
 from engine.guard import HostGuard, HostPolicy, Refusal, code_exposure, policy_from_env
+from engine.keys import KeyHeader, authorize, key_headers
 from engine.outbox import Outbox
 from engine.run import RunContext
 from engine.streams import aclose_quietly
@@ -66,6 +66,7 @@ def create_app(
     body_limit: int = DEFAULT_BODY_LIMIT,
     body_timeout: float = 60.0,
     api_keys: list[str] | None = None,
+    key_carriers: tuple[KeyHeader, ...] | None = None,
     reload_from: list[str] | None = None,
     reload_interval: float = 1.0,
     host_policy: HostPolicy | None = None,
@@ -74,8 +75,9 @@ def create_app(
 ) -> Starlette:
     """A starlette app serving every pipeline of `engine` that has a route.
 
-    `api_keys`, when given, are the inbound keys a client must present (`x-api-key` or
-    `Authorization: Bearer`); they are compared in constant time and removed from the request
+    `api_keys`, when given, are the inbound keys a client must present in one of the
+    `key_carriers` headers (default: `Authorization: Bearer` and the headers the step packages
+    declared, engine/keys.py); they are compared in constant time and removed from the request
     before any pipeline sees it, so they can never be forwarded anywhere.
 
     `reload_from` turns on live reload: those pipeline paths are polled, and when a file
@@ -90,13 +92,16 @@ def create_app(
     keys = [k.encode() for k in api_keys or [] if k]
     for k in api_keys or []:
         logs.register_secret(k)
+    if key_carriers is None:
+        registry.load_step_packages()  # where a protocol declares its own key header
+        key_carriers = key_headers()
 
     def endpoint_for(name: str) -> Callable[[StarletteRequest], Any]:
         async def endpoint(request: StarletteRequest) -> Response:
             plan = engine.plans.get(name)
             if plan is None:  # removed by a reload since the route table was read
                 raise HTTPException(404)
-            return await _serve(engine, plan, request, body_limit, body_timeout, keys)
+            return await _serve(engine, plan, request, body_limit, body_timeout, keys, key_carriers)
 
         return endpoint
 
@@ -239,25 +244,16 @@ async def _read_body(request: StarletteRequest, limit: int, timeout: float) -> b
     return b"".join(chunks)
 
 
-def _authorize(headers: dict[str, str], keys: list[bytes]) -> None:
-    """Check an inbound key in constant time, then drop it: it is the gateway's, not upstream's."""
-    presented = headers.pop("x-api-key", "")
-    auth = headers.pop("authorization", "")
-    if not presented and auth[:7].lower() == "bearer ":
-        presented = auth[7:].strip()
-    candidate = presented.encode("utf-8", errors="replace")
-    if not any(hmac.compare_digest(candidate, k) for k in keys):  # no early exit on a match
-        raise HttpError(401, "invalid x-api-key" if presented else "missing API key: send x-api-key or Authorization: Bearer")
-
-
-async def _serve(engine: Engine, plan: Plan, request: StarletteRequest, body_limit: int, body_timeout: float, keys: list[bytes]) -> Response:
+async def _serve(
+    engine: Engine, plan: Plan, request: StarletteRequest, body_limit: int, body_timeout: float, keys: list[bytes], carriers: tuple[KeyHeader, ...]
+) -> Response:
     start = time.perf_counter()
     rid = request.headers.get("x-request-id")
     ctx = engine.context(plan.name, request_id=rid if rid and _REQUEST_ID.match(rid) else None)
     try:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]}
         if keys:
-            _authorize(headers, keys)
+            authorize(headers, keys, carriers)
         body = await _read_body(request, body_limit, body_timeout) if request.method not in {"GET", "HEAD"} else b""
         req = Request(
             method=request.method,
@@ -528,8 +524,6 @@ def app_from_env() -> Starlette:
     tune_gc()
     capture_dir = os.environ.get("ENGINE_CAPTURE_DIR")
     if capture_dir:
-        from engine.capture import CaptureWriter
-
         engine.capture = CaptureWriter(capture_dir)
     limit = int(os.environ.get("ENGINE_BODY_LIMIT", str(DEFAULT_BODY_LIMIT)))
     keys = [k.strip() for k in os.environ.get("ENGINE_API_KEYS", "").split(",") if k.strip()]

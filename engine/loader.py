@@ -4,6 +4,11 @@ Only plain YAML is read (PyYAML's safe composer; any `!!python/...` or other cus
 error, never constructed). Every scalar keeps its position so that every later error can
 name `file:line:col`. Loading collects every error in the file and raises them together.
 
+A value written once for several files lives in `vars.yaml` next to them (`NAME: value`,
+`${ENV:-default}` allowed) or under a file's own `vars:`, and is used as `${{ vars.NAME }}`
+(`${{ vars.NAME.key }}` for a part of it). Such a reference is replaced by its value while the
+file loads, so it is checked like a value written in place; an unknown name is a located error.
+
 A pipeline file is input like any other, so reading it is bounded: a file larger than
 `MAX_DOCUMENT_BYTES` is refused unread, and aliases are counted as they are composed, before
 anything is expanded: more than `MAX_ALIASES` alias uses, or aliases standing for more than
@@ -14,6 +19,7 @@ milliseconds instead of an expansion that eats the machine's memory.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import re
@@ -45,6 +51,10 @@ MAX_ALIASES = 1000
 MAX_ALIAS_NODES = 100_000
 _REF = re.compile(r"^\$\{\{\s*(!?)\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}$")
 
+VARS_FILE = "vars.yaml"
+"""The shared variables of the pipelines in a directory (not a pipeline itself)."""
+_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
 Path_ = tuple[str | int, ...]
 
 
@@ -62,6 +72,69 @@ class Ref:
         return self.text
 
 
+@dataclass(frozen=True, slots=True)
+class VarRef:
+    """`${{ vars.NAME.key }}` while a file loads; replaced by the value before anything else sees it."""
+
+    name: str
+    path: tuple[str, ...]
+    negate: bool
+    text: str
+    location: Location
+
+
+@dataclass(slots=True)
+class Vars:
+    """Named values pipeline files use as `${{ vars.NAME }}`: a default written once."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    file: str | None = None
+    errors: list[SpecError] = field(default_factory=list)  # unset environment variables (lenient)
+
+
+def load_vars(path: str | Path, env: dict[str, str] | None = None, *, lenient: bool = False) -> Vars:
+    """Read a vars file (`NAME: value` per line; `${ENV:-default}` allowed); absent: no vars."""
+    p = Path(path)
+    if not p.is_file():
+        return Vars()
+    text = _read(p)
+    reader = _Reader(str(p), os.environ if env is None else env)
+    _check_size(text, str(p))
+    node = _compose(text, str(p))
+    data = {} if node is None else reader.value(node, ())
+    errors = list(reader.errors)
+    if not isinstance(data, dict):
+        errors.append(SpecError("a vars file must be a mapping of names to values", reader.positions.get(()), "write e.g. base_url: https://example.com/v1"))
+        data = {}
+    for name in data:
+        if not _VAR_NAME.match(name):
+            errors.append(SpecError(f"'{name}' is not a variable name", reader.positions.get((name, "<key>")), "use letters, digits and _ (e.g. base_url)"))
+    _refuse_refs(data, reader, (), errors)
+    if errors:
+        raise SpecErrors(reader.unset + without_echoes(errors, reader.unset))
+    if reader.unset and not lenient:
+        raise SpecErrors(reader.unset)
+    return Vars(data, str(p), reader.unset)
+
+
+def _refuse_refs(value: Any, reader: _Reader, path: Path_, errors: list[SpecError]) -> None:
+    """A variable is a value: it refers to nothing (no step, no input, no other variable)."""
+    if isinstance(value, (Ref, VarRef)):
+        errors.append(SpecError(f"a variable cannot be a reference ('{value.text}')", value.location, "write the value itself"))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _refuse_refs(v, reader, (*path, k), errors)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _refuse_refs(v, reader, (*path, i), errors)
+
+
+def vars_beside(path: str | Path) -> Path:
+    """The vars file that goes with a pipeline file or directory."""
+    p = Path(path)
+    return (p if p.is_dir() else p.parent) / VARS_FILE
+
+
 @dataclass(slots=True)
 class LoadedPipeline:
     """A parsed, schema-valid pipeline file, with the position of every value in it."""
@@ -73,6 +146,8 @@ class LoadedPipeline:
     errors: list[SpecError] = field(default_factory=list)
     """Errors that left the file's structure intact (an unset environment variable), kept
     when loading with `lenient=True` so the file is still checked with the others."""
+    vars_used: dict[Path_, str] = field(default_factory=dict)
+    """Where a `${{ vars.NAME }}` stood, and NAME (what `engine graph` notes)."""
     env: Any = field(default=None, repr=False)  # what `${VAR}` read: a file a parameter names is read with it too
 
     def shown(self, path: Path_, value: Any) -> str:
@@ -91,21 +166,27 @@ class LoadedPipeline:
         return self.positions.get((), Location(self.file, 1, 1))
 
 
-def load_file(path: str | Path, env: dict[str, str] | None = None, *, lenient: bool = False) -> LoadedPipeline:
+def load_file(path: str | Path, env: dict[str, str] | None = None, *, lenient: bool = False, shared: Vars | None = None) -> LoadedPipeline:
     """Load one pipeline file; raises `SpecErrors` with every problem found in it.
 
     With `lenient`, an unset environment variable does not stop the load: its error is kept
     in the result's `errors`, so the file can still be checked (and its other mistakes, and
-    those of the files that use it, reported in the same pass).
+    those of the files that use it, reported in the same pass). `shared` are the variables of
+    its directory; when not given, they are read from the `vars.yaml` beside the file.
     """
     p = Path(path)
+    if shared is None:
+        shared = load_vars(vars_beside(p), env, lenient=lenient)
+    return load_text(_read(p), str(p), env=env, default_name=p.stem, lenient=lenient, shared=shared)
+
+
+def _read(p: Path) -> str:
     try:
         with p.open("rb") as f:
             data = f.read(MAX_DOCUMENT_BYTES + 1)  # never more than the cap, whatever the file is
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecErrors([SpecError(f"cannot read pipeline file: {exc}", Location(str(p), 1, 1))]) from exc
-    return load_text(text, str(p), env=env, default_name=p.stem, lenient=lenient)
 
 
 class _AliasLimit(yaml.MarkedYAMLError):
@@ -154,13 +235,18 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 
 
 def load_text(
-    text: str, file: str = "<string>", env: dict[str, str] | None = None, default_name: str | None = None, *, lenient: bool = False
+    text: str,
+    file: str = "<string>",
+    env: dict[str, str] | None = None,
+    default_name: str | None = None,
+    *,
+    lenient: bool = False,
+    shared: Vars | None = None,
 ) -> LoadedPipeline:
-    """Load a pipeline from YAML text (`file` is only used in messages)."""
+    """Load a pipeline from YAML text (`file` is only used in messages); `shared` are the
+    variables its `${{ vars.NAME }}` references may name besides its own `vars:`."""
     reader = _Reader(file, os.environ if env is None else env)
-    size = len(text.encode("utf-8"))
-    if size > MAX_DOCUMENT_BYTES:
-        raise SpecErrors([SpecError(f"the file is larger than {MAX_DOCUMENT_BYTES} bytes", Location(file, 1, 1), "a pipeline file is a page of YAML; split it into pipelines that run each other")])
+    _check_size(text, file)
     node = _compose(text, file)
     if node is None:
         raise SpecErrors([SpecError("the file is empty", Location(file, 1, 1), "a pipeline needs `steps:` and `output:`")])
@@ -169,9 +255,11 @@ def load_text(
     if not isinstance(data, dict):
         errors.append(SpecError("a pipeline file must be a mapping", reader.positions.get(()), "start with `name:`, `steps:` and `output:`"))
         raise SpecErrors(unset + errors)
+    used: dict[Path_, str] = {}
+    data = _fill_vars(data, shared or Vars(), reader, used)
     if "name" not in data and default_name is not None:
         data["name"] = default_name
-    loaded = LoadedPipeline(spec=None, file=file, positions=reader.positions, sources=reader.sources, env=reader.env)  # type: ignore[arg-type]
+    loaded = LoadedPipeline(spec=None, file=file, positions=reader.positions, sources=reader.sources, vars_used=used, env=reader.env)  # type: ignore[arg-type]
     try:
         loaded.spec = PipelineSpec.model_validate(data)
     except ValidationError as exc:
@@ -182,6 +270,56 @@ def load_text(
         raise SpecErrors(unset)
     loaded.errors = unset
     return loaded
+
+
+def _fill_vars(data: dict[str, Any], shared: Vars, reader: _Reader, used: dict[Path_, str]) -> dict[str, Any]:
+    """Take the file's own `vars:` out and replace every `${{ vars.NAME }}` by its value."""
+    own = data.pop("vars", None)
+    scope = dict(shared.values)
+    if own is not None:
+        if not isinstance(own, dict):
+            reader.errors.append(SpecError("`vars` must be a mapping of names to values", reader.positions.get(("vars",)), "write e.g. vars: {base_url: https://example.com/v1}"))
+        else:
+            for name, value in own.items():
+                if not _VAR_NAME.match(name):
+                    reader.errors.append(SpecError(f"'{name}' is not a variable name", reader.positions.get(("vars", name, "<key>")), "use letters, digits and _ (e.g. base_url)"))
+                _refuse_refs(value, reader, ("vars", name), reader.errors)
+                scope[name] = value
+    where = f"{shared.file} or " if shared.file else f"a {VARS_FILE} beside the file or "
+
+    def fill(value: Any, path: Path_) -> Any:
+        if isinstance(value, VarRef):
+            if value.name not in scope:
+                close = difflib.get_close_matches(value.name, list(scope), n=1)
+                hint = f"did you mean 'vars.{close[0]}'?" if close else f"define it in {where}under the file's `vars:`"
+                reader.errors.append(SpecError(f"unknown variable 'vars.{value.name}'", value.location, hint))
+                return None
+            out = scope[value.name]
+            for i, key in enumerate(value.path):
+                if not isinstance(out, dict) or key not in out:
+                    reader.errors.append(SpecError(f"'vars.{'.'.join([value.name, *value.path[: i + 1]])}' does not exist", value.location, "name a key the variable has"))
+                    return None
+                out = out[key]
+            if value.negate:
+                if not isinstance(out, bool):
+                    reader.errors.append(SpecError(f"'{value.text}' negates a value that is not true or false", value.location, "negate only a boolean variable"))
+                    return None
+                out = not out
+            used[path] = value.name
+            reader.sources[path] = value.text  # messages quote the reference, never the value (it may be a key)
+            return copy.deepcopy(out)
+        if isinstance(value, dict):
+            return {k: fill(v, (*path, k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [fill(v, (*path, i)) for i, v in enumerate(value)]
+        return value
+
+    return fill(data, ())
+
+
+def _check_size(text: str, file: str) -> None:
+    if len(text.encode("utf-8")) > MAX_DOCUMENT_BYTES:
+        raise SpecErrors([SpecError(f"the file is larger than {MAX_DOCUMENT_BYTES} bytes", Location(file, 1, 1), "a pipeline file is a page of YAML; split it into pipelines that run each other")])
 
 
 def without_echoes(errors: list[SpecError], causes: list[SpecError]) -> list[SpecError]:
@@ -352,11 +490,13 @@ class _Reader:
             return Ref(None, tuple(dotted[1:]), negate, raw.strip(), loc)
         if dotted[0] == "steps" and len(dotted) >= 2 and dotted[1]:
             return Ref(dotted[1], tuple(dotted[2:]), negate, raw.strip(), loc)
+        if dotted[0] == "vars" and len(dotted) >= 2 and dotted[1]:
+            return VarRef(dotted[1], tuple(dotted[2:]), negate, raw.strip(), loc)
         self.errors.append(
             SpecError(
                 f"unknown reference '{m.group(2)}'",
                 loc,
-                "references start with 'input' or 'steps.NAME', e.g. ${{ steps.clean.body }}",
+                "references start with 'input', 'steps.NAME' or 'vars.NAME', e.g. ${{ steps.clean.body }}",
             )
         )
         return None

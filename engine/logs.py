@@ -24,18 +24,78 @@ import structlog
 
 _scope: ContextVar[tuple[tuple[str, Any], ...] | None] = ContextVar("engine_log_scope", default=None)
 
-# Names whose values are secrets. Exact names, not substrings: `max_tokens` is not a token.
-SECRET_KEYS = re.compile(
-    r"^(proxy-)?authorization$|^(set-)?cookie$|^(x-)?(goog-)?api[-_]?key$|^apikey$|"
-    r"^(access|auth|refresh|id|bearer)[-_]?token$|^token$|^(client[-_])?secret$|^passw(or)?d$|"
-    r"^credentials?$|^\w*api[-_]key$",
-    re.I,
-)
-SECRET_VALUES = re.compile(
-    r"(sk-[A-Za-z0-9_\-]{6,}|(?<=Bearer )[A-Za-z0-9._\-~+/]{6,}=*|"
-    r"eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]*)"
-)
+# Names whose values are secrets, whatever the domain. Exact names, not substrings:
+# `max_tokens` is not a token. A domain adds its own (`register_secret_names`).
+_SECRET_NAMES = [
+    r"(proxy-)?authorization", r"(set-)?cookie", r"([\w-]*[-_])?api[-_]?key", r"apikey",
+    r"(access|auth|refresh|id|bearer)[-_]?token", r"token", r"(client[-_])?secret", r"passw(or)?d", r"credentials?",
+]
+# Values that are secrets wherever they appear: bearer credentials and JSON Web Tokens. A domain
+# adds the shapes of its keys (`register_secret_values`). Each shape comes with a literal that
+# any match contains: most strings (ids, names, timestamps) hold none of them and skip the
+# regex, which every field of every log line would otherwise pay.
+_SECRET_SHAPES = [r"(?<=Bearer )[A-Za-z0-9._\-~+/]{6,}=*", r"eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]*"]
+_SECRET_MARKERS = ["Bearer ", "eyJ"]
+_secret_env: list[str] = ["ENGINE_API_KEYS"]
+
+
+def _names_pattern() -> re.Pattern[str]:
+    return re.compile("|".join(f"^(?:{p})$" for p in _SECRET_NAMES), re.I)
+
+
+def _values_pattern() -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{p})" for p in _SECRET_SHAPES))
+
+
+SECRET_KEYS = _names_pattern()
+SECRET_VALUES = _values_pattern()
 _extra_secrets: set[str] = set()
+
+
+def register_secret_names(*patterns: str) -> None:
+    """Treat fields and headers whose whole name matches one of these regexes as secrets."""
+    global SECRET_KEYS
+    re.compile("|".join(patterns))  # a bad pattern fails here, at its registration
+    _SECRET_NAMES.extend(p for p in patterns if p not in _SECRET_NAMES)
+    SECRET_KEYS = _names_pattern()
+    _secret_key.cache_clear()
+
+
+def register_secret_values(pattern: str, marker: str) -> None:
+    """Scrub every text matching `pattern` (the shape of a key, say) from logs.
+
+    `marker` is a literal every match contains (`"key-"` for `key-[A-Za-z0-9]{6,}`): a text
+    without any marker is passed over without running the regex."""
+    global SECRET_VALUES
+    if not marker:
+        raise ValueError(f"secret pattern {pattern!r} needs a marker: a literal every match contains")
+    re.compile(pattern)  # a bad pattern fails here, at its registration
+    if pattern not in _SECRET_SHAPES:
+        _SECRET_SHAPES.append(pattern)
+    if marker not in _SECRET_MARKERS:
+        _SECRET_MARKERS.append(marker)
+    SECRET_VALUES = _values_pattern()
+
+
+def register_secret_env(*names: str) -> None:
+    """Scrub the values of these environment variables (comma-separated lists too) from logs.
+
+    Read now and again by every `configure`, so a key exported later still counts."""
+    for name in names:
+        if name not in _secret_env:
+            _secret_env.append(name)
+    _register_env_values(names)
+
+
+def _register_env_values(names: Any) -> None:
+    for name in names:
+        for part in (os.environ.get(name) or "").split(","):
+            register_secret(part.strip())
+
+
+def is_secret_name(name: Any) -> bool:
+    """Whether a field or header of this name holds a secret."""
+    return isinstance(name, str) and _secret_key(name)
 
 
 def bind_scope(**fields: Any) -> Any:
@@ -78,10 +138,9 @@ def scrub_known(text: str) -> str:
 def scrub(text: str) -> str:
     """Replace registered secrets and anything secret-looking in `text` with a marker."""
     text = scrub_known(text)
-    # Each SECRET_VALUES pattern starts with one of these: most strings (ids, names,
-    # timestamps) skip the regex, which every field of every log line would otherwise pay.
-    if "sk-" in text or "Bearer " in text or "eyJ" in text:
-        return SECRET_VALUES.sub("[REDACTED]", text)
+    for marker in _SECRET_MARKERS:  # see _SECRET_SHAPES: most texts hold none and skip the regex
+        if marker in text:
+            return SECRET_VALUES.sub("[REDACTED]", text)
     return text
 
 
@@ -128,9 +187,7 @@ def configure(fmt: str | None = None, level: str | None = None, stream: Any = No
     fmt = (fmt or os.environ.get("ENGINE_LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")).lower()
     level_name = (level or os.environ.get("ENGINE_LOG_LEVEL") or "info").upper()
     lvl = logging.getLevelNamesMapping().get(level_name, logging.INFO)
-    for name in ("OPENROUTER_API_KEY", "ENGINE_API_KEYS"):
-        for part in (os.environ.get(name) or "").split(","):
-            register_secret(part.strip())
+    _register_env_values(_secret_env)
     renderer: Any
     if fmt == "json":
         exc = structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False))

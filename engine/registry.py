@@ -2,7 +2,9 @@
 
 Steps in the project's `steps/` package register themselves with `@step("name")` when the
 package is imported; the engine imports every package listed under the `engine.steps` entry
-point group (see pyproject.toml), so it never imports the domain by name. A pipeline may also
+point group (see pyproject.toml), so it never imports the domain by name; the core steps
+(engine/builtins.py, plain functions below this module) are registered when this module is
+imported. A pipeline may also
 name any function as `package.module:function`; those are imported on first use, but only
 from module prefixes the deployment allows (`ENGINE_ALLOW_IMPORTS`, comma-separated; empty
 means anything importable), because naming a function in YAML is running code.
@@ -23,6 +25,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from engine import builtins
 from engine.errors import RegistryError
 
 _CONTEXT_TYPE_NAMES = frozenset({"RunContext"})
@@ -177,7 +180,6 @@ def load_step_packages() -> None:
     if _loaded_entry_points:
         return
     _loaded_entry_points = True
-    importlib.import_module("engine.builtins")
     for ep in entry_points(group="engine.steps"):
         try:
             ep.load()
@@ -230,6 +232,10 @@ def names() -> list[str]:
     """Registered step names, sorted; used in 'did you mean' hints."""
     load_step_packages()
     return sorted(n for n in _registry if ":" not in n)
+
+
+for _name, (_fn, _options) in builtins.CORE_STEPS.items():
+    step(_name, **_options)(_fn)
 
 
 _serving_notes: list[Callable[[], str]] = []

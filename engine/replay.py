@@ -248,6 +248,8 @@ async def _observe(out: Any) -> dict[str, Any]:
             async for item in out.stream:
                 chunks.append([0.0, item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)])
             observed["stream"] = chunks
+            if out.heartbeat:
+                observed["heartbeat"] = out.heartbeat.decode("utf-8", errors="replace")
         else:
             observed["body"] = _as_sent(out.body)
         return observed
@@ -265,23 +267,23 @@ def _as_sent(body: Any) -> Any:
         return content.decode("utf-8", errors="replace")
 
 
-def _events(chunks: list[Any]) -> list[Any]:
-    """A stream as a list of events: Server-Sent Events parsed (data as JSON), heartbeats dropped."""
+def _events(chunks: list[Any], heartbeat: str | None = None) -> list[Any]:
+    """A stream as a list of events: Server-Sent Events parsed (data as JSON), the reply's
+    `heartbeat` events dropped (how many were sent depends on timing)."""
     if not chunks:
         return []
     if not all(isinstance(c, list) and len(c) == 2 and isinstance(c[1], str) for c in chunks):
         return [c[1] if isinstance(c, list) and len(c) == 2 else c for c in chunks]
     text = "".join(c[1] for c in chunks)
+    beat = heartbeat.replace("\r\n", "\n").strip() if heartbeat else None
     events: list[Any] = []
     for block in text.replace("\r\n", "\n").split("\n\n"):
-        if not block.strip():
+        if not block.strip() or block.strip() == beat:
             continue
         fields: dict[str, str] = {}
         for line in block.split("\n"):
             name, _, value = line.partition(":")
             fields[name] = fields.get(name, "") + value.removeprefix(" ")
-        if fields.get("event") == "ping":
-            continue
         data: Any = fields.get("data", block)
         try:
             data = orjson.loads(data)
@@ -306,7 +308,8 @@ def compare_outputs(expected: Any, actual: dict[str, Any]) -> list[str]:
         if old_headers.get(name) != value:
             changes.append(f"header {name}: {_short(old_headers[name]) if name in old_headers else '(absent)'} -> {_short(value)}")
     if "stream" in expected or "stream" in actual:
-        changes += diff_events(_events(expected.get("stream") or []), _events(actual.get("stream") or []))
+        beat = actual.get("heartbeat")
+        changes += diff_events(_events(expected.get("stream") or [], beat), _events(actual.get("stream") or [], beat))
     else:
         changes += diff(expected.get("body"), actual.get("body"), "body")
     return changes

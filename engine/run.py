@@ -12,13 +12,12 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import structlog
 
-if TYPE_CHECKING:
-    from engine.executor import Engine
+from engine.streams import aclose_quietly
 
 T = TypeVar("T")
 
@@ -81,13 +80,25 @@ class IdSource:
         return time.time()
 
 
+class Runner(Protocol):
+    """What a run needs from the engine running it: shared resources and sub-runs.
+
+    `engine.executor.Engine` is the one implementation; naming only this much here keeps the
+    run context below the executor (the executor builds contexts, never the other way).
+    """
+
+    resources: Resources
+
+    async def run(self, name: str, input: Any = None, *, parent: RunContext | None = None) -> Any: ...
+
+
 @dataclass(slots=True, eq=False)
 class RunContext:
     """One run of one pipeline. Created by the engine; steps only read it and call its methods."""
 
     request_id: str
     pipeline: str
-    engine: Engine
+    engine: Runner
     input: Any = None
     deadline: float | None = None  # time.monotonic() seconds
     ids: IdSource = field(default_factory=IdSource)
@@ -140,8 +151,6 @@ class RunContext:
 
     async def aclose(self) -> None:
         """Close every stream this run opened that its consumer did not finish (idempotent)."""
-        from engine.streams import aclose_quietly
-
         pending, self.streams[:] = list(self.streams), []
         for stream in reversed(pending):
             await aclose_quietly(stream)

@@ -42,7 +42,7 @@ class Request:
     the body parsed as JSON (`${{ input.json.text }}` is one field of it).
 
     The body stays bytes so that a domain can parse it itself and answer a malformed one in
-    its protocol's own error format (the Anthropic steps do). `json` parses it once, on first
+    its protocol's own error format. `json` parses it once, on first
     use; a body that is not JSON raises `HttpError` 400, which the pipeline's `errors:` step
     renders like any other error, naming the field or byte offset that is wrong.
     """

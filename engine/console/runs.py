@@ -6,7 +6,7 @@ the same place), with the access facts (status, outcome, duration and whatever f
 pipelines add: model, fallback, tokens, cost) and the run record that
 `engine.capture.RunRecorder` collects (redacted input, recorded step calls, trace, the
 answer as sent). The record is finished right after the access line, before anyone can read
-it. Only the newest runs keep their record (50, and about 64 MB: a Claude Code request with
+it. Only the newest runs keep their record (50, and about 64 MB: a coding agent's request with
 its history is megabytes); older ones keep their facts and what failed.
 
 With capture on, the capture directory is indexed too, read incrementally (only the bytes

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
@@ -30,10 +30,22 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.console import present, svg, usage
-from engine.console.runs import RunEntry, ordered_facts
+from engine.console.runs import CaptureIndex, RunEntry, Runs, ordered_facts
 
 if TYPE_CHECKING:
-    from engine.console import Console
+    from engine.executor import Engine
+
+
+class ConsoleState(Protocol):
+    """What the pages read from `engine.console.Console`, named here rather than imported:
+    the Console builds this app, so importing it back would close an import cycle."""
+
+    engine: Engine
+    api_keys: list[str]
+    pipelines: list[str] | None
+    runs: Runs
+    captures: CaptureIndex | None
+    reloads: list[dict[str, Any]]
 
 HERE = Path(__file__).parent
 STREAM_SECONDS = 5.0
@@ -125,7 +137,7 @@ async def _form(request: Request, limit: int = 64 * 1024) -> dict[str, list[str]
     return parse_qs(body.decode("utf-8", errors="replace"), max_num_fields=200)
 
 
-def build(console: Console) -> ASGIApp:
+def build(console: ConsoleState) -> ASGIApp:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined)
     env.filters["ms"] = lambda v: "" if v is None else f"{float(v):,.1f} ms"
     env.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""

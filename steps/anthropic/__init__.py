@@ -8,4 +8,4 @@ anthropic.apply_compaction, anthropic.context_reply, anthropic.error, anthropic.
 anthropic.estimate_input_tokens, anthropic.count_tokens).
 """
 
-from steps.anthropic import clean, compaction, context_edits, errors, models, parse, reply, sse, threads, tokens, tool_changes, validate  # noqa: F401
+from steps.anthropic import clean, compaction, context_edits, engine_hooks, errors, models, parse, reply, sse, threads, tokens, tool_changes, validate  # noqa: F401

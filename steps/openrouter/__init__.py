@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 from engine.errors import SpecErrors
+from engine.logs import register_secret_env
 from engine.registry import serving_note, startup_check
 from steps.openrouter import doctor, model_map, profiles, routing, upstream  # noqa: F401
 from steps.providers.config import PROVIDERS_FILE, load_providers
@@ -15,6 +16,9 @@ def providers_path() -> Path:
     pipelines = Path(os.environ.get("ENGINE_PIPELINES") or "pipelines")
     named = Path(os.environ.get("ENGINE_PROVIDERS") or PROVIDERS_FILE).expanduser()
     return named if named.is_absolute() else pipelines / named
+
+
+register_secret_env("OPENROUTER_API_KEY")  # the shipped provider's key never reaches a log line
 
 
 @serving_note

@@ -69,18 +69,40 @@ def test_one_line_per_step_end(lines) -> None:
 
 
 def test_redaction_masks_secret_fields_and_values(lines) -> None:
-    """Secret-named fields and key-looking values are masked before rendering."""
+    """Secret-named fields, bearer tokens and the key shapes a domain registered are masked."""
+    logs.register_secret_values(r"toykey-[A-Za-z0-9]{6,}", marker="toykey-")
+    logs.register_secret_names(r"x-toy-key")
     log = structlog.get_logger("t")
-    log.info("upstream", api_key="sk-or-CANARY4-123456", headers={"authorization": "Bearer CANARY2-abcdef"}, note="key sk-ant-CANARY1-zzzzzz here")
+    log.info(
+        "upstream",
+        api_key="CANARY4-123456",
+        headers={"authorization": "Bearer CANARY2-abcdef", "X-Toy-Key": "CANARY3"},
+        note="key toykey-CANARY1zzzzzz here",
+    )
     text = json.dumps(lines())
     assert "CANARY" not in text
     assert "[REDACTED]" in text
 
 
+def test_secret_environment_variables_are_scrubbed_when_registered_and_when_configured(lines, monkeypatch) -> None:
+    """A registered variable's value is scrubbed at once, and again after it changes and logs are configured."""
+    monkeypatch.setenv("TOY_UPSTREAM_KEY", "CANARY6-first")
+    logs.register_secret_env("TOY_UPSTREAM_KEY")
+    monkeypatch.setenv("TOY_UPSTREAM_KEY", "CANARY7-second,CANARY8-third")
+    logs.configure("json", "debug", stream=io.StringIO(), cache=False)
+    assert logs.scrub("a CANARY6-first b CANARY7-second c CANARY8-third") == "a [REDACTED] b [REDACTED] c [REDACTED]"
+
+
+def test_secret_names_are_whole_names() -> None:
+    """`max_tokens` is not a token; any `*api-key` / `*_api_key` spelling is a key."""
+    assert not logs.is_secret_name("max_tokens") and not logs.is_secret_name("tokens")
+    assert all(logs.is_secret_name(n) for n in ("Authorization", "x-goog-api-key", "OPENAI_API_KEY", "apikey", "client_secret"))
+
+
 def test_exception_tracebacks_have_no_locals(lines) -> None:
     """A logged exception does not render frame locals, where a key could sit."""
     log = structlog.get_logger("t")
-    secret_local = "sk-or-CANARY4-local"  # noqa: F841
+    secret_local = "CANARY4-local"  # noqa: F841
     try:
         raise ValueError("boom")
     except ValueError:
