@@ -48,6 +48,7 @@ from pydantic_core import PydanticCustomError
 from engine.capture import value_type
 from engine.errors import SpecError, SpecErrors
 from engine.loader import Document, read_document
+from engine.logs import register_secret
 from engine.registry import configuration_file, step
 from steps.providers.dialects import DIALECTS, Dialect
 
@@ -177,6 +178,8 @@ def load_providers(path: str | Path, env: Any = None) -> Providers:
         name: Provider(name, p.base_url, p.api_key, p.forward_client_key, dict(p.headers), p.dialect, p.fetch_models)
         for name, p in spec.providers.items()
     }
+    for provider in providers.values():
+        register_secret(provider.api_key)  # a key given only here is scrubbed from logs too
     return Providers(spec.default, providers)
 
 
