@@ -107,8 +107,8 @@ def test_replay_of_a_pipeline_edit_shows_only_what_is_sent_and_received(tmp_path
     turn = pipelines / "turn.yaml"
     original = turn.read_text()
     edited = original.replace(
-        "      small_model: ${SMALL_MODEL:-anthropic/claude-haiku-4.5}\n",
-        "      small_model: ${SMALL_MODEL:-anthropic/claude-haiku-4.5}\n      aliases:\n        claude-opus-5-5: test/opus-alias\n",
+        "      small_model: ${{ vars.small_model }}\n",
+        "      small_model: ${{ vars.small_model }}\n      aliases:\n        claude-opus-5-5: test/opus-alias\n",
         1,
     )
     assert edited != original

@@ -53,7 +53,7 @@ def test_live_reload_swaps_valid_sets_and_keeps_the_old_on_errors(tmp_path: Path
                 return [m["id"] for m in http.get("/v1/models").json()["data"]]
 
             before = ids()
-            models.write_text(models.read_text().replace("middle_model: ${MIDDLE_MODEL:-}", "middle_model: x/reloaded-middle"))
+            models.write_text(models.read_text().replace("middle_model: ${{ vars.middle_model }}", "middle_model: x/reloaded-middle"))
 
             def wait_until(predicate, timeout: float = 60.0) -> bool:
                 deadline = time.monotonic() + timeout
