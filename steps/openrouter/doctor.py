@@ -92,7 +92,7 @@ def _model_params(step: str, static: dict[str, Any]) -> Iterator[tuple[str, Any]
         yield "model", static.get("model")
 
 
-async def _listing(client: httpx.AsyncClient, provider: Provider) -> tuple[list[str] | None, list[Finding]]:
+async def _listing(client: httpx.AsyncClient, provider: Provider) -> tuple[dict[str, dict] | None, list[Finding]]:
     import httpx
 
     base = provider.base_url
@@ -106,10 +106,10 @@ async def _listing(client: httpx.AsyncClient, provider: Provider) -> tuple[list[
         return None, [Finding("fail", f"upstream {base}/models answered {r.status_code}", "the upstream is having trouble; try again later")]
     try:
         data = r.json().get("data")
-        ids = [e["id"] for e in data if isinstance(e, dict) and isinstance(e.get("id"), str)]
+        entries = {e["id"]: e for e in data if isinstance(e, dict) and isinstance(e.get("id"), str)}
     except (ValueError, AttributeError, TypeError):
         return None, [Finding("warn", f"upstream {base}/models did not answer a model list ({r.status_code})", "is base_url an OpenAI-compatible base URL ending in /v1?")]
-    return ids, [Finding("ok", f"upstream {base} is reachable ({len(ids)} models listed)")]
+    return entries, [Finding("ok", f"upstream {base} is reachable ({len(entries)} models listed)")]
 
 
 async def _key_check(client: httpx.AsyncClient, provider: Provider) -> list[Finding]:
@@ -152,16 +152,30 @@ async def upstream() -> list[Finding]:
     if providers is None:
         return found
     listings: dict[str, list[str] | None] = {}
+    windows: dict[tuple[str, str], int] = {}  # (provider, model) -> context window, from the listings
     import httpx  # a tenth of a second: only when the doctor really calls the upstreams
 
     async with httpx.AsyncClient(timeout=httpx.Timeout(LISTING_TIMEOUT, connect=LISTING_CONNECT_TIMEOUT), trust_env=False) as client:
         for provider in providers.providers.values():
-            ids, findings = await _listing(client, provider)
-            listings[provider.name] = ids
+            entries, findings = await _listing(client, provider)
+            listings[provider.name] = list(entries) if entries is not None else None
+            windows.update({(provider.name, m): e["context_length"] for m, e in (entries or {}).items() if isinstance(e.get("context_length"), int)})
             found += findings
-            if ids is not None:
+            if entries is not None:
                 found += await _key_check(client, provider)
-    return found + check_models(providers, listings, configured_models())
+    return found + check_models(providers, listings, configured_models()) + _context_window(providers, windows)
+
+
+def _context_window(providers: Providers, windows: dict[tuple[str, str], int]) -> list[Finding]:
+    """Claude Code sizes its context meter and auto-compaction by its own model table, which
+    knows no non-Anthropic model (it assumes 1M tokens; 2.1.332 reads only ids and names from
+    a gateway's /v1/models). CLAUDE_CODE_MAX_CONTEXT_TOKENS tells it the real window."""
+    big = os.environ.get("BIG_MODEL") or "anthropic/claude-sonnet-4.5"
+    target = providers.resolve(big)
+    window = windows.get((target.provider, target.model))
+    if window is None:
+        return []
+    return [Finding("ok", f"{big} has a {window}-token context window", f"export CLAUDE_CODE_MAX_CONTEXT_TOKENS={window}   # so Claude Code compacts before the upstream refuses")]
 
 
 doctor_check(upstream)

@@ -53,7 +53,7 @@ def _claude(request: pytest.FixtureRequest) -> str:
     return found
 
 
-def run_claude(claude: str, gateway: Gateway, tmp_path: Path, prompt: str, *extra: str) -> dict:
+def run_claude(claude: str, gateway: Gateway, tmp_path: Path, prompt: str, *extra: str, env_extra: dict[str, str] | None = None) -> dict:
     home = tmp_path / "home"
     work = tmp_path / "work"
     home.mkdir(exist_ok=True)
@@ -67,6 +67,7 @@ def run_claude(claude: str, gateway: Gateway, tmp_path: Path, prompt: str, *extr
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "DISABLE_AUTOUPDATER": "1",
         "DISABLE_ERROR_REPORTING": "1",
+        **(env_extra or {}),
     }
     proc = subprocess.run(
         [claude, "-p", prompt, "--output-format", "json", *extra],
@@ -120,3 +121,17 @@ def test_claude_code_session_usage_and_statusline(claude: str, gateway: Gateway,
         capture_output=True, text=True, timeout=60,
     )
     assert status.returncode == 0 and "test/" in status.stdout and "$0.0" in status.stdout
+
+
+def test_claude_code_discovers_the_gateway_models_and_sizes_a_foreign_model(claude: str, gateway: Gateway, tmp_path: Path) -> None:
+    """With gateway model discovery on, Claude Code reads GET /v1/models and keeps the Claude
+    ids the gateway lists; for a model it does not know (ANTHROPIC_MODEL=openai/gpt-4o) it
+    would assume 1M tokens, and the setting `engine doctor` prints gives it the real window."""
+    with gateway.http() as http:
+        listed = [m["id"] for m in http.get("/v1/models", params={"limit": 1000}).json()["data"]]
+    claude_ids = [i for i in listed if "claude" in i.lower() or "anthropic" in i.lower()]
+    env = {"CLAUDE_CODE_ENABLE_GATEWAY_MODEL_DISCOVERY": "1", "ANTHROPIC_MODEL": "openai/gpt-4o", "CLAUDE_CODE_MAX_CONTEXT_TOKENS": "128000"}
+    result = run_claude(claude, gateway, tmp_path, "Say hello", "--debug", env_extra=env)
+    debug = "".join(p.read_text(errors="replace") for p in (tmp_path / "home" / ".claude").rglob("debug/*") if p.is_file())
+    assert f"[gatewayDiscovery] cached {len(claude_ids)} models" in debug
+    assert result["modelUsage"]["openai/gpt-4o"]["contextWindow"] == 128000

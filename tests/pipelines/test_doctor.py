@@ -20,8 +20,11 @@ def test_doctor_all_good() -> None:
     """With a reachable upstream and a key it accepts, doctor passes and prints Claude Code's settings."""
     with FakeOpenRouter() as fake:
         fake.models = [{"id": m} for m in ("vendor/big", "vendor/small", "openai/gpt-4o-mini")]
+        fake.models[0]["context_length"] = 131072
         r = doctor({"OPENROUTER_BASE_URL": fake.base_url, "OPENROUTER_API_KEY": "sk-or-test", "BIG_MODEL": "vendor/big", "SMALL_MODEL": "vendor/small"})
     assert r.returncode == 0, r.stdout + r.stderr
+    # Claude Code would assume a 1M window for a model it does not know: doctor says what to set.
+    assert "vendor/big has a 131072-token context window" in r.stdout and "export CLAUDE_CODE_MAX_CONTEXT_TOKENS=131072" in r.stdout
     assert f"upstream {fake.base_url} is reachable" in r.stdout
     assert "the upstream openrouter accepts its api_key" in r.stdout
     assert "vendor/big (" in r.stdout and "is listed by openrouter" in r.stdout
