@@ -64,6 +64,30 @@ def model_map(
     return model
 
 
+@step("openrouter.request_fallbacks", blocking=False)
+def request_fallbacks(
+    body: dict[str, Any],
+    big_model: str,
+    small_model: str,
+    middle_model: str = "",
+    aliases: dict[str, str] | None = None,
+    providers: Providers | None = None,
+) -> list[str]:
+    """The request's own `fallbacks` (Anthropic's server-side fallback chain) as upstream models.
+
+    Each entry's `model` goes through the model map like the request's model, so
+    `claude-sonnet-5-5` falls back to the configured tier. `"default"` (the server's own chain)
+    adds nothing: the routing rules' `fallback` list is this gateway's default chain. Per-entry
+    overrides (`max_tokens`, `thinking`, `output_config`, `speed`) are not applied: every
+    candidate gets the request's own parameters, clamped to its profile.
+    """
+    chain = body.get("fallbacks")
+    if not isinstance(chain, list):
+        return []
+    models = [e.get("model") for e in chain if isinstance(e, dict)]
+    return [model_map(m, big_model, small_model, middle_model, aliases, providers) for m in models if isinstance(m, str) and m]
+
+
 @step("openrouter.model_catalogue", blocking=False)
 def model_catalogue(
     big_model: str,

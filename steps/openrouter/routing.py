@@ -116,6 +116,7 @@ def route(
     input_tokens: int = 0,
     rules: RoutingRules | None = None,
     providers: Providers | None = None,
+    asked_fallbacks: list[str] | None = None,
 ) -> dict:
     """Pick the upstream model by routing rules: `{model, fallbacks, models, candidates, scenario}`.
 
@@ -123,8 +124,9 @@ def route(
     then, for Claude-named ids only (an explicit `author/slug` id is the client's choice),
     `background` (ids containing a `background_match` word, haiku by default), `web_search` (a
     web_search server tool), `image` (images in the latest user turn), `think` (thinking
-    enabled or adaptive), else `default` (or the model map's pick). `fallback` models follow,
-    without repeats; openrouter.call tries them in order before the first byte is sent.
+    enabled or adaptive), else `default` (or the model map's pick). The request's own
+    `fallbacks` (`asked_fallbacks`, already mapped) follow, then the rules' `fallback` models,
+    without repeats; they are tried in order before the first byte is sent.
 
     Every model here is a reference (`NAME:MODEL` for a provider declared in `providers`,
     else a model of the default provider), so a fallback may be on another provider.
@@ -135,7 +137,7 @@ def route(
     scenario, chosen = choose(body, model, input_tokens, rules, providers)
     ctx.attributes["route"] = scenario
     refs = [chosen]
-    for candidate in rules.fallback:
+    for candidate in [*(asked_fallbacks or ()), *rules.fallback]:
         if candidate not in refs:
             refs.append(candidate)
     if providers is None:

@@ -202,6 +202,17 @@ def test_cache_usage_maps_back_and_is_stripped_for_other_models(parity: Gateway)
     assert parity.fake.rejections == []
 
 
+def test_the_requests_own_fallbacks_join_the_candidates(parity: Gateway) -> None:
+    """The request `fallbacks` field (server-side fallback, SDK 2.17): each entry's model goes
+    through the model map and is tried before the operator's fallbacks."""
+    parity.fake.script("503")
+    parity.fake.script("503")
+    body = {"model": "claude-opus-5-5", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}], "fallbacks": [{"model": "openai/gpt-4o-mini", "max_tokens": 50}]}
+    msg = parity.client().beta.messages.create(**body)
+    assert msg.model == "claude-opus-5-5"
+    assert [r.json["model"] for r in parity.fake.requests] == [ANTHROPIC, "openai/gpt-4o-mini", FALLBACK]
+
+
 def test_fallback_model_answers_after_a_503(parity: Gateway) -> None:
     """A 503 from the routed model falls back to the next one before any byte is sent."""
     parity.fake.script("503")
