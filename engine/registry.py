@@ -55,7 +55,7 @@ class StepInfo:
     streams: bool
     accepts_any: bool
     doc: str = field(default="")
-    sends: tuple[str, ...] = ()  # the inputs that leave the process (what replay compares)
+    sends: tuple[str, ...] | None = None  # the inputs that leave the process (what replay compares); None: all
 
     @property
     def summary(self) -> str:
@@ -68,7 +68,7 @@ _loaded_entry_points = False
 
 
 def step(
-    name: str, *, blocking: bool | None = None, side_effects: bool = False, sends: tuple[str, ...] = ()
+    name: str, *, blocking: bool | None = None, side_effects: bool = False, sends: tuple[str, ...] | None = None
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a function as the step `name`.
 
@@ -84,7 +84,8 @@ def step(
     costs more than such a step. `side_effects=True` marks a step whose repetition is not
     harmless; the engine then refuses to retry it unless the YAML says `idempotent: true`.
     `sends` names the inputs a step that talks to the outside world puts on the wire (the
-    request body, the URL): `engine replay` compares those, not the step's settings.
+    request body, the URL): `engine replay` compares those, not the step's settings; `()` says
+    it sends nothing (a recorded step that only reads state that changes while serving).
     The function itself is returned unchanged, so it stays testable without the engine.
     """
 
@@ -101,7 +102,7 @@ def step(
 
 
 def describe(
-    name: str, fn: Callable[..., Any], *, blocking: bool | None = None, side_effects: bool = False, sends: tuple[str, ...] = ()
+    name: str, fn: Callable[..., Any], *, blocking: bool | None = None, side_effects: bool = False, sends: tuple[str, ...] | None = None
 ) -> StepInfo:
     """Read a function's signature into a `StepInfo` (also used for `module:function` steps)."""
     try:
@@ -127,7 +128,7 @@ def describe(
             continue
         required = p.default is inspect.Parameter.empty
         params[p.name] = Param(p.name, ann, required, None if required else p.default)
-    unknown = [s for s in sends if s not in params]
+    unknown = [s for s in sends or () if s not in params]
     if unknown:
         raise RegistryError(f"step '{name}': sends names {', '.join(unknown)}, which it has no parameter for")
     is_async = inspect.iscoroutinefunction(fn)
@@ -145,7 +146,7 @@ def describe(
         streams=streams,
         accepts_any=accepts_any,
         doc=inspect.getdoc(fn) or "",
-        sends=tuple(sends),
+        sends=None if sends is None else tuple(sends),
     )
 
 

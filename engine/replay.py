@@ -6,7 +6,8 @@ so no network is touched. Then what a person cares about is compared with the ca
 nothing else:
 
 - what would go upstream: the inputs each recorded step puts on the wire (the step's
-  `sends`, e.g. the request payload and URL; all its inputs when it declares none). A changed
+  `sends`, e.g. the request payload and URL; all its inputs when it does not say; none for a
+  step that only reads state, such as a calibration or a price list). A changed
   model map shows up here, because the answer itself was taken from the capture;
 - what the client receives: the status, the reply headers the pipeline set, and the JSON
   body or each streamed event.
@@ -77,11 +78,11 @@ class Replayer:
         self.upstream_changes: list[str] = []
         self.answered = 0
 
-    def sends(self, pipeline: str, step: str) -> tuple[str, ...]:
-        """The inputs of this recorded step that go on the wire (empty: all of them)."""
+    def sends(self, pipeline: str, step: str) -> tuple[str, ...] | None:
+        """The inputs of this recorded step that go on the wire (None: all of them)."""
         plan = self.engine.plans.get(pipeline)
         node = plan.nodes.get(step) if plan is not None else None
-        return node.info.sends if node is not None else ()
+        return node.info.sends if node is not None else None
 
     async def answer(self, pipeline: str, step: str, inputs: dict[str, Any]) -> Any:
         queue = self.queues.get((pipeline, step))
@@ -91,7 +92,7 @@ class Replayer:
         self.answered += 1
         before, now = call.get("input") or {}, redact_named(jsonable(inputs))
         wire = self.sends(pipeline, step)
-        if wire and isinstance(before, dict):
+        if wire is not None and isinstance(before, dict):
             before = {k: before[k] for k in wire if k in before}
             now = {k: now[k] for k in wire if k in now}
         for line in diff(plain(before), plain(now)):

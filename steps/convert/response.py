@@ -14,7 +14,8 @@ import orjson
 
 from engine.registry import step
 from engine.run import RunContext
-from steps.anthropic.tokens import calibration
+from steps.anthropic.tokens import calibration as learned_by
+from steps.anthropic.tokens import corrected
 from steps.convert.metering import meter
 from steps.convert.thinking import Reasoning
 from steps.openrouter.errors import UpstreamError
@@ -36,6 +37,7 @@ def convert_response(
     input_tokens_estimate: int = 0,
     profiles: dict[str, Profile] | None = None,
     prices: dict[str, Prices] | None = None,
+    calibration: dict[str, float] | None = None,
 ) -> dict:
     """Translate a non-streaming chat completion into an Anthropic Message.
 
@@ -50,7 +52,7 @@ def convert_response(
     block signed with a gateway token (steps/convert/thinking.py), or redacted_thinking when
     it is encrypted only; `thinking.display: "omitted"` keeps the signature, empties the text.
     The usage and its cost (the upstream's, else from `prices`) are reported for the access
-    line and metrics.
+    line and metrics. `calibration` (`anthropic.calibration`) scales an estimated input count.
     """
     if not isinstance(completion, dict):
         raise UpstreamError(
@@ -122,7 +124,7 @@ def convert_response(
     learn(ctx, answered, input_tokens_estimate, completion.get("usage"))
     if usage is None:
         usage = {
-            "input_tokens": calibration(ctx).correct(answered, max(0, int(input_tokens_estimate))),
+            "input_tokens": corrected(calibration, answered, max(0, int(input_tokens_estimate))),
             "output_tokens": max(1, chars // 4),
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": 0,
@@ -174,7 +176,7 @@ def learn(ctx: RunContext, model: str, estimate: Any, usage: Any) -> None:
     if isinstance(usage, dict) and isinstance(estimate, int):
         prompt = usage.get("prompt_tokens")
         if isinstance(prompt, int) and not isinstance(prompt, bool):
-            calibration(ctx).learn(model, estimate, prompt)
+            learned_by(ctx).learn(model, estimate, prompt)
 
 
 def stop_reason_for(

@@ -19,7 +19,7 @@ import orjson
 
 from engine.registry import step
 from engine.run import RunContext
-from steps.anthropic.tokens import calibration
+from steps.anthropic.tokens import corrected
 from steps.convert.response import (
     REFUSAL_DETAILS,
     answered_model,
@@ -52,6 +52,7 @@ async def convert_stream(
     input_tokens_estimate: int = 0,
     profiles: dict[str, Profile] | None = None,
     prices: dict[str, Prices] | None = None,
+    calibration: dict[str, float] | None = None,
 ) -> AsyncIterator[dict]:
     """Translate parsed chat completion chunks into Anthropic stream events, incrementally.
 
@@ -66,8 +67,9 @@ async def convert_stream(
     (encrypted only, or a signature after the text started) become a redacted_thinking block.
     The final usage and its cost are reported for the access line and metrics; a stream that
     ends early (cut, client gone) after some output reports its estimate, since it was billed.
+    `calibration` (`anthropic.calibration`) scales the input estimate `message_start` carries.
     """
-    conv = _StreamConverter(body, model, ctx, input_tokens_estimate, profiles, prices)
+    conv = _StreamConverter(body, model, ctx, input_tokens_estimate, profiles, prices, calibration)
     try:
         yield conv.start()
         feed = conv.feed
@@ -118,6 +120,7 @@ class _StreamConverter:
         estimate: int,
         profiles: dict[str, Profile] | None = None,
         prices: dict[str, Prices] | None = None,
+        calibration: dict[str, float] | None = None,
     ) -> None:
         self.ctx = ctx
         self.prices = prices
@@ -129,7 +132,7 @@ class _StreamConverter:
         self.thought: Reasoning | None = None  # reasoning of the open thinking block
         self.late: Reasoning | None = None  # details that came with no thinking block open
         self.raw_estimate = max(0, int(estimate or 0))
-        self.estimate = calibration(ctx).correct(self.answered, self.raw_estimate)
+        self.estimate = corrected(calibration, self.answered, self.raw_estimate)
         self.open = _NONE
         self.open_tool: _Tool | None = None
         self.index = -1  # index of the open (or last) block

@@ -62,6 +62,7 @@ class Profile:
         return self.supported is None or param in self.supported
 
 
+@value_type
 @dataclass(frozen=True, slots=True)
 class Prices:
     """USD per million tokens of each kind; a cache price of None is billed as input."""
@@ -276,7 +277,7 @@ def for_dialect(profile: Profile, dialect: Dialect) -> Profile:
     return replace(profile, reasoning=dialect.reasoning_back, cache=profile.cache and dialect.cache_control)
 
 
-@step("openrouter.profiles")
+@step("openrouter.profiles", sends=("providers", "base_url"))
 async def profiles(
     models: list[str],
     ctx: RunContext,
@@ -329,7 +330,7 @@ async def profiles(
 
 
 
-@step("openrouter.prices")
+@step("openrouter.prices", sends=())
 async def prices(models: list[str], ctx: RunContext, profiles: dict[str, Profile] | None = None, data: str = "") -> dict[str, Prices]:
     """USD per million input, output, cache-read and cache-write tokens, per model (when known).
 

@@ -136,6 +136,7 @@ async def call(
     cooldown_failures: int = 3,
     first_byte_timeout: float | None = None,
     first_content_timeout: float | None = None,
+    calibration: dict[str, float] | None = None,
 ) -> Any:
     """POST a chat-completions payload upstream; a dict, or a stream of chunk dicts.
 
@@ -152,7 +153,7 @@ async def call(
     up to and including its first chunk, so nothing has reached the client yet. The model
     that answered goes to `ctx.attributes["model"]` (access log, `x-upstream-model`). A
     context overflow whose numbers the upstream did not state gets them from `profiles` and
-    `input_tokens`, so the renderer can word it the way Claude Code's auto-compaction expects.
+    `input_tokens` (scaled by `calibration`, the `anthropic.calibration` output), so the renderer can word it the way Claude Code's auto-compaction expects.
 
     `commit_after` (seconds; None = never) is the commit-after-hold policy of the module
     docstring. `cooldown` (seconds; 0 = off) and `cooldown_failures` are the circuit breaker
@@ -186,7 +187,8 @@ async def call(
     targets = _targets(providers, payloads, candidates)
     breaker = await cooldowns(ctx) if cooldown and cooldown > 0 else None
     return await _call_candidates(
-        list(zip(payloads, targets)), request, ctx, providers, transport, profiles, input_tokens, breaker, cooldown, cooldown_failures
+        list(zip(payloads, targets)), request, ctx, providers, transport, profiles, input_tokens, breaker, cooldown, cooldown_failures,
+        calibration,
     )
 
 
@@ -215,7 +217,7 @@ def _targets(providers: Providers, payloads: list[dict], candidates: list[dict] 
 
 
 def _with_context_figures(
-    exc: UpstreamError, payload: dict, profiles: dict | None, input_tokens: int, ctx: RunContext
+    exc: UpstreamError, payload: dict, profiles: dict | None, input_tokens: int, calibration: dict[str, float] | None = None
 ) -> UpstreamError:
     """Give a context overflow the numbers its message or body did not state.
 
@@ -233,9 +235,9 @@ def _with_context_figures(
     limit = known.limit or getattr(profile, "context_length", None)
     prompt = known.input_tokens
     if prompt is None and input_tokens and model:
-        from steps.anthropic.tokens import calibration
+        from steps.anthropic.tokens import corrected
 
-        prompt = calibration(ctx).correct(model, input_tokens)
+        prompt = corrected(calibration, model, input_tokens)
     max_tokens = payload.get("max_tokens") or payload.get("max_completion_tokens")
     output = known.output_tokens or (max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None)
     exc.context = ContextOverflow(prompt or None, limit, output)  # the output budget counts against the window too
@@ -264,6 +266,7 @@ async def _call_candidates(
     breaker: Cooldowns | None = None,
     cooldown: float = 0.0,
     cooldown_failures: int = 3,
+    calibration: dict[str, float] | None = None,
 ) -> Any:
     """Try each candidate in order (the routed model, then its fallbacks) until one answers."""
     if not candidates:
@@ -291,7 +294,7 @@ async def _call_candidates(
                     # and only then has the model answered (for the circuit breaker too).
                     await result.peek()
         except UpstreamError as exc:
-            exc = _with_context_figures(exc, payload, profiles, input_tokens, ctx)
+            exc = _with_context_figures(exc, payload, profiles, input_tokens, calibration)
             failure = exc.failure
             if breaker is not None:
                 settled = True
