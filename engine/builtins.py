@@ -6,7 +6,7 @@ from typing import Any
 
 from engine.registry import step
 from engine.run import RunContext
-from engine.types import PipelineName
+from engine.types import Facts, PipelineName
 
 
 @step("core.value", blocking=False)
@@ -16,10 +16,12 @@ def value(value: Any) -> Any:
 
 
 @step("core.run")
-async def run(pipeline: PipelineName, input: Any, ctx: RunContext) -> Any:
+async def run(pipeline: PipelineName, input: Any, ctx: RunContext, facts: Facts) -> Any:
     """Run another pipeline on `input` and return its output: a shared part as one step.
 
-    The sub-run shares the request id, deadline, ids, captures and access-log fields of the
-    run that calls it; `engine graph PIPELINE` draws the inside.
+    The sub-run shares the request id, deadline, ids and captures of the run that calls it;
+    what its pipeline declares under `access:` are this step's facts (`${{ facts.STEP.KEY }}`),
+    read when asked for, so a stream's usage is there once the stream ended. `engine graph
+    PIPELINE` draws the inside.
     """
-    return await ctx.run_pipeline(pipeline, input)
+    return await ctx.run_pipeline(pipeline, input, facts=facts)

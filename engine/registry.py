@@ -56,6 +56,8 @@ class StepInfo:
     accepts_any: bool
     doc: str = field(default="")
     sends: tuple[str, ...] | None = None  # the inputs that leave the process (what replay compares); None: all
+    wants_facts: str | None = None  # the parameter the engine passes the step's Facts in
+    facts: tuple[str, ...] = ()  # the keys it writes there (empty: any, e.g. a sub-run's)
 
     @property
     def summary(self) -> str:
@@ -68,7 +70,8 @@ _loaded_entry_points = False
 
 
 def step(
-    name: str, *, blocking: bool | None = None, side_effects: bool = False, sends: tuple[str, ...] | None = None
+    name: str, *, blocking: bool | None = None, side_effects: bool = False, sends: tuple[str, ...] | None = None,
+    facts: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a function as the step `name`.
 
@@ -86,11 +89,12 @@ def step(
     `sends` names the inputs a step that talks to the outside world puts on the wire (the
     request body, the URL): `engine replay` compares those, not the step's settings; `()` says
     it sends nothing (a recorded step that only reads state that changes while serving).
+    `facts` names the keys a step writes into its `Facts` parameter (`${{ facts.STEP.KEY }}`).
     The function itself is returned unchanged, so it stays testable without the engine.
     """
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        info = describe(name, fn, blocking=blocking, side_effects=side_effects, sends=sends)
+        info = describe(name, fn, blocking=blocking, side_effects=side_effects, sends=sends, facts=facts)
         existing = _registry.get(name)
         if existing is not None and existing.fn is not fn:
             where = f"{existing.fn.__module__}.{existing.fn.__qualname__}"
@@ -102,7 +106,8 @@ def step(
 
 
 def describe(
-    name: str, fn: Callable[..., Any], *, blocking: bool | None = None, side_effects: bool = False, sends: tuple[str, ...] | None = None
+    name: str, fn: Callable[..., Any], *, blocking: bool | None = None, side_effects: bool = False, sends: tuple[str, ...] | None = None,
+    facts: tuple[str, ...] = (),
 ) -> StepInfo:
     """Read a function's signature into a `StepInfo` (also used for `module:function` steps)."""
     try:
@@ -112,6 +117,7 @@ def describe(
     sig = inspect.signature(fn)
     params: dict[str, Param] = {}
     wants_context: str | None = None
+    wants_facts: str | None = None
     accepts_any = False
     for p in sig.parameters.values():
         if p.kind is inspect.Parameter.VAR_KEYWORD:
@@ -125,6 +131,9 @@ def describe(
         ann = hints.get(p.name, p.annotation)
         if _is_context(ann) or (ann is inspect.Parameter.empty and p.name == "ctx"):
             wants_context = p.name
+            continue
+        if _is_facts(ann):
+            wants_facts = p.name
             continue
         required = p.default is inspect.Parameter.empty
         params[p.name] = Param(p.name, ann, required, None if required else p.default)
@@ -147,6 +156,8 @@ def describe(
         accepts_any=accepts_any,
         doc=inspect.getdoc(fn) or "",
         sends=None if sends is None else tuple(sends),
+        wants_facts=wants_facts,
+        facts=tuple(facts),
     )
 
 
@@ -154,6 +165,15 @@ def _is_context(ann: Any) -> bool:
     return getattr(ann, "__name__", None) in _CONTEXT_TYPE_NAMES or (
         isinstance(ann, str) and ann in _CONTEXT_TYPE_NAMES
     )
+
+
+def _is_facts(ann: Any) -> bool:
+    """`Facts`, or `Facts | None` (a step that also runs without the engine)."""
+    from engine.types import Facts
+
+    if isinstance(ann, str):
+        return ann.replace(" ", "") in {"Facts", "Facts|None", "Optional[Facts]"}
+    return ann is Facts or set(typing.get_args(ann)) == {Facts, type(None)}
 
 
 def _is_async_iterator(ann: Any) -> bool:

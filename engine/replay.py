@@ -84,12 +84,15 @@ class Replayer:
         node = plan.nodes.get(step) if plan is not None else None
         return node.info.sends if node is not None else None
 
-    async def answer(self, pipeline: str, step: str, inputs: dict[str, Any]) -> Any:
+    async def answer(self, pipeline: str, step: str, inputs: dict[str, Any], facts: dict[str, Any] | None = None) -> Any:
         queue = self.queues.get((pipeline, step))
         if not queue:
             raise ReplayMissing(f"the capture has no further call of step '{step}' in pipeline '{pipeline}'")
         call = queue.pop(0)
         self.answered += 1
+        told = call.get("facts")
+        if facts is not None and isinstance(told, dict):  # what the step told in the captured run
+            facts.update(from_jsonable(told))
         before, now = call.get("input") or {}, redact_named(jsonable(inputs))
         wire = self.sends(pipeline, step)
         if wire is not None and isinstance(before, dict):

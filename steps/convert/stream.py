@@ -19,6 +19,7 @@ import orjson
 
 from engine.registry import step
 from engine.run import RunContext
+from engine.types import Facts
 from steps.anthropic.tokens import corrected
 from steps.convert.response import (
     REFUSAL_DETAILS,
@@ -43,7 +44,7 @@ _UNDECIDED, _STREAMING, _HOLDING = 0, 1, 2
 _NO_EVENTS: list[dict] = []  # returned (never mutated) when a chunk produces nothing
 
 
-@step("convert.stream")
+@step("convert.stream", facts=("usage",))
 async def convert_stream(
     chunks: AsyncIterator[dict],
     body: dict,
@@ -53,6 +54,8 @@ async def convert_stream(
     profiles: dict[str, Profile] | None = None,
     prices: dict[str, Prices] | None = None,
     calibration: dict[str, float] | None = None,
+    answered: str | None = None,
+    facts: Facts | None = None,
 ) -> AsyncIterator[dict]:
     """Translate parsed chat completion chunks into Anthropic stream events, incrementally.
 
@@ -65,11 +68,12 @@ async def convert_stream(
     thinking block (thinking_delta, then one signature_delta carrying the gateway token just
     before its content_block_stop); reasoning details that arrive with no thinking block open
     (encrypted only, or a signature after the text started) become a redacted_thinking block.
-    The final usage and its cost are reported for the access line and metrics; a stream that
-    ends early (cut, client gone) after some output reports its estimate, since it was billed.
+    The final usage and its cost are told as the fact `usage` (under `answered`, openrouter.call's
+    `model` fact, else `model`) for the access line and metrics; a stream that ends early (cut,
+    client gone) after some output tells its estimate, since it was billed.
     `calibration` (`anthropic.calibration`) scales the input estimate `message_start` carries.
     """
-    conv = _StreamConverter(body, model, ctx, input_tokens_estimate, profiles, prices, calibration)
+    conv = _StreamConverter(body, model, ctx, input_tokens_estimate, profiles, prices, calibration, answered, facts)
     try:
         yield conv.start()
         feed = conv.feed
@@ -109,7 +113,7 @@ class _StreamConverter:
         "ctx", "model", "estimate", "open", "open_tool", "index", "tools", "pending", "seen_ids",
         "last_key", "finish_reason", "finish_choice", "usage", "saw_tool", "refused", "chars",
         "stops", "tail", "tail_len", "answered", "family", "omitted", "thought", "late", "raw_estimate",
-        "prices", "metered",
+        "prices", "metered", "facts",
     )  # fmt: skip
 
     def __init__(
@@ -121,12 +125,15 @@ class _StreamConverter:
         profiles: dict[str, Profile] | None = None,
         prices: dict[str, Prices] | None = None,
         calibration: dict[str, float] | None = None,
+        answered: str | None = None,
+        facts: Facts | None = None,
     ) -> None:
         self.ctx = ctx
         self.prices = prices
         self.metered = False
         self.model = body.get("model") or model
-        self.answered = answered_model(ctx, model)
+        self.answered = answered_model(answered, model)
+        self.facts = facts
         self.family = family_for(self.answered, profiles)
         self.omitted = display_omitted(body)
         self.thought: Reasoning | None = None  # reasoning of the open thinking block
@@ -454,7 +461,8 @@ class _StreamConverter:
         self.metered = True
         if usage is None:
             usage = map_usage(self.usage) or {"input_tokens": self.estimate, "output_tokens": max(1, self.chars // 4)}
-        meter(self.ctx, self.answered, usage, self.usage, self.prices)
+        if self.facts is not None:
+            self.facts["usage"] = meter(self.answered, usage, self.usage, self.prices)
 
 
 def _loads_object(text: str) -> dict | None:

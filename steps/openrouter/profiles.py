@@ -331,13 +331,28 @@ async def profiles(
 
 
 @step("openrouter.prices", sends=())
-async def prices(models: list[str], ctx: RunContext, profiles: dict[str, Profile] | None = None, data: str = "") -> dict[str, Prices]:
+async def prices(
+    models: list[str],
+    ctx: RunContext,
+    profiles: dict[str, Profile] | None = None,
+    data: str = "",
+    providers: Providers | None = None,
+    candidates: list[dict] | None = None,
+) -> dict[str, Prices]:
     """USD per million input, output, cache-read and cache-write tokens, per model (when known).
 
     From the model listing `openrouter.profiles` fetched (pass its output as `profiles` so this
-    runs after it), else from the `price` of the YAML rules in `data`. A model with no known
-    price is left out; its cost is then known only when the upstream reports one.
+    runs after it; with `providers` and the route's `candidates`, each model's own provider's
+    listing), else from the `price` of the YAML rules in `data`. A model with no known price is
+    left out; its cost is then known only when the upstream reports one. The listing changes
+    while serving: mark the step `record: true` so replay reads the prices the run read.
     """
-    book = await profile_book(ctx, data)
-    found = {m: book.prices(m) for m in models}
+    owner: dict[str, str] = {}
+    if providers is not None:
+        for c in candidates or ():
+            if isinstance(c, dict) and c.get("provider") in providers.providers:
+                owner.setdefault(str(c.get("model")), c["provider"])
+        for m in models:
+            owner.setdefault(m, providers.resolve(m).provider)
+    found = {m: (await profile_book(ctx, data, owner.get(m, ""))).prices(m) for m in models}
     return {m: p for m, p in found.items() if p is not None}

@@ -46,7 +46,7 @@ import orjson
 from engine.errors import StepTimeout
 from engine.registry import step
 from engine.run import RunContext
-from engine.types import Request
+from engine.types import Facts, Request
 from steps.openrouter.errors import (
     UpstreamError,
     clip,
@@ -66,6 +66,8 @@ if TYPE_CHECKING:  # httpx and aiohttp load with the first call, not with `engin
 
 __all__ = ["KEEPALIVE_OBJECT", "ChunkStream", "call", "is_keepalive"]
 
+CALL_FACTS = ("model", "attempts", "upstream_status", "fallback", "fallbacks")
+"""What `openrouter.call` tells besides its answer (`${{ facts.call.model }}`, ...)."""
 MAX_ERROR_BODY = 1024 * 1024  # bytes of an error (or non-SSE) body read before giving up
 DONE_DRAIN_SECONDS = 0.5  # after [DONE], wait this long for the body's end to keep the connection
 CLOSE_SECONDS = 5.0  # bound on closing the upstream response
@@ -114,7 +116,7 @@ def is_meaningful(chunk: dict) -> bool:
     return False
 
 
-@step("openrouter.call", sends=("payload", "fallbacks", "base_url", "referer", "title"))
+@step("openrouter.call", sends=("payload", "fallbacks", "base_url", "referer", "title"), facts=CALL_FACTS)
 async def call(
     payload: dict,
     request: Request,
@@ -137,6 +139,7 @@ async def call(
     first_byte_timeout: float | None = None,
     first_content_timeout: float | None = None,
     calibration: dict[str, float] | None = None,
+    facts: Facts | None = None,
 ) -> Any:
     """POST a chat-completions payload upstream; a dict, or a stream of chunk dicts.
 
@@ -151,7 +154,10 @@ async def call(
     (`Failure.falls_back`, steps/providers/failures.py: 404, 408, 429, 5xx, timeouts,
     connection failures, bad responses, context overflows; never other 4xx) — for a stream,
     up to and including its first chunk, so nothing has reached the client yet. The model
-    that answered goes to `ctx.attributes["model"]` (access log, `x-upstream-model`). A
+    that answered is the fact `model` (the access line, `x-upstream-model`, the converters); the
+    facts also tell `attempts` (upstream requests made, the engine's retries included),
+    `upstream_status` (the last answer's HTTP status; absent when none came) and, after a
+    fallback, `fallback` ("first->answered") and `fallbacks` (how many models were passed). A
     context overflow whose numbers the upstream did not state gets them from `profiles` and
     `input_tokens` (scaled by `calibration`, the `anthropic.calibration` output), so the renderer can word it the way Claude Code's auto-compaction expects.
 
@@ -188,7 +194,7 @@ async def call(
     breaker = await cooldowns(ctx) if cooldown and cooldown > 0 else None
     return await _call_candidates(
         list(zip(payloads, targets)), request, ctx, providers, transport, profiles, input_tokens, breaker, cooldown, cooldown_failures,
-        calibration,
+        calibration, facts if facts is not None else Facts(),
     )
 
 
@@ -267,11 +273,14 @@ async def _call_candidates(
     cooldown: float = 0.0,
     cooldown_failures: int = 3,
     calibration: dict[str, float] | None = None,
+    facts: Facts | None = None,
 ) -> Any:
     """Try each candidate in order (the routed model, then its fallbacks) until one answers."""
     if not candidates:
         raise UpstreamError("no upstream model to call", kind="protocol", retryable=False)
-    ctx.attributes.pop("fallback", None)  # this attempt's story, not a previous attempt's
+    told = facts if facts is not None else Facts()
+    told.pop("fallback", None)  # this attempt's story, not a previous attempt's
+    told.pop("fallbacks", None)
     first = providers.shown(candidates[0][1])
     last_exc: UpstreamError | None = None
     last = len(candidates) - 1
@@ -286,6 +295,7 @@ async def _call_candidates(
             # Panic mode (Envoy's outlier detection): never refuse the last candidate left.
             ctx.log.info("openrouter.cooldown_panic", model=shown, remaining_s=round(breaker.remaining(key), 3))
         settled = False
+        told["attempts"] = told.get("attempts", 0) + 1
         try:
             with _deadline(transport.first_byte_timeout, first_byte=True):
                 result = await _call_one(payload, request, ctx, provider, transport)
@@ -295,6 +305,10 @@ async def _call_candidates(
                     await result.peek()
         except UpstreamError as exc:
             exc = _with_context_figures(exc, payload, profiles, input_tokens, calibration)
+            if exc.status is not None:
+                told["upstream_status"] = exc.status
+            else:  # no answer came (a timeout, a refused connection)
+                told.pop("upstream_status", None)
             failure = exc.failure
             if breaker is not None:
                 settled = True
@@ -321,10 +335,11 @@ async def _call_candidates(
                 breaker.release(key)
         if breaker is not None:
             breaker.succeeded(key)
-        ctx.attributes["model"] = shown
+        told["model"] = shown
+        told["upstream_status"] = 200
         if i:
-            ctx.attributes["fallbacks"] = i
-            ctx.attributes["fallback"] = f"{first}->{shown}"
+            told["fallbacks"] = i
+            told["fallback"] = f"{first}->{shown}"
         return result
     assert last_exc is not None  # the last candidate is always tried
     raise last_exc

@@ -143,11 +143,13 @@ def test_capture_files_are_listed_and_opened(tmp_path: Path) -> None:
     """With capture on, runs in the capture directory (earlier processes' too) are shown."""
     captures = tmp_path / "captures"
     captures.mkdir()
-    shutil.copy(REPO / "tests" / "captures" / "gateway.jsonl", captures / "capture-earlier.jsonl")
+    shipped = REPO / "tests" / "captures" / "gateway.jsonl"
+    shutil.copy(shipped, captures / "capture-earlier.jsonl")
+    earlier = orjson.loads(shipped.read_bytes().splitlines()[0])["request_id"]  # re-recording changes it
     with console_gateway(capture=str(captures)) as g, g.http() as client:
         page = client.get("/console/").text
-        assert "req_B94B5c2Wb5wnlx1Yx87VsVS6" in page
-        key = re.search(r'href="/console/runs/(capture-earlier\.jsonl@\d+)">req_B94B5c2Wb5wnlx1Yx87VsVS6', page).group(1)
+        assert earlier in page
+        key = re.search(r'href="/console/runs/(capture-earlier\.jsonl@\d+)">' + re.escape(earlier), page).group(1)
         run = client.get(f"/console/runs/{key}").text
         assert 'data-pipeline="turn"' in run and "from capture file capture-earlier.jsonl" in run
         assert client.get("/console/runs/..%2F..%2Fetc%2Fpasswd@0").status_code == 404
