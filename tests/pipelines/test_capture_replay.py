@@ -288,3 +288,18 @@ def test_capture_failure_never_fails_a_request(tmp_path: Path) -> None:
             assert client.messages.create(model="claude-opus-5-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]).content
         writer.close()
         assert writer.failures == 3 and writer.written == 0
+
+
+def test_graph_draws_the_edges_the_code_uses() -> None:
+    """Issue 15.5: `engine graph` shows every value a step uses: the header step reads the
+    turn's facts (the model that answered), the converters read the call's, and the access
+    line's fields are drawn from the steps that tell them."""
+    messages = engine_cli("graph", "messages", env=capture_env())
+    assert messages.returncode == 0, messages.stderr
+    lines = messages.stdout.splitlines()
+    assert "  tagged = openrouter.upstream_header  <- reply, turn" in lines
+    assert "  access <- turn (route, model, fallbacks, fallback, attempts, upstream_status); sequence (usage); input (session); reply (outcome)" in lines
+    turn = engine_cli("graph", "turn", env=capture_env()).stdout.splitlines()
+    assert any(line.startswith("  events = convert.stream  <- call,") and "calibration" in line for line in turn)
+    assert "  access <- route (route); call (model, fallbacks, fallback, attempts, upstream_status); events (usage)" in turn
+    assert any(line.startswith("  profiles = openrouter.profiles") and line.endswith("[record]") for line in turn)
