@@ -286,8 +286,8 @@ async def _serve(engine: Engine, plan: Plan, request: StarletteRequest, body_lim
     except Exception as exc:
         _log_failure(ctx, exc)
         response = await _render(engine, None, exc, ctx)
-        _log_access(ctx, response.status_code, "error", start)
-        _finish_capture(ctx, response, "error")
+        told = _log_access(ctx, response.status_code, "error", start)
+        _finish_capture(ctx, response, "error", told=told)
         return response
     return _to_response(out, ctx, start)
 
@@ -376,9 +376,8 @@ def _to_response(out: Any, ctx: RunContext, start: float | None) -> Response:
     async def after_last_byte() -> None:
         # Off the client's critical path (starlette runs it once the body is sent), and the
         # logged duration then ends at the last byte, as engine_request_duration_seconds says.
-        if start is not None:
-            _log_access(ctx, response.status_code, outcome, start)
-        _finish_capture(ctx, response, outcome)
+        told = _log_access(ctx, response.status_code, outcome, start) if start is not None else None
+        _finish_capture(ctx, response, outcome, told=told)
 
     response.background = BackgroundTask(after_last_byte)
     return response
