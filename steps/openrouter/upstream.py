@@ -66,7 +66,7 @@ if TYPE_CHECKING:  # httpx and aiohttp load with the first call, not with `engin
 
 __all__ = ["KEEPALIVE_OBJECT", "ChunkStream", "call", "is_keepalive"]
 
-CALL_FACTS = ("model", "attempts", "upstream_status", "fallback", "fallbacks")
+CALL_FACTS = ("model", "attempts", "upstream_status", "fallback", "fallbacks", "cooled")
 """What `openrouter.call` tells besides its answer (`${{ facts.call.model }}`, ...)."""
 MAX_ERROR_BODY = 1024 * 1024  # bytes of an error (or non-SSE) body read before giving up
 DONE_DRAIN_SECONDS = 0.5  # after [DONE], wait this long for the body's end to keep the connection
@@ -156,7 +156,8 @@ async def call(
     up to and including its first chunk, so nothing has reached the client yet. The model
     that answered is the fact `model` (the access line, `x-upstream-model`, the converters); the
     facts also tell `attempts` (upstream requests made, the engine's retries included),
-    `upstream_status` (the last answer's HTTP status; absent when none came) and, after a
+    `upstream_status` (the last answer's HTTP status; absent when none came), `cooled` (the
+    models the circuit breaker skipped: its state as this run read it) and, after a
     fallback, `fallback` ("first->answered") and `fallbacks` (how many models were passed). A
     context overflow whose numbers the upstream did not state gets them from `profiles` and
     `input_tokens` (scaled by `calibration`, the `anthropic.calibration` output), so the renderer can word it the way Claude Code's auto-compaction expects.
@@ -281,6 +282,7 @@ async def _call_candidates(
     told = facts if facts is not None else Facts()
     told.pop("fallback", None)  # this attempt's story, not a previous attempt's
     told.pop("fallbacks", None)
+    told.pop("cooled", None)
     first = providers.shown(candidates[0][1])
     last_exc: UpstreamError | None = None
     last = len(candidates) - 1
@@ -291,6 +293,7 @@ async def _call_candidates(
         if breaker is not None and not breaker.allow(key):
             if i < last:
                 ctx.log.info("openrouter.cooldown_skip", model=shown, remaining_s=round(breaker.remaining(key), 3))
+                told.setdefault("cooled", []).append(shown)
                 continue
             # Panic mode (Envoy's outlier detection): never refuse the last candidate left.
             ctx.log.info("openrouter.cooldown_panic", model=shown, remaining_s=round(breaker.remaining(key), 3))

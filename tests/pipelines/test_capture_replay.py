@@ -298,8 +298,8 @@ def test_graph_draws_the_edges_the_code_uses() -> None:
     assert messages.returncode == 0, messages.stderr
     lines = messages.stdout.splitlines()
     assert "  tagged = openrouter.upstream_header  <- reply, turn" in lines
-    assert "  access <- turn (route, model, fallbacks, fallback, attempts, upstream_status); sequence (usage); input (session); reply (outcome)" in lines
+    assert "  access <- turn (route, model, fallbacks, fallback, attempts, upstream_status, cooled); sequence (usage); input (session); reply (outcome)" in lines
     turn = engine_cli("graph", "turn", env=capture_env()).stdout.splitlines()
     assert any(line.startswith("  events = convert.stream  <- call,") and "calibration" in line for line in turn)
-    assert "  access <- route (route); call (model, fallbacks, fallback, attempts, upstream_status); events (usage)" in turn
+    assert "  access <- route (route); call (model, fallbacks, fallback, attempts, upstream_status, cooled); events (usage)" in turn
     assert any(line.startswith("  profiles = openrouter.profiles") and line.endswith("[record]") for line in turn)

@@ -306,9 +306,13 @@ def test_a_stream_that_fails_before_its_first_chunk_counts_against_the_breaker()
             r = post(g, body(stream=True))
             assert r.status_code == 200 and r.headers["x-upstream-model"] == "test/fallback"
         g.fake.clear()
-        r = post(g, body(stream=True))
+        with captured_logs() as sink:
+            r = post(g, body(stream=True))
+            sink.wait_for("request", request_id=r.headers["request-id"])
         assert r.headers["x-upstream-model"] == "test/fallback"
         assert [q.json["model"] for q in g.fake.requests] == ["test/fallback"]  # none to the open model
+        (line,) = sink.lines("request", request_id=r.headers["request-id"])
+        assert line["cooled"] == ["test/big"] and line["attempts"] == 1  # the breaker's decision, in the access line
         g.fake.model_modes = {}
 
 
