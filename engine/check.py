@@ -76,6 +76,7 @@ class Plan:
     declared_routes: list[tuple[str, str]] = field(default_factory=list)  # served or switched off (`engine run`)
     retry_budget: Any = None
     sequential: bool = False  # no two steps that may await could ever run at the same time
+    access: dict[str, Any] = field(default_factory=dict)  # the access line's fields: name -> reference
 
 
 @dataclass
@@ -208,7 +209,11 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
     nodes: dict[str, Node] = {}
     graph = Dependencies(list(step_names))
 
+    told: list[tuple[Ref, str]] = []  # `facts.STEP.KEY` references, checked once the steps are known
+
     def ref_ok(ref: Ref, user: str) -> bool:
+        if ref.facts and ref.step in spec.steps:
+            told.append((ref, user))
         if ref.step is None or ref.step in spec.steps:
             return True
         close = difflib.get_close_matches(ref.step, step_names, n=1)
@@ -287,6 +292,24 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
             output_deps.add(r.step)
     if not list(iter_refs(spec.output)):
         errors.append(SpecError("the output uses no step", lp.where("output"), "write output: ${{ steps.LAST }}"))
+    access_deps: set[str] = set()
+    for field_name, value in spec.access.items():
+        found = list(iter_refs(value))
+        if not found:
+            errors.append(SpecError(f"access field '{field_name}' is no reference", lp.where("access", field_name), "write e.g. model: ${{ facts.call.model }}; a constant tells nothing about a request"))
+        for r in found:
+            if ref_ok(r, f"access field '{field_name}'") and r.step is not None:
+                access_deps.add(r.step)  # read when the request ends: it needs those steps
+    for r, user in told:
+        node = nodes.get(r.step or "")
+        if node is None:
+            continue
+        if node.info.wants_facts is None:
+            errors.append(SpecError(f"{user} uses '{r.text}', but {node.info.name} ('{r.step}') tells no facts", r.location, f"use its output, ${{{{ steps.{r.step} }}}}"))
+        elif node.info.facts and (not r.path or r.path[0] not in node.info.facts):
+            close = difflib.get_close_matches(r.path[0], list(node.info.facts), n=1) if r.path else []
+            hint = f"did you mean '{close[0]}'?" if close else f"{node.info.name} tells: {', '.join(node.info.facts)}"
+            errors.append(SpecError(f"{user} uses '{r.text}', but {node.info.name} tells no fact '{'.'.join(r.path)}'", r.location, hint))
 
     cycles = graph.cycles()
     position = {n: i for i, n in enumerate(step_names)}
@@ -299,8 +322,8 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
     # Every step must contribute to the output (or be a side effect someone asked for).
     # After a broken reference or an unknown step this would only repeat the same mistake.
     ref_errors = len(nodes) < len(spec.steps) or any("does not exist" in e.message for e in errors if e.location and e.location.file == lp.file)
-    needed = set(output_deps)
-    for d in output_deps:
+    needed = output_deps | access_deps
+    for d in output_deps | access_deps:
         if d in graph:
             needed |= graph.ancestors(d)
     for name, node in nodes.items():
@@ -365,6 +388,7 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
         enabled=spec.enabled,
         runs_code=spec.runs_code,
         declared_routes=declared_routes,
+        access=dict(spec.access),
     )
 
 

@@ -35,6 +35,7 @@ from engine.errors import DeadlineExceeded, EngineError, SpecError, SpecErrors, 
 from engine.limits import Limits
 from engine.loader import VARS_FILE, LoadedPipeline, Ref, Vars, load_file, load_vars, vars_beside, without_echoes
 from engine.run import IdSource, Resources, RunContext
+from engine.types import Facts
 
 _log = structlog.get_logger("engine")
 _step_histograms: dict[tuple[str, str, str], Any] = {}
@@ -81,8 +82,16 @@ def load_plans(paths: Iterable[str | Path], env: dict[str, str] | None = None) -
     return plans
 
 
+def facts_key(step: str) -> tuple[str, str]:
+    """Where a run keeps a step's Facts among its results (a tuple: no step name clashes)."""
+    return ("facts", step)
+
+
 def resolve_ref(ref: Ref, results: dict[str, Any], input: Any) -> Any:
-    value = input if ref.step is None else results[ref.step]
+    if ref.facts:
+        value = results.get(facts_key(ref.step or ""))  # absent when the step was skipped or never ran
+    else:
+        value = input if ref.step is None else results[ref.step]
     for key in ref.path:
         if value is None:
             break
@@ -191,15 +200,19 @@ class Engine:
             streams=parent.streams if parent is not None else [],
             recorder=parent.recorder if parent is not None else None,
             replayer=parent.replayer if parent is not None else None,
-            attributes=parent.attributes if parent is not None else {},
             trace=parent.trace if parent is not None else [],
         )
 
-    async def run(self, name: str, input: Any = None, *, parent: RunContext | None = None, ctx: RunContext | None = None, request_id: str | None = None) -> Any:
+    async def run(
+        self, name: str, input: Any = None, *, parent: RunContext | None = None, ctx: RunContext | None = None,
+        request_id: str | None = None, facts: Facts | None = None,
+    ) -> Any:
         """Run pipeline `name` on `input` and return its output (or its rendered error).
 
         Streams in the output are live: whoever consumes them must close the run afterwards
         with `await ctx.aclose()` (the HTTP layer does); pass your own `ctx` to keep hold of it.
+        The run's results stay in `ctx.results`, so its `access:` fields can be read when the
+        request ends (`access_of`); a sub-run hands them up into `facts`, read when asked for.
         """
         plan = self.plans.get(name)
         if plan is None:
@@ -210,8 +223,13 @@ class Engine:
         top = parent is None and ctx.parent is None
         if top:
             self.retry_budget.active_runs += 1
+        run = _Run(self, plan, ctx)
+        ctx.results = run.results
+        if facts is not None:
+            for field_name, value in plan.access.items():
+                facts.defer(field_name, functools.partial(materialize, value, run.results, input))
         try:
-            results = await _Run(self, plan, ctx).execute()
+            results = await run.execute()
             if top:
                 ctx.committed = True  # what runs from here on runs inside the response
             return materialize(plan.output, results, input)
@@ -329,6 +347,12 @@ class _Run:
         results, ctx, input = self.results, self.ctx, self.ctx.input
         if node.cond is not None and not resolve_ref(node.cond, results, input):
             results[node.name] = materialize(node.else_value, results, input)
+            alias = node.else_value
+            if isinstance(alias, Ref) and alias.step is not None and not alias.path and not alias.facts:
+                # Yielding another step's output, it tells that step's facts too.
+                told = results.get(facts_key(alias.step))
+                if told is not None:
+                    results[facts_key(node.name)] = told
             ctx.trace.append((self.plan.name, node.name, "skipped", 0, 0.0, 0.0))
             return
         kwargs = dict(node.static)
@@ -338,6 +362,8 @@ class _Run:
             kwargs[pname] = materialize(value, results, input)
         if node.info.wants_context:
             kwargs[node.info.wants_context] = ctx
+        if node.info.wants_facts:
+            kwargs[node.info.wants_facts] = results[facts_key(node.name)] = Facts()  # one for all its attempts
         policy = node.retry
         budget = self.engine.retry_budget
         attempt = 0
@@ -425,15 +451,20 @@ class _Run:
 
     async def call_recorded(self, node: Node, kwargs: dict[str, Any]) -> Any:
         """A `record: true` step: answered from the capture in replay, noted down in capture."""
-        inputs = {k: v for k, v in kwargs.items() if k != node.info.wants_context}
+        told = kwargs.get(node.info.wants_facts) if node.info.wants_facts else None
+        inputs = {k: v for k, v in kwargs.items() if k != node.info.wants_context and k != node.info.wants_facts}
         if self.ctx.replayer is not None:
-            return await self.ctx.replayer.answer(self.plan.name, node.name, inputs)
+            return await self.ctx.replayer.answer(self.plan.name, node.name, inputs, told)
         entry = self.ctx.recorder.call(self.plan.name, node.name, inputs)
         try:
             value = await self.call(node, kwargs)
         except BaseException as exc:
             entry["error"] = capture.error_record(exc)
+            if told:
+                entry["facts"] = capture.jsonable(dict(told))
             raise
+        if told:  # what the step told by the time it returned (replay tells it again)
+            entry["facts"] = capture.jsonable(dict(told))
         if streams.is_stream(value):
             if not self.ctx.recorder.stream_items:
                 entry["stream"] = "not recorded"
@@ -486,6 +517,25 @@ class _Run:
             getattr(_log, level)("step.end", **fields)
         finally:
             logs._scope.reset(token)
+
+
+def access_of(ctx: RunContext) -> dict[str, Any]:
+    """The access line's fields a finished run declares (`access:`), read now: a stream's
+    steps have written what they tell by the time it ended."""
+    plan = ctx.engine.plans.get(ctx.pipeline)
+    if plan is None or not plan.access:
+        return {}
+    out = {}
+    for name, value in plan.access.items():
+        try:
+            found = materialize(value, ctx.results, ctx.input)
+        except KeyError:  # a step the failed run never reached
+            found = None
+        if isinstance(found, Facts):
+            found = found.resolved()
+        if found is not None:
+            out[name] = found
+    return out
 
 
 def failed_step(ctx: RunContext, exc: BaseException) -> str | None:

@@ -25,9 +25,12 @@ A pipeline file looks like this (GitHub-Actions-like words: `uses`, `with`, `if`
         timeout: 5s
     output: ${{ steps.polite }}
     errors: text.render_error     # optional: turns a failed run into an output
+    access:                       # optional: the access line's fields, read when the request ends
+      shouted: ${{ steps.shout }}
 
-References are whole values `${{ input }}`, `${{ input.a.b }}` or `${{ steps.NAME.a.b }}`;
-edges of the graph come from them. `${VAR}` and `${VAR:-default}` read the environment when
+References are whole values `${{ input }}`, `${{ input.a.b }}`, `${{ steps.NAME.a.b }}` or
+`${{ facts.NAME.key }}` (what a step told besides its output, engine.types.Facts); edges of
+the graph come from them. `${VAR}` and `${VAR:-default}` read the environment when
 the file loads. Everything here is checked before anything runs (see `check.py`).
 """
 
@@ -137,6 +140,10 @@ class PipelineSpec(_Strict):
     steps: dict[str, StepSpec] = Field(min_length=1)
     output: Any
     errors: str | None = None
+    access: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the access line's fields: name -> reference, read when the request ends (a sub-run's are its facts)",
+    )
 
     @property
     def routes(self) -> list[str]:

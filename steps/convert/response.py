@@ -14,7 +14,9 @@ import orjson
 
 from engine.registry import step
 from engine.run import RunContext
-from steps.anthropic.tokens import calibration
+from engine.types import Facts
+from steps.anthropic.tokens import calibration as learned_by
+from steps.anthropic.tokens import corrected
 from steps.convert.metering import meter
 from steps.convert.thinking import Reasoning
 from steps.openrouter.errors import UpstreamError
@@ -27,7 +29,7 @@ _STOP_FIELDS = ("stop_reason", "matched_stop", "stopping_word", "stop_sequence")
 """Choice fields in which a server names the stop string it stopped on (vLLM, SGLang, llama.cpp)."""
 
 
-@step("convert.response", blocking=False)
+@step("convert.response", blocking=False, facts=("usage",))
 def convert_response(
     completion: dict,
     body: dict,
@@ -36,6 +38,9 @@ def convert_response(
     input_tokens_estimate: int = 0,
     profiles: dict[str, Profile] | None = None,
     prices: dict[str, Prices] | None = None,
+    calibration: dict[str, float] | None = None,
+    answered: str | None = None,
+    facts: Facts | None = None,
 ) -> dict:
     """Translate a non-streaming chat completion into an Anthropic Message.
 
@@ -50,7 +55,9 @@ def convert_response(
     block signed with a gateway token (steps/convert/thinking.py), or redacted_thinking when
     it is encrypted only; `thinking.display: "omitted"` keeps the signature, empties the text.
     The usage and its cost (the upstream's, else from `prices`) are reported for the access
-    line and metrics.
+    line and metrics as the fact `usage`, under `answered` (openrouter.call's `model` fact: the
+    model that answered), else `model`. `calibration` (`anthropic.calibration`) scales an
+    estimated input count.
     """
     if not isinstance(completion, dict):
         raise UpstreamError(
@@ -76,7 +83,7 @@ def convert_response(
 
     content: list[dict] = []
     chars = 0
-    answered = answered_model(ctx, model)
+    answered = answered_model(answered, model)
     thought = Reasoning()
     if message.get("reasoning_details"):
         thought.add_details(message["reasoning_details"])
@@ -122,14 +129,15 @@ def convert_response(
     learn(ctx, answered, input_tokens_estimate, completion.get("usage"))
     if usage is None:
         usage = {
-            "input_tokens": calibration(ctx).correct(answered, max(0, int(input_tokens_estimate))),
+            "input_tokens": corrected(calibration, answered, max(0, int(input_tokens_estimate))),
             "output_tokens": max(1, chars // 4),
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": 0,
         }
     elif usage["output_tokens"] < 1:
         usage["output_tokens"] = max(1, chars // 4)
-    meter(ctx, answered, usage, completion.get("usage"), prices)
+    if facts is not None:
+        facts["usage"] = meter(answered, usage, completion.get("usage"), prices)
     return {
         "id": ctx.new_id("msg_"),
         "type": "message",
@@ -146,9 +154,8 @@ def convert_response(
 # -- shared with the stream converter ---------------------------------------------------------
 
 
-def answered_model(ctx: RunContext, model: str) -> str:
-    """The upstream model that answered (openrouter.call records it), else the mapped one."""
-    answered = ctx.attributes.get("model")
+def answered_model(answered: Any, model: str) -> str:
+    """The upstream model that answered (openrouter.call's `model` fact), else the mapped one."""
     return answered if isinstance(answered, str) and answered else model
 
 
@@ -174,7 +181,7 @@ def learn(ctx: RunContext, model: str, estimate: Any, usage: Any) -> None:
     if isinstance(usage, dict) and isinstance(estimate, int):
         prompt = usage.get("prompt_tokens")
         if isinstance(prompt, int) and not isinstance(prompt, bool):
-            calibration(ctx).learn(model, estimate, prompt)
+            learned_by(ctx).learn(model, estimate, prompt)
 
 
 def stop_reason_for(

@@ -46,7 +46,7 @@ import orjson
 from engine.errors import StepTimeout
 from engine.registry import step
 from engine.run import RunContext
-from engine.types import Request
+from engine.types import Facts, Request
 from steps.openrouter.errors import (
     UpstreamError,
     clip,
@@ -66,6 +66,8 @@ if TYPE_CHECKING:  # httpx and aiohttp load with the first call, not with `engin
 
 __all__ = ["KEEPALIVE_OBJECT", "ChunkStream", "call", "is_keepalive"]
 
+CALL_FACTS = ("model", "attempts", "upstream_status", "fallback", "fallbacks", "cooled")
+"""What `openrouter.call` tells besides its answer (`${{ facts.call.model }}`, ...)."""
 MAX_ERROR_BODY = 1024 * 1024  # bytes of an error (or non-SSE) body read before giving up
 DONE_DRAIN_SECONDS = 0.5  # after [DONE], wait this long for the body's end to keep the connection
 CLOSE_SECONDS = 5.0  # bound on closing the upstream response
@@ -114,7 +116,7 @@ def is_meaningful(chunk: dict) -> bool:
     return False
 
 
-@step("openrouter.call", sends=("payload", "fallbacks", "base_url", "referer", "title"))
+@step("openrouter.call", sends=("payload", "fallbacks", "base_url", "referer", "title"), facts=CALL_FACTS)
 async def call(
     payload: dict,
     request: Request,
@@ -136,6 +138,8 @@ async def call(
     cooldown_failures: int = 3,
     first_byte_timeout: float | None = None,
     first_content_timeout: float | None = None,
+    calibration: dict[str, float] | None = None,
+    facts: Facts | None = None,
 ) -> Any:
     """POST a chat-completions payload upstream; a dict, or a stream of chunk dicts.
 
@@ -150,9 +154,13 @@ async def call(
     (`Failure.falls_back`, steps/providers/failures.py: 404, 408, 429, 5xx, timeouts,
     connection failures, bad responses, context overflows; never other 4xx) — for a stream,
     up to and including its first chunk, so nothing has reached the client yet. The model
-    that answered goes to `ctx.attributes["model"]` (access log, `x-upstream-model`). A
+    that answered is the fact `model` (the access line, `x-upstream-model`, the converters); the
+    facts also tell `attempts` (upstream requests made, the engine's retries included),
+    `upstream_status` (the last answer's HTTP status; absent when none came), `cooled` (the
+    models the circuit breaker skipped: its state as this run read it) and, after a
+    fallback, `fallback` ("first->answered") and `fallbacks` (how many models were passed). A
     context overflow whose numbers the upstream did not state gets them from `profiles` and
-    `input_tokens`, so the renderer can word it the way Claude Code's auto-compaction expects.
+    `input_tokens` (scaled by `calibration`, the `anthropic.calibration` output), so the renderer can word it the way Claude Code's auto-compaction expects.
 
     `commit_after` (seconds; None = never) is the commit-after-hold policy of the module
     docstring. `cooldown` (seconds; 0 = off) and `cooldown_failures` are the circuit breaker
@@ -186,7 +194,8 @@ async def call(
     targets = _targets(providers, payloads, candidates)
     breaker = await cooldowns(ctx) if cooldown and cooldown > 0 else None
     return await _call_candidates(
-        list(zip(payloads, targets)), request, ctx, providers, transport, profiles, input_tokens, breaker, cooldown, cooldown_failures
+        list(zip(payloads, targets)), request, ctx, providers, transport, profiles, input_tokens, breaker, cooldown, cooldown_failures,
+        calibration, facts if facts is not None else Facts(),
     )
 
 
@@ -215,7 +224,7 @@ def _targets(providers: Providers, payloads: list[dict], candidates: list[dict] 
 
 
 def _with_context_figures(
-    exc: UpstreamError, payload: dict, profiles: dict | None, input_tokens: int, ctx: RunContext
+    exc: UpstreamError, payload: dict, profiles: dict | None, input_tokens: int, calibration: dict[str, float] | None = None
 ) -> UpstreamError:
     """Give a context overflow the numbers its message or body did not state.
 
@@ -233,9 +242,9 @@ def _with_context_figures(
     limit = known.limit or getattr(profile, "context_length", None)
     prompt = known.input_tokens
     if prompt is None and input_tokens and model:
-        from steps.anthropic.tokens import calibration
+        from steps.anthropic.tokens import corrected
 
-        prompt = calibration(ctx).correct(model, input_tokens)
+        prompt = corrected(calibration, model, input_tokens)
     max_tokens = payload.get("max_tokens") or payload.get("max_completion_tokens")
     output = known.output_tokens or (max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None)
     exc.context = ContextOverflow(prompt or None, limit, output)  # the output budget counts against the window too
@@ -264,11 +273,16 @@ async def _call_candidates(
     breaker: Cooldowns | None = None,
     cooldown: float = 0.0,
     cooldown_failures: int = 3,
+    calibration: dict[str, float] | None = None,
+    facts: Facts | None = None,
 ) -> Any:
     """Try each candidate in order (the routed model, then its fallbacks) until one answers."""
     if not candidates:
         raise UpstreamError("no upstream model to call", kind="protocol", retryable=False)
-    ctx.attributes.pop("fallback", None)  # this attempt's story, not a previous attempt's
+    told = facts if facts is not None else Facts()
+    told.pop("fallback", None)  # this attempt's story, not a previous attempt's
+    told.pop("fallbacks", None)
+    told.pop("cooled", None)
     first = providers.shown(candidates[0][1])
     last_exc: UpstreamError | None = None
     last = len(candidates) - 1
@@ -279,10 +293,12 @@ async def _call_candidates(
         if breaker is not None and not breaker.allow(key):
             if i < last:
                 ctx.log.info("openrouter.cooldown_skip", model=shown, remaining_s=round(breaker.remaining(key), 3))
+                told.setdefault("cooled", []).append(shown)
                 continue
             # Panic mode (Envoy's outlier detection): never refuse the last candidate left.
             ctx.log.info("openrouter.cooldown_panic", model=shown, remaining_s=round(breaker.remaining(key), 3))
         settled = False
+        told["attempts"] = told.get("attempts", 0) + 1
         try:
             with _deadline(transport.first_byte_timeout, first_byte=True):
                 result = await _call_one(payload, request, ctx, provider, transport)
@@ -291,7 +307,11 @@ async def _call_candidates(
                     # and only then has the model answered (for the circuit breaker too).
                     await result.peek()
         except UpstreamError as exc:
-            exc = _with_context_figures(exc, payload, profiles, input_tokens, ctx)
+            exc = _with_context_figures(exc, payload, profiles, input_tokens, calibration)
+            if exc.status is not None:
+                told["upstream_status"] = exc.status
+            else:  # no answer came (a timeout, a refused connection)
+                told.pop("upstream_status", None)
             failure = exc.failure
             if breaker is not None:
                 settled = True
@@ -318,10 +338,11 @@ async def _call_candidates(
                 breaker.release(key)
         if breaker is not None:
             breaker.succeeded(key)
-        ctx.attributes["model"] = shown
+        told["model"] = shown
+        told["upstream_status"] = 200
         if i:
-            ctx.attributes["fallbacks"] = i
-            ctx.attributes["fallback"] = f"{first}->{shown}"
+            told["fallbacks"] = i
+            told["fallback"] = f"{first}->{shown}"
         return result
     assert last_exc is not None  # the last candidate is always tried
     raise last_exc

@@ -12,7 +12,7 @@ import structlog
 from engine.errors import StepError
 from engine.registry import step
 from engine.run import RunContext
-from engine.types import PipelineName
+from engine.types import Facts, PipelineName
 
 log = structlog.get_logger("toy")
 calls: list[tuple[str, Any]] = []
@@ -135,3 +135,26 @@ async def rounds(value: int, rounds: int, gap: float, body: PipelineName, ctx: R
         await anyio.sleep(gap)
         value = await ctx.run_pipeline(body, {"value": value})
         yield value
+
+
+@step("toy.told", blocking=False, facts=("seen", "doubled"))
+def told(value: Any, facts: Facts) -> Any:
+    """Return `value`, and tell what it saw and its double (facts)."""
+    facts["seen"] = value
+    facts["doubled"] = value * 2
+    return value
+
+
+@step("toy.told_stream", facts=("count",))
+async def told_stream(n: int, facts: Facts) -> AsyncIterator[int]:
+    """Yield 0..n-1, and tell how many items went out once the stream ended (a late fact)."""
+    for i in range(n):
+        yield i
+    facts["count"] = n
+
+
+@step("toy.told_failure", facts=("attempts",))
+async def told_failure(facts: Facts) -> Any:
+    """Fail every time, telling how many attempts it made (the facts outlive the failure)."""
+    facts["attempts"] = facts.get("attempts", 0) + 1
+    raise StepError("always fails", kind="status", retryable=True)

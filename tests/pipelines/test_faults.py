@@ -81,6 +81,32 @@ def test_503_always_is_three_jittered_attempts_then_529(gw: Gateway) -> None:
     assert len({round(g, 4) for g in gaps}) > 10
 
 
+def test_the_access_line_tells_attempts_and_the_last_upstream_status(gw: Gateway) -> None:
+    """Issue 15.5: `attempts` counts every upstream request (the engine's retries included)
+    and `upstream_status` is the last answer's status, for a run that failed and one that
+    recovered; both come from openrouter.call's facts through turn.yaml's and messages.yaml's
+    `access:` declarations."""
+    gw.fake.default_mode = "503"
+    try:
+        with captured_logs() as sink:
+            failed = post(gw, body())
+            sink.wait_for("request", request_id=failed.headers["request-id"])
+    finally:
+        gw.fake.default_mode = "ok"
+    assert failed.status_code == 529
+    (line,) = sink.lines("request", request_id=failed.headers["request-id"])
+    assert line["attempts"] == 3 and line["upstream_status"] == 503 and line["outcome"] == "error"
+    assert line["route"] == "default" and "model" not in line  # no model answered
+    gw.fake.script("429;retry_after=0", "ok")
+    with captured_logs() as sink:
+        ok = post(gw, body())
+        sink.wait_for("request", request_id=ok.headers["request-id"])
+    (line,) = sink.lines("request", request_id=ok.headers["request-id"])
+    assert ok.status_code == 200 and ok.headers["x-upstream-model"] == "test/big"
+    assert line["attempts"] == 2 and line["upstream_status"] == 200 and line["model"] == "test/big"
+    assert set(line["usage"]) == {"test/big"}
+
+
 def test_500_then_ok_is_retried(gw: Gateway) -> None:
     """§1.4: a 500 is retried; the second answer reaches the client."""
     gw.fake.script("500", "ok")
@@ -233,6 +259,7 @@ def test_fallback_serves_when_the_routed_model_fails(fb: Gateway, mode: str, str
     assert [q.json["model"] for q in fb.fake.requests] == ["test/big", "test/fallback"]
     (line,) = sink.lines("request", request_id=r.headers["request-id"])
     assert line["model"] == "test/fallback" and line["fallback"] == "test/big->test/fallback"
+    assert line["attempts"] == 2 and line["upstream_status"] == 200
     if not stream:
         assert r.json()["model"] == "claude-opus-5-5"  # README: the id the client asked for
 
@@ -279,9 +306,13 @@ def test_a_stream_that_fails_before_its_first_chunk_counts_against_the_breaker()
             r = post(g, body(stream=True))
             assert r.status_code == 200 and r.headers["x-upstream-model"] == "test/fallback"
         g.fake.clear()
-        r = post(g, body(stream=True))
+        with captured_logs() as sink:
+            r = post(g, body(stream=True))
+            sink.wait_for("request", request_id=r.headers["request-id"])
         assert r.headers["x-upstream-model"] == "test/fallback"
         assert [q.json["model"] for q in g.fake.requests] == ["test/fallback"]  # none to the open model
+        (line,) = sink.lines("request", request_id=r.headers["request-id"])
+        assert line["cooled"] == ["test/big"] and line["attempts"] == 1  # the breaker's decision, in the access line
         g.fake.model_modes = {}
 
 
