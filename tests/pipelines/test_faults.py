@@ -360,23 +360,25 @@ def test_sdk_sees_the_mapped_classes(gw: Gateway) -> None:
 
 
 def test_breaker_state_machine() -> None:
-    """The breaker on its own (steps/openrouter/cooldown.py), with a hand-driven clock:
+    """The breaker on its own (engine/breakers.py), with a hand-driven clock:
     closed → open after N consecutive failures → one probe after the cooldown → closed on
     success, open again on failure; a probe without a verdict frees the slot."""
-    from steps.openrouter.cooldown import Cooldowns
+    from engine.breakers import Breaker
+    from engine.spec import BreakerSpec
 
     now = [0.0]
-    b = Cooldowns(clock=lambda: now[0])
-    assert b.allow("a") and not b.failed("a", 3, 5) and not b.failed("a", 3, 5)
+    b = Breaker(BreakerSpec(failures=3, cooldown=5), clock=lambda: now[0])
+    assert b.allow("a") and not b.failed("a") and not b.failed("a")
     b.succeeded("a")  # a success resets the count: failures must be consecutive
-    assert [b.failed("a", 3, 5) for _ in range(3)] == [False, False, True]
+    assert [b.failed("a") for _ in range(3)] == [False, False, True]
     assert not b.allow("a") and b.remaining("a") == 5 and b.allow("b")
+    assert b.state() == {"a": {"failures": 3, "open_s": 5.0, "probing": False}}
     now[0] = 5.0
     assert b.allow("a") and not b.allow("a")  # one probe at a time
     b.release("a")  # the probe was cancelled: the next request probes
     assert b.allow("a")
-    assert b.failed("a", 3, 5) and not b.allow("a")  # a failed probe re-opens at once
+    assert b.failed("a") and not b.allow("a")  # a failed probe re-opens at once
     now[0] = 10.0
     assert b.allow("a")
     b.succeeded("a")
-    assert b.allow("a") and b.allow("a") and b.remaining("a") == 0
+    assert b.allow("a") and b.allow("a") and b.remaining("a") == 0 and b.state() == {}
