@@ -62,7 +62,7 @@ from steps.openrouter.sse import DONE, SSEDecoder, SSEError
 if TYPE_CHECKING:  # httpx and aiohttp load with the first call, not with `engine check`
     from steps.openrouter.transport import UpstreamClient, UpstreamResponse
 
-__all__ = ["KEEPALIVE_OBJECT", "ChunkStream", "call", "is_keepalive"]
+__all__ = ["KEEPALIVE_OBJECT", "ChunkStream", "call", "completion_as_chunk", "is_keepalive"]
 
 MAX_ERROR_BODY = 1024 * 1024  # bytes of an error (or non-SSE) body read before giving up
 DONE_DRAIN_SECONDS = 0.5  # after [DONE], wait this long for the body's end to keep the connection
@@ -363,7 +363,7 @@ class ChunkStream(AsyncIterator[dict]):
     def of_completion(cls, completion: dict) -> ChunkStream:
         """A one-chunk stream equivalent to a whole non-streamed completion."""
         stream = cls(None, None)
-        stream._ready = [_completion_as_chunk(completion)]
+        stream._ready = [completion_as_chunk(completion)]
         stream.chunks = 1
         return stream
 
@@ -717,7 +717,7 @@ async def _close(response: UpstreamResponse) -> None:
             pass
 
 
-def _completion_as_chunk(completion: dict) -> dict:
+def completion_as_chunk(completion: dict) -> dict:
     """A non-streamed `chat.completion` rewritten as one equivalent `chat.completion.chunk`."""
     choices = []
     for i, choice in enumerate(completion.get("choices") or ()):
@@ -730,12 +730,8 @@ def _completion_as_chunk(completion: dict) -> dict:
                 {"index": j, **c} if isinstance(c, dict) and "index" not in c else c
                 for j, c in enumerate(calls)
             ]
-        choices.append({
-            "index": choice.get("index", i),
-            "delta": delta,
-            "finish_reason": choice.get("finish_reason"),
-            "native_finish_reason": choice.get("native_finish_reason"),
-        })
+        rest = {k: v for k, v in choice.items() if k != "message"}  # finish_reason and a server's stop fields
+        choices.append({**rest, "index": choice.get("index", i), "delta": delta, "finish_reason": choice.get("finish_reason")})
     chunk = {k: v for k, v in completion.items() if k not in ("choices", "object")}
     chunk["object"] = "chat.completion.chunk"
     chunk["choices"] = choices
