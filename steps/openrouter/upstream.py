@@ -313,11 +313,11 @@ class ChunkStream(AsyncIterator[dict]):
         self._key = key
         self.commit_after = commit_after if commit_after and commit_after > 0 else None
         self.first_content = first_content if first_content and first_content > 0 else None
-        self.chunks = 0  # items produced so far (keepalive markers included; peeked or not)
+        self.chunks = 0  # items produced so far (keepalive markers included)
         self.keepalives = 0  # keepalive markers yielded so far
         self.finished = False  # a finish_reason was seen
         self._gen = self._run() if response is not None else None
-        self._ready: list[dict] = []  # handed out before reading on: peek()'s chunk, or of_completion's
+        self._ready: list[dict] = []  # handed out before reading on: of_completion's chunk
         self._idle: float | None = None  # set by the engine through enforce_idle_timeout
         self._last_item = time.monotonic()
         self._idle_fired = False
@@ -376,16 +376,6 @@ class ChunkStream(AsyncIterator[dict]):
         if self._ready or self._gen is None:
             return self._take_ready()
         return self._gen.__anext__()
-
-    async def peek(self) -> None:
-        """Read the first chunk now; iteration still starts with it. Closes the stream on failure."""
-        try:
-            self._ready.append(await self.__anext__())
-        except StopAsyncIteration:
-            pass
-        except BaseException:
-            await self.aclose()
-            raise
 
     async def _take_ready(self) -> dict:
         if self._ready:
