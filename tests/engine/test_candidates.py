@@ -152,3 +152,14 @@ def test_retry_on_names_statuses() -> None:
 def test_check_refuses_a_wrong_policy(edit: tuple[str, str], message: str) -> None:
     plans, errors = check([load_text(textwrap.dedent(PIPELINE).replace(*edit), "ask.yaml")])
     assert any(message in str(e) for e in errors), errors
+
+
+def test_the_retry_budget_counts_fallbacks_too() -> None:
+    """With no retry budget left, a failed candidate is not followed by the next one: every
+    attempt after the first, a fallback as much as a retry, is a retry for the budget."""
+    toysteps.answers["a"] = "503"
+    engine = make_engine(PIPELINE.replace("breakers:", "retry_budget: {ratio: 0, min: 0}\nbreakers:"))
+    with pytest.raises(StepError) as info:
+        run(engine)
+    assert toysteps.asked == ["a"] and info.value.status == 503  # type: ignore[attr-defined]
+    assert engine.retry_budget.refused == 1

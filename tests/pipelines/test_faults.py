@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import anthropic
 import pytest
+
+from engine.capture import CaptureWriter
+from engine.capture_reader import Captured, read_captures
 
 from tests.pipelines.conftest import Gateway
 from tests.pipelines.faults import ASK, OK_TEXT, body, captured_logs, gateway_with, post, sse, without_pings
@@ -235,6 +239,28 @@ def test_fallback_serves_when_the_routed_model_fails(fb: Gateway, mode: str, str
     assert line["model"] == "test/fallback" and line["fallback"] == "test/big->test/fallback"
     if not stream:
         assert r.json()["model"] == "claude-opus-5-5"  # README: the id the client asked for
+
+
+def test_each_attempt_is_in_the_trace_and_the_capture(fb: Gateway, tmp_path: Path) -> None:
+    """§1.10: the engine runs the call over its candidates, and each attempt is recorded: the
+    capture holds one `turn.call` entry per model tried (the first with its 503), the trace a
+    `fallback:503` entry before the call's own `ok`."""
+    fb.fake.model_modes = {"test/big": "503"}
+    fb.engine.capture = writer = CaptureWriter(tmp_path, fsync=None)
+    try:
+        r = post(fb, body())
+        assert r.status_code == 200 and r.headers["x-upstream-model"] == "test/fallback"
+        assert fb.fake.wait_for(lambda: writer.written == 1)
+    finally:
+        fb.engine.capture = None
+        fb.fake.model_modes = {}
+        writer.close()
+    (item,) = [i for i in read_captures([tmp_path]) if isinstance(i, Captured)]
+    calls = [c for c in item.record["calls"] if c["step"] == "call"]
+    assert [c["input"]["payload"]["model"] for c in calls] == ["test/big", "test/fallback"]
+    assert calls[0]["error"]["attrs"]["status"] == 503 and "output" in calls[1]
+    trace = [(t["outcome"], t["attempts"]) for t in item.record["trace"] if t["step"] == "call"]
+    assert trace == [("fallback:503", 1), ("ok", 2)]
 
 
 @pytest.mark.parametrize(("mode", "status"), [("400", 400), ("401", 401)])
