@@ -23,11 +23,12 @@ A pipeline file looks like this (GitHub-Actions-like words: `uses`, `with`, `if`
         with: {text: ${{ steps.shout }}, prefix: "Dear "}
         retry: {attempts: 3, backoff: 200ms, max_backoff: 2s, on: [retryable, 429, timeout]}
         timeout: 5s               # each attempt (each candidate's)
-      ask:
-        uses: text.ask
-        candidates: ${{ steps.choices }}  # [{with: {...}, key: ..., name: ...}, ...]: one attempt each
+      send:
+        uses: mail.send
+        candidates: ${{ input.servers }}  # [{with: {...}, key: ..., name: ...}, ...]: one attempt each, in order
         breaker: upstream         # skip a candidate whose key is open (never the last one left)
-    output: ${{ steps.polite }}
+        with: {text: ${{ steps.polite }}}
+    output: ${{ steps.send }}
     errors: text.render_error     # optional: turns a failed run into an output
 
 References are whole values `${{ input }}`, `${{ input.a.b }}` or `${{ steps.NAME.a.b }}`;
