@@ -32,6 +32,7 @@ import structlog
 from engine import capture, logs, metrics, registry, retry, streams
 from engine.check import Node, Plan, check
 from engine.errors import DeadlineExceeded, EngineError, SpecError, SpecErrors, StepError, StepTimeout
+from engine.breakers import Breakers
 from engine.limits import Limits
 from engine.loader import VARS_FILE, LoadedPipeline, Ref, Vars, load_file, load_vars, vars_beside, without_echoes
 from engine.run import IdSource, Resources, RunContext
@@ -143,6 +144,9 @@ class Engine:
         for p in plans:
             limits.update(p.limits)
         self.limits = Limits(limits)
+        self.breakers = Breakers()
+        for p in plans:
+            self.breakers.add(p.breakers)
         budgets = [p.retry_budget for p in plans if p.retry_budget is not None]
         self.retry_budget = retry.RetryBudget(min(budgets, key=lambda b: b.ratio) if budgets else None)
         self.resources = Resources()
@@ -169,6 +173,7 @@ class Engine:
         """
         for p in plans:
             self.limits.add(p.limits)
+            self.breakers.add(p.breakers)
         _register_static_secrets(plans)
         self.plans = {p.name: p for p in plans}
         self._step_log_checked = None
@@ -364,6 +369,9 @@ class _Run:
             kwargs[node.info.wants_context] = ctx
         if node.info.wants_facts:
             kwargs[node.info.wants_facts] = results[facts_key(node.name)] = Facts()  # one for all its attempts
+        if node.candidates is not None:
+            await self.over_candidates(node, kwargs, resolve_ref(node.candidates, results, input))
+            return
         policy = node.retry
         budget = self.engine.retry_budget
         attempt = 0
@@ -377,20 +385,10 @@ class _Run:
                 try:
                     value = await self.attempt(node, kwargs, attempt, start)
                 except Exception as exc:
-                    delay = retry.next_delay(exc, policy, attempt, ctx.remaining()) if policy is not None else None
-                    if delay is not None and not retrying and not budget.allow():
-                        _log.warning("step.retry_budget_exhausted", reason=_reason(exc), retries_in_flight=budget.active_retries)
-                        delay = None
+                    delay = self.retry_delay(node, exc, attempt, retrying)
                     if delay is None:
-                        if isinstance(exc, StepError):
-                            exc.step = exc.step or node.name
-                            exc.attempts = attempt
-                        self.finished(node, "error", attempt, start, exc)
+                        self.failed(node, exc, attempt, start)
                         raise
-                    _log.info("step.retry", reason=_reason(exc), delay_s=round(delay, 3), next_attempt=attempt + 1)
-                    metrics.RETRIES.labels(self.plan.name, node.name, getattr(exc, "kind", type(exc).__name__)).inc()
-                    if ctx.replayer is not None and not ctx.replayer.realtime:
-                        delay = 0.0  # replaying as fast as possible: the wait already happened once
                     if not retrying:
                         retrying = True
                         budget.active_retries += 1
@@ -406,7 +404,133 @@ class _Run:
             if retrying:
                 budget.active_retries -= 1
 
-    async def attempt(self, node: Node, kwargs: dict[str, Any], attempt: int, start: float) -> Any:
+    def retry_delay(self, node: Node, exc: Exception, attempt: int, holding: bool) -> float | None:
+        """Seconds before the next try of `node` after `exc`, or None: return the error now.
+
+        Logged and counted here, so a plain step and a step over candidates retry alike."""
+        policy, ctx, budget = node.retry, self.ctx, self.engine.retry_budget
+        delay = retry.next_delay(exc, policy, attempt, ctx.remaining()) if policy is not None else None
+        if delay is not None and not holding and not budget.allow():
+            _log.warning("step.retry_budget_exhausted", reason=_reason(exc), retries_in_flight=budget.active_retries)
+            delay = None
+        if delay is None:
+            return None
+        _log.info("step.retry", reason=_reason(exc), delay_s=round(delay, 3), next_attempt=attempt + 1)
+        metrics.RETRIES.labels(self.plan.name, node.name, getattr(exc, "kind", type(exc).__name__)).inc()
+        if ctx.replayer is not None and not ctx.replayer.realtime:
+            delay = 0.0  # replaying as fast as possible: the wait already happened once
+        return delay
+
+    def failed(self, node: Node, exc: BaseException, attempts: int, start: float) -> None:
+        if isinstance(exc, StepError):
+            exc.step = exc.step or node.name
+            exc.attempts = attempts
+        self.finished(node, "error", attempts, start, exc)
+
+    async def over_candidates(self, node: Node, kwargs: dict[str, Any], listed: Any) -> None:
+        """Run `node` over its candidates: one attempt each, in order, until one succeeds.
+
+        Each candidate is `{with: {...}, key: ..., name: ...}`: `with` gives this attempt's
+        inputs (over the step's own), `key` keys the step's breaker, `name` is what logs show.
+        A failed attempt moves on to the next candidate when its error says another may
+        succeed (`fallback`); otherwise, or after the last candidate, the retry policy decides
+        whether the list is tried again from its start (`retry.attempts` counts those rounds).
+        Every attempt after the first, a fallback or a retry, is within the retry budget.
+        Each attempt has the step's `timeout`; a candidate that timed out is not asked again
+        (it would most likely time out again) but the next one is. A candidate whose breaker
+        key is open is skipped while another is left, and the last one is always tried (panic
+        mode), and a step that takes `Facts` is told it: `cooled`, the names of the candidates
+        skipped. Each failed or skipped attempt is a trace entry (`fallback:STATUS`,
+        `retry:STATUS`, `open`); the final outcome is the step's own entry as for any step.
+        """
+        cands = _candidates(node, listed)
+        told = kwargs.get(node.info.wants_facts) if node.info.wants_facts else None
+        breaker = self.engine.breakers.get(node.breaker) if node.breaker is not None else None
+        if breaker is not None and not breaker.enabled:
+            breaker = None
+        ctx, budget, plan = self.ctx, self.engine.retry_budget, self.plan.name
+        last = len(cands) - 1
+        attempt = 0
+        rounds = 0
+        start = time.perf_counter()
+        holding = False  # this step holds one unit of the retry budget once it tries again
+        try:
+            while True:
+                rounds += 1
+                error: Exception | None = None
+                for i, (with_, key, name) in enumerate(cands):
+                    if breaker is not None and not breaker.allow(key):
+                        if i < last:
+                            _log.info("step.breaker_skip", candidate=name, step=node.name, remaining_s=round(breaker.remaining(key), 3))
+                            if told is not None:  # the breaker's state as this run read it
+                                told.setdefault("cooled", []).append(name)
+                            now = time.perf_counter()
+                            ctx.trace.append((plan, node.name, "open", attempt, now, now))
+                            continue
+                        _log.info("step.breaker_panic", candidate=name, step=node.name, remaining_s=round(breaker.remaining(key), 3))
+                    if attempt and not holding:
+                        if error is not None and not budget.allow():
+                            _log.warning("step.retry_budget_exhausted", reason=_reason(error), step=node.name, retries_in_flight=budget.active_retries)
+                            if breaker is not None:
+                                breaker.release(key)
+                            self.failed(node, error, attempt, start)
+                            raise error
+                        holding = True
+                        budget.active_retries += 1
+                    attempt += 1
+                    token = logs._scope.set(self.scope_base + (("step", node.name), ("attempt", attempt), ("candidate", name)))
+                    self.current = (node, attempt, start)
+                    began = time.perf_counter()
+                    settled = False
+                    try:
+                        value = await self.attempt(node, {**kwargs, **with_}, attempt, start, candidate=True)
+                    except Exception as exc:
+                        error = exc
+                        if breaker is not None:
+                            settled = True
+                            if getattr(exc, "about_candidate", False):
+                                if breaker.failed(key):
+                                    _log.warning("step.breaker_open", candidate=name, failures=breaker.spec.failures, cooldown_s=breaker.spec.cooldown)
+                            else:
+                                breaker.release(key)
+                        status = getattr(exc, "status", None) or getattr(exc, "kind", type(exc).__name__)
+                        if i < last and getattr(exc, "fallback", False):
+                            _log.warning("step.fallback", reason=_reason(exc), candidate=name, next_candidate=cands[i + 1][2])
+                            ctx.trace.append((plan, node.name, f"fallback:{status}", attempt, began, time.perf_counter()))
+                            continue
+                        break
+                    else:
+                        if breaker is not None:
+                            settled = True
+                            breaker.succeeded(key)
+                        self.results[node.name] = value
+                        if not streams.is_stream(value):
+                            self.finished(node, "ok", attempt, start)
+                        return
+                    finally:
+                        if breaker is not None and not settled:
+                            breaker.release(key)  # cancelled: a probe without a verdict frees the slot
+                        logs._scope.reset(token)
+                assert error is not None  # the last candidate is always tried
+                token = logs._scope.set(self.scope_base + (("step", node.name), ("attempt", attempt)))
+                try:
+                    delay = self.retry_delay(node, error, rounds, holding)
+                finally:
+                    logs._scope.reset(token)
+                if delay is None:
+                    self.failed(node, error, attempt, start)
+                    raise error
+                status = getattr(error, "status", None) or getattr(error, "kind", type(error).__name__)
+                ctx.trace.append((plan, node.name, f"retry:{status}", attempt, start, time.perf_counter()))
+                if not holding:
+                    holding = True
+                    budget.active_retries += 1
+                await anyio.sleep(delay)
+        finally:
+            if holding:
+                budget.active_retries -= 1
+
+    async def attempt(self, node: Node, kwargs: dict[str, Any], attempt: int, start: float, candidate: bool = False) -> Any:
         remaining = self.ctx.remaining()
         if remaining is not None and remaining <= 0:
             raise DeadlineExceeded(f"the run's deadline passed before step '{node.name}'")
@@ -415,6 +539,9 @@ class _Run:
             return await self.invoke(node, kwargs, attempt, start)
         with anyio.move_on_after(timeout):
             return await self.invoke(node, kwargs, attempt, start)
+        if candidate:
+            # Not asked again (a 2 MB prompt would time out again); the next candidate is.
+            raise StepTimeout(f"step '{node.name}' took longer than {timeout:g} s", retryable=False)
         raise StepTimeout(f"step '{node.name}' took longer than {timeout:g} s")
 
     async def invoke(self, node: Node, kwargs: dict[str, Any], attempt: int, start: float) -> Any:
@@ -547,6 +674,19 @@ def failed_step(ctx: RunContext, exc: BaseException) -> str | None:
             return f"{entry[0]}.{entry[1]}"
     step = getattr(exc, "step", None)
     return f"{ctx.pipeline}.{step}" if step else None
+
+
+def _candidates(node: Node, listed: Any) -> list[tuple[dict[str, Any], str, str]]:
+    """The (inputs, breaker key, name) of each candidate in `listed` (see `over_candidates`)."""
+    if not isinstance(listed, (list, tuple)) or not listed:
+        raise StepError(f"step '{node.name}' has no candidates to try (its `candidates` gave {type(listed).__name__})", kind="no_candidates")
+    out = []
+    for i, c in enumerate(listed):
+        if not isinstance(c, dict) or not isinstance(c.get("with", {}), dict):
+            raise StepError(f"step '{node.name}': candidate {i} is not a mapping with a `with` mapping", kind="no_candidates")
+        name = str(c.get("name") or c.get("key") or i)
+        out.append((c.get("with") or {}, str(c.get("key") or name), name))
+    return out
 
 
 def _reason(exc: BaseException) -> str:

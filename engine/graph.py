@@ -72,6 +72,10 @@ def _notes(node: Node) -> list[str]:
     notes = []
     if node.cond is not None:
         notes.append(f"if {node.cond.text.removeprefix('${{').removesuffix('}}').strip()}")
+    if node.candidates is not None:
+        notes.append(f"over {node.candidates.text.removeprefix('${{').removesuffix('}}').strip()}")
+    if node.breaker is not None:
+        notes.append(f"breaker {node.breaker}")
     if node.retry is not None:
         notes.append(f"retry x{node.retry.attempts}")
     if node.timeout is not None:

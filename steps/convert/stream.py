@@ -113,7 +113,7 @@ class _StreamConverter:
         "ctx", "model", "estimate", "open", "open_tool", "index", "tools", "pending", "seen_ids",
         "last_key", "finish_reason", "finish_choice", "usage", "saw_tool", "refused", "chars",
         "stops", "tail", "tail_len", "answered", "family", "omitted", "thought", "late", "raw_estimate",
-        "prices", "metered", "facts",
+        "prices", "metered", "facts", "whole",
     )  # fmt: skip
 
     def __init__(
@@ -127,8 +127,10 @@ class _StreamConverter:
         calibration: dict[str, float] | None = None,
         answered: str | None = None,
         facts: Facts | None = None,
+        whole: bool = False,
     ) -> None:
         self.ctx = ctx
+        self.whole = whole  # folding a whole answer: tool arguments held and repaired, never streamed
         self.prices = prices
         self.metered = False
         self.model = body.get("model") or model
@@ -387,6 +389,9 @@ class _StreamConverter:
     def _tool_args(self, tool: _Tool, args: str, out: list[dict]) -> None:
         tool.parts.append(args)
         self.chars += len(args)
+        if self.whole:
+            tool.mode = _HOLDING  # nothing is streamed: the whole text gets the full repair at the end
+            return
         if tool.mode == _STREAMING:
             out.append({"type": "content_block_delta", "index": tool.index, "delta": {"type": "input_json_delta", "partial_json": args}})
         elif tool.mode == _UNDECIDED and not args.isspace():

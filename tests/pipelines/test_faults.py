@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import anthropic
 import pytest
+
+from engine.capture import CaptureWriter
+from engine.capture_reader import Captured, read_captures
 
 from tests.pipelines.conftest import Gateway
 from tests.pipelines.faults import ASK, OK_TEXT, body, captured_logs, gateway_with, post, sse, without_pings
@@ -264,6 +268,28 @@ def test_fallback_serves_when_the_routed_model_fails(fb: Gateway, mode: str, str
         assert r.json()["model"] == "claude-opus-5-5"  # README: the id the client asked for
 
 
+def test_each_attempt_is_in_the_trace_and_the_capture(fb: Gateway, tmp_path: Path) -> None:
+    """§1.10: the engine runs the call over its candidates, and each attempt is recorded: the
+    capture holds one `turn.call` entry per model tried (the first with its 503), the trace a
+    `fallback:503` entry before the call's own `ok`."""
+    fb.fake.model_modes = {"test/big": "503"}
+    fb.engine.capture = writer = CaptureWriter(tmp_path, fsync=None)
+    try:
+        r = post(fb, body())
+        assert r.status_code == 200 and r.headers["x-upstream-model"] == "test/fallback"
+        assert fb.fake.wait_for(lambda: writer.written == 1)
+    finally:
+        fb.engine.capture = None
+        fb.fake.model_modes = {}
+        writer.close()
+    (item,) = [i for i in read_captures([tmp_path]) if isinstance(i, Captured)]
+    calls = [c for c in item.record["calls"] if c["step"] == "call"]
+    assert [c["input"]["payload"]["model"] for c in calls] == ["test/big", "test/fallback"]
+    assert calls[0]["error"]["attrs"]["status"] == 503 and "output" in calls[1]
+    trace = [(t["outcome"], t["attempts"]) for t in item.record["trace"] if t["step"] == "call"]
+    assert trace == [("fallback:503", 1), ("ok", 2)]
+
+
 @pytest.mark.parametrize(("mode", "status"), [("400", 400), ("401", 401)])
 def test_no_fallback_on_client_errors(fb: Gateway, mode: str, status: int) -> None:
     """§1.10: A answers a plain 400 or 401 → the client's problem: no fallback."""
@@ -391,23 +417,25 @@ def test_sdk_sees_the_mapped_classes(gw: Gateway) -> None:
 
 
 def test_breaker_state_machine() -> None:
-    """The breaker on its own (steps/openrouter/cooldown.py), with a hand-driven clock:
+    """The breaker on its own (engine/breakers.py), with a hand-driven clock:
     closed → open after N consecutive failures → one probe after the cooldown → closed on
     success, open again on failure; a probe without a verdict frees the slot."""
-    from steps.openrouter.cooldown import Cooldowns
+    from engine.breakers import Breaker
+    from engine.spec import BreakerSpec
 
     now = [0.0]
-    b = Cooldowns(clock=lambda: now[0])
-    assert b.allow("a") and not b.failed("a", 3, 5) and not b.failed("a", 3, 5)
+    b = Breaker(BreakerSpec(failures=3, cooldown=5), clock=lambda: now[0])
+    assert b.allow("a") and not b.failed("a") and not b.failed("a")
     b.succeeded("a")  # a success resets the count: failures must be consecutive
-    assert [b.failed("a", 3, 5) for _ in range(3)] == [False, False, True]
+    assert [b.failed("a") for _ in range(3)] == [False, False, True]
     assert not b.allow("a") and b.remaining("a") == 5 and b.allow("b")
+    assert b.state() == {"a": {"failures": 3, "open_s": 5.0, "probing": False}}
     now[0] = 5.0
     assert b.allow("a") and not b.allow("a")  # one probe at a time
     b.release("a")  # the probe was cancelled: the next request probes
     assert b.allow("a")
-    assert b.failed("a", 3, 5) and not b.allow("a")  # a failed probe re-opens at once
+    assert b.failed("a") and not b.allow("a")  # a failed probe re-opens at once
     now[0] = 10.0
     assert b.allow("a")
     b.succeeded("a")
-    assert b.allow("a") and b.allow("a") and b.remaining("a") == 0
+    assert b.allow("a") and b.allow("a") and b.remaining("a") == 0 and b.state() == {}
