@@ -51,8 +51,10 @@ async def convert_answer(
     answered: str | None = None,
     facts: Facts | None = None,
 ) -> Any:
-    """The upstream answer (a completion dict or a stream of chunks) as the client asked for it:
-    a stream of Anthropic events when `body.stream`, else one Message folded from them.
+    """The upstream answer as the client asked for it: Anthropic events, or one Message folded from them.
+
+    `answer` is a completion dict or a stream of chunks; the result is a stream of Anthropic
+    events when `body.stream`, else the one Message those events describe.
 
     See convert.stream for the events: the same converter makes both, so a JSON answer and a
     stream never disagree. Claude Code falls back to non-streaming after a broken stream and
