@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from engine.registry import Finding, doctor_check, serving_note, step
     from engine.run import RunContext
     from engine.streams import aclose_quietly, is_stream
-    from engine.types import JSON, PipelineName, Reply, Request, Stream
+    from engine.types import JSON, Facts, PipelineName, Reply, Request, Stream
 
 _HOMES = {
     # declaring steps and what `engine serve` / `engine doctor` say about them
@@ -35,6 +35,7 @@ _HOMES = {
     "Stream": "engine.types",
     "JSON": "engine.types",
     "PipelineName": "engine.types",
+    "Facts": "engine.types",
     # errors a step raises (what retry policies and error steps read)
     "EngineError": "engine.errors",
     "StepError": "engine.errors",

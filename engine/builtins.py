@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.run import RunContext
-from engine.types import PipelineName
+from engine.types import Facts, PipelineName
 
 
 def value(value: Any) -> Any:
@@ -18,13 +18,15 @@ def value(value: Any) -> Any:
     return value
 
 
-async def run(pipeline: PipelineName, input: Any, ctx: RunContext) -> Any:
+async def run(pipeline: PipelineName, input: Any, ctx: RunContext, facts: Facts) -> Any:
     """Run another pipeline on `input` and return its output: a shared part as one step.
 
-    The sub-run shares the request id, deadline, ids, captures and access-log fields of the
-    run that calls it; `engine graph PIPELINE` draws the inside.
+    The sub-run shares the request id, deadline, ids and captures of the run that calls it;
+    what its pipeline declares under `access:` are this step's facts (`${{ facts.STEP.KEY }}`),
+    read when asked for, so a stream's usage is there once the stream ended. `engine graph
+    PIPELINE` draws the inside.
     """
-    return await ctx.run_pipeline(pipeline, input)
+    return await ctx.run_pipeline(pipeline, input, facts=facts)
 
 
 CORE_STEPS: dict[str, tuple[Any, dict[str, Any]]] = {

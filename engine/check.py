@@ -22,7 +22,7 @@ from engine import registry
 from engine.errors import RegistryError, SpecError, SpecErrors
 from engine.loader import LoadedPipeline, Ref
 from engine.registry import StepInfo
-from engine.spec import LimitSpec, RetrySpec
+from engine.spec import BreakerSpec, LimitSpec, RetrySpec
 from engine.types import PipelineName
 
 _ROUTE = re.compile(r"^(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS)\s+(/\S*)$")
@@ -47,12 +47,14 @@ class Node:
     record: bool
     dependents: list[str] = field(default_factory=list)
     vars: tuple[str, ...] = ()  # the `${{ vars.NAME }}` its YAML used (drawn by `engine graph`)
+    candidates: Ref | None = None  # one attempt per item of the list it points at
+    breaker: str | None = None
 
     @property
     def info_inline(self) -> bool:
         """True for a step that never awaits: a sync, non-blocking step without a limit."""
         info = self.info
-        return not (info.is_async or info.blocking or info.streams) and self.limit is None and self.retry is None
+        return not (info.is_async or info.blocking or info.streams) and self.limit is None and self.retry is None and self.candidates is None
 
 
 @dataclass(slots=True, eq=False)
@@ -71,11 +73,13 @@ class Plan:
     deadline: float | None
     limits: dict[str, LimitSpec]
     graph: Dependencies
+    breakers: dict[str, BreakerSpec] = field(default_factory=dict)
     enabled: bool = True
     runs_code: bool = False
     declared_routes: list[tuple[str, str]] = field(default_factory=list)  # served or switched off (`engine run`)
     retry_budget: Any = None
     sequential: bool = False  # no two steps that may await could ever run at the same time
+    access: dict[str, Any] = field(default_factory=dict)  # the access line's fields: name -> reference
 
 
 @dataclass
@@ -188,10 +192,18 @@ def check(loaded: list[LoadedPipeline]) -> tuple[list[Plan], list[SpecError]]:
                 errors.append(SpecError(f"limit '{lname}' is declared differently in {prior[1].file}", lp.where("limits", lname), "declare a shared limit the same way everywhere"))
             limits.setdefault(lname, (lspec, lp))
 
+    breakers: dict[str, tuple[BreakerSpec, LoadedPipeline]] = {}
+    for lp in loaded:
+        for bname, bspec in lp.spec.breakers.items():
+            prior_b = breakers.get(bname)
+            if prior_b is not None and prior_b[0] != bspec:
+                errors.append(SpecError(f"breaker '{bname}' is declared differently in {prior_b[1].file}", lp.where("breakers", bname), "declare a shared breaker the same way everywhere"))
+            breakers.setdefault(bname, (bspec, lp))
+
     routes: dict[tuple[str, str], LoadedPipeline] = {}
     plans = []
     for lp in loaded:
-        plan = _check_one(lp, set(names), {n: s for n, (s, _) in limits.items()}, errors)
+        plan = _check_one(lp, set(names), {n: s for n, (s, _) in limits.items()}, errors, set(breakers))
         for route in plan.routes:
             prior_lp = routes.get(route)
             if prior_lp is not None:
@@ -202,13 +214,17 @@ def check(loaded: list[LoadedPipeline]) -> tuple[list[Plan], list[SpecError]]:
     return plans, errors
 
 
-def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, LimitSpec], errors: list[SpecError]) -> Plan:
+def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, LimitSpec], errors: list[SpecError], breakers: set[str] | None = None) -> Plan:
     spec = lp.spec
     step_names = list(spec.steps)
     nodes: dict[str, Node] = {}
     graph = Dependencies(list(step_names))
 
+    told: list[tuple[Ref, str]] = []  # `facts.STEP.KEY` references, checked once the steps are known
+
     def ref_ok(ref: Ref, user: str) -> bool:
+        if ref.facts and ref.step in spec.steps:
+            told.append((ref, user))
         if ref.step is None or ref.step in spec.steps:
             return True
         close = difflib.get_close_matches(ref.step, step_names, n=1)
@@ -255,7 +271,7 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
                 if r.step is not None:
                     deps[r.step] = None
         for pname, param in info.params.items():
-            if param.required and pname not in sspec.with_:
+            if param.required and pname not in sspec.with_ and sspec.candidates is None:  # else each candidate's `with` gives it
                 errors.append(SpecError(f"{where_step}: {sspec.uses} needs parameter '{pname}'", lp.where("steps", name, "with") or lp.where("steps", name), f"add `{pname}:` under `with:` ({param.describe()})"))
 
         cond = None
@@ -273,12 +289,25 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
             errors.append(SpecError(f"{where_step}: {sspec.uses} has side effects, so retrying it may repeat them", lp.where("steps", name, "retry"), "add `idempotent: true` under `retry:` if repeating is safe, or remove `retry`"))
         if sspec.limit is not None and sspec.limit not in limits:
             errors.append(SpecError(f"{where_step}: unknown limit '{sspec.limit}'", lp.where("steps", name, "limit"), f"declare it under `limits:` (declared: {', '.join(limits) or 'none'})"))
+        candidates = None
+        if sspec.candidates is not None:
+            if not isinstance(sspec.candidates, Ref):
+                errors.append(SpecError(f"{where_step}: `candidates` must be a reference to a list", lp.where("steps", name, "candidates"), "write e.g. candidates: ${{ steps.route.candidates }}"))
+            elif ref_ok(sspec.candidates, where_step):
+                candidates = sspec.candidates
+                if candidates.step is not None:
+                    deps[candidates.step] = None
+        if sspec.breaker is not None:
+            if sspec.breaker not in (breakers or set()):
+                errors.append(SpecError(f"{where_step}: unknown breaker '{sspec.breaker}'", lp.where("steps", name, "breaker"), f"declare it under `breakers:` (declared: {', '.join(sorted(breakers or ())) or 'none'})"))
+            if sspec.candidates is None:
+                errors.append(SpecError(f"{where_step}: a breaker needs `candidates`", lp.where("steps", name, "breaker"), "a breaker keys each candidate; add `candidates:` or remove `breaker`"))
         if name in deps:
             errors.append(SpecError(f"{where_step} uses its own output", lp.where("steps", name), "a step cannot depend on itself; loops are sub-pipelines run from a step"))
             deps.pop(name)
         deps_t = tuple(d for d in deps if d in spec.steps)
         graph.add_edges_from((d, name) for d in deps_t)
-        nodes[name] = Node(name, info, static, refs, nested, deps_t, cond, sspec.else_, sspec.retry, sspec.timeout, sspec.idle_timeout, sspec.limit, sspec.record)
+        nodes[name] = Node(name, info, static, refs, nested, deps_t, cond, sspec.else_, sspec.retry, sspec.timeout, sspec.idle_timeout, sspec.limit, sspec.record, candidates=candidates, breaker=sspec.breaker)
         nodes[name].vars = tuple(dict.fromkeys(v for path, v in lp.vars_used.items() if path[:2] == ("steps", name)))
 
     output_deps: set[str] = set()
@@ -287,6 +316,24 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
             output_deps.add(r.step)
     if not list(iter_refs(spec.output)):
         errors.append(SpecError("the output uses no step", lp.where("output"), "write output: ${{ steps.LAST }}"))
+    access_deps: set[str] = set()
+    for field_name, value in spec.access.items():
+        found = list(iter_refs(value))
+        if not found:
+            errors.append(SpecError(f"access field '{field_name}' is no reference", lp.where("access", field_name), "write e.g. model: ${{ facts.call.model }}; a constant tells nothing about a request"))
+        for r in found:
+            if ref_ok(r, f"access field '{field_name}'") and r.step is not None:
+                access_deps.add(r.step)  # read when the request ends: it needs those steps
+    for r, user in told:
+        node = nodes.get(r.step or "")
+        if node is None:
+            continue
+        if node.info.wants_facts is None:
+            errors.append(SpecError(f"{user} uses '{r.text}', but {node.info.name} ('{r.step}') tells no facts", r.location, f"use its output, ${{{{ steps.{r.step} }}}}"))
+        elif node.info.facts and (not r.path or r.path[0] not in node.info.facts):
+            close = difflib.get_close_matches(r.path[0], list(node.info.facts), n=1) if r.path else []
+            hint = f"did you mean '{close[0]}'?" if close else f"{node.info.name} tells: {', '.join(node.info.facts)}"
+            errors.append(SpecError(f"{user} uses '{r.text}', but {node.info.name} tells no fact '{'.'.join(r.path)}'", r.location, hint))
 
     cycles = graph.cycles()
     position = {n: i for i, n in enumerate(step_names)}
@@ -299,8 +346,8 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
     # Every step must contribute to the output (or be a side effect someone asked for).
     # After a broken reference or an unknown step this would only repeat the same mistake.
     ref_errors = len(nodes) < len(spec.steps) or any("does not exist" in e.message for e in errors if e.location and e.location.file == lp.file)
-    needed = set(output_deps)
-    for d in output_deps:
+    needed = output_deps | access_deps
+    for d in output_deps | access_deps:
         if d in graph:
             needed |= graph.ancestors(d)
     for name, node in nodes.items():
@@ -359,12 +406,14 @@ def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, L
         routes=parsed_routes,
         deadline=spec.deadline,
         limits=dict(spec.limits),
+        breakers=dict(spec.breakers),
         graph=graph,
         retry_budget=spec.retry_budget,
         sequential=sequential,
         enabled=spec.enabled,
         runs_code=spec.runs_code,
         declared_routes=declared_routes,
+        access=dict(spec.access),
     )
 
 

@@ -516,6 +516,8 @@ def catalogue_markdown() -> str:
     for info in registry.catalogue():
         params = ", ".join(info.params)
         flags = "".join(f" *({f})*" for f, on in (("stream", info.streams), ("side effects", info.side_effects)) if on)
+        if info.wants_facts:
+            flags += f" Tells: {', '.join(f'`{k}`' for k in info.facts) or 'its sub-run’s `access:` fields'}."
         rows.append(f"| `{info.name}({params})` | {info.summary.replace('|', '/')}{flags} |")
     return "\n".join(rows) + "\n"
 
@@ -579,6 +581,8 @@ def cmd_steps(args: argparse.Namespace) -> int:
         flags = [f for f, on in (("stream", info.streams), ("side effects", info.side_effects)) if on]
         print(f"{info.name}({params})" + (f"  [{', '.join(flags)}]" if flags else ""))
         print(f"    {info.summary}")
+        if info.wants_facts:
+            print(f"    tells: {', '.join(info.facts) or 'its sub-run’s access: fields'}  (${{{{ facts.STEP.KEY }}}})")
     return 0
 
 

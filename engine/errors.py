@@ -14,7 +14,10 @@
 `StepError` is also the base class that step authors raise. The retry loop asks the error,
 never guesses: `kind` names what happened (matched against `retry.on` in YAML), `retryable`
 says whether repeating the step could help, and `retry_after` is the wait the failing party
-asked for, in seconds.
+asked for, in seconds. For a step that runs over `candidates:`, `fallback` says whether another
+candidate may succeed now, and `about_candidate` whether the failure speaks of this candidate's
+health (a breaker counts only those). An error's `status`, when it has one, can be named under
+`retry.on` too.
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ class StepError(EngineError):
 
     kind: str = "error"
     retryable: bool = False
+    fallback: bool = False
+    about_candidate: bool = False
 
     def __init__(
         self,
@@ -88,6 +93,8 @@ class StepError(EngineError):
         kind: str | None = None,
         retryable: bool | None = None,
         retry_after: float | None = None,
+        fallback: bool | None = None,
+        about_candidate: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -95,6 +102,10 @@ class StepError(EngineError):
             self.kind = kind
         if retryable is not None:
             self.retryable = retryable
+        if fallback is not None:
+            self.fallback = fallback
+        if about_candidate is not None:
+            self.about_candidate = about_candidate
         self.retry_after = retry_after
         # Filled in by the executor so logs and error renderers can say where it happened.
         self.step: str | None = None
@@ -106,6 +117,8 @@ class StepTimeout(StepError):
 
     kind = "timeout"
     retryable = True
+    fallback = True  # a candidate that did not answer in time: the next one may
+    about_candidate = True
 
 
 class DeadlineExceeded(StepError):

@@ -32,9 +32,11 @@ import structlog
 from engine import capture, logs, metrics, registry, retry, streams
 from engine.check import Node, Plan, check
 from engine.errors import DeadlineExceeded, EngineError, SpecError, SpecErrors, StepError, StepTimeout
+from engine.breakers import Breakers
 from engine.limits import Limits
 from engine.loader import VARS_FILE, LoadedPipeline, Ref, Vars, load_file, load_vars, vars_beside, without_echoes
 from engine.run import IdSource, Resources, RunContext
+from engine.types import Facts
 
 _log = structlog.get_logger("engine")
 _step_histograms: dict[tuple[str, str, str], Any] = {}
@@ -81,8 +83,16 @@ def load_plans(paths: Iterable[str | Path], env: dict[str, str] | None = None) -
     return plans
 
 
+def facts_key(step: str) -> tuple[str, str]:
+    """Where a run keeps a step's Facts among its results (a tuple: no step name clashes)."""
+    return ("facts", step)
+
+
 def resolve_ref(ref: Ref, results: dict[str, Any], input: Any) -> Any:
-    value = input if ref.step is None else results[ref.step]
+    if ref.facts:
+        value = results.get(facts_key(ref.step or ""))  # absent when the step was skipped or never ran
+    else:
+        value = input if ref.step is None else results[ref.step]
     for key in ref.path:
         if value is None:
             break
@@ -134,6 +144,9 @@ class Engine:
         for p in plans:
             limits.update(p.limits)
         self.limits = Limits(limits)
+        self.breakers = Breakers()
+        for p in plans:
+            self.breakers.add(p.breakers)
         budgets = [p.retry_budget for p in plans if p.retry_budget is not None]
         self.retry_budget = retry.RetryBudget(min(budgets, key=lambda b: b.ratio) if budgets else None)
         self.resources = Resources()
@@ -160,6 +173,7 @@ class Engine:
         """
         for p in plans:
             self.limits.add(p.limits)
+            self.breakers.add(p.breakers)
         _register_static_secrets(plans)
         self.plans = {p.name: p for p in plans}
         self._step_log_checked = None
@@ -191,15 +205,19 @@ class Engine:
             streams=parent.streams if parent is not None else [],
             recorder=parent.recorder if parent is not None else None,
             replayer=parent.replayer if parent is not None else None,
-            attributes=parent.attributes if parent is not None else {},
             trace=parent.trace if parent is not None else [],
         )
 
-    async def run(self, name: str, input: Any = None, *, parent: RunContext | None = None, ctx: RunContext | None = None, request_id: str | None = None) -> Any:
+    async def run(
+        self, name: str, input: Any = None, *, parent: RunContext | None = None, ctx: RunContext | None = None,
+        request_id: str | None = None, facts: Facts | None = None,
+    ) -> Any:
         """Run pipeline `name` on `input` and return its output (or its rendered error).
 
         Streams in the output are live: whoever consumes them must close the run afterwards
         with `await ctx.aclose()` (the HTTP layer does); pass your own `ctx` to keep hold of it.
+        The run's results stay in `ctx.results`, so its `access:` fields can be read when the
+        request ends (`access_of`); a sub-run hands them up into `facts`, read when asked for.
         """
         plan = self.plans.get(name)
         if plan is None:
@@ -210,8 +228,13 @@ class Engine:
         top = parent is None and ctx.parent is None
         if top:
             self.retry_budget.active_runs += 1
+        run = _Run(self, plan, ctx)
+        ctx.results = run.results
+        if facts is not None:
+            for field_name, value in plan.access.items():
+                facts.defer(field_name, functools.partial(materialize, value, run.results, input))
         try:
-            results = await _Run(self, plan, ctx).execute()
+            results = await run.execute()
             if top:
                 ctx.committed = True  # what runs from here on runs inside the response
             return materialize(plan.output, results, input)
@@ -329,6 +352,12 @@ class _Run:
         results, ctx, input = self.results, self.ctx, self.ctx.input
         if node.cond is not None and not resolve_ref(node.cond, results, input):
             results[node.name] = materialize(node.else_value, results, input)
+            alias = node.else_value
+            if isinstance(alias, Ref) and alias.step is not None and not alias.path and not alias.facts:
+                # Yielding another step's output, it tells that step's facts too.
+                told = results.get(facts_key(alias.step))
+                if told is not None:
+                    results[facts_key(node.name)] = told
             ctx.trace.append((self.plan.name, node.name, "skipped", 0, 0.0, 0.0))
             return
         kwargs = dict(node.static)
@@ -338,6 +367,11 @@ class _Run:
             kwargs[pname] = materialize(value, results, input)
         if node.info.wants_context:
             kwargs[node.info.wants_context] = ctx
+        if node.info.wants_facts:
+            kwargs[node.info.wants_facts] = results[facts_key(node.name)] = Facts()  # one for all its attempts
+        if node.candidates is not None:
+            await self.over_candidates(node, kwargs, resolve_ref(node.candidates, results, input))
+            return
         policy = node.retry
         budget = self.engine.retry_budget
         attempt = 0
@@ -351,20 +385,10 @@ class _Run:
                 try:
                     value = await self.attempt(node, kwargs, attempt, start)
                 except Exception as exc:
-                    delay = retry.next_delay(exc, policy, attempt, ctx.remaining()) if policy is not None else None
-                    if delay is not None and not retrying and not budget.allow():
-                        _log.warning("step.retry_budget_exhausted", reason=_reason(exc), retries_in_flight=budget.active_retries)
-                        delay = None
+                    delay = self.retry_delay(node, exc, attempt, retrying)
                     if delay is None:
-                        if isinstance(exc, StepError):
-                            exc.step = exc.step or node.name
-                            exc.attempts = attempt
-                        self.finished(node, "error", attempt, start, exc)
+                        self.failed(node, exc, attempt, start)
                         raise
-                    _log.info("step.retry", reason=_reason(exc), delay_s=round(delay, 3), next_attempt=attempt + 1)
-                    metrics.RETRIES.labels(self.plan.name, node.name, getattr(exc, "kind", type(exc).__name__)).inc()
-                    if ctx.replayer is not None and not ctx.replayer.realtime:
-                        delay = 0.0  # replaying as fast as possible: the wait already happened once
                     if not retrying:
                         retrying = True
                         budget.active_retries += 1
@@ -380,7 +404,133 @@ class _Run:
             if retrying:
                 budget.active_retries -= 1
 
-    async def attempt(self, node: Node, kwargs: dict[str, Any], attempt: int, start: float) -> Any:
+    def retry_delay(self, node: Node, exc: Exception, attempt: int, holding: bool) -> float | None:
+        """Seconds before the next try of `node` after `exc`, or None: return the error now.
+
+        Logged and counted here, so a plain step and a step over candidates retry alike."""
+        policy, ctx, budget = node.retry, self.ctx, self.engine.retry_budget
+        delay = retry.next_delay(exc, policy, attempt, ctx.remaining()) if policy is not None else None
+        if delay is not None and not holding and not budget.allow():
+            _log.warning("step.retry_budget_exhausted", reason=_reason(exc), retries_in_flight=budget.active_retries)
+            delay = None
+        if delay is None:
+            return None
+        _log.info("step.retry", reason=_reason(exc), delay_s=round(delay, 3), next_attempt=attempt + 1)
+        metrics.RETRIES.labels(self.plan.name, node.name, getattr(exc, "kind", type(exc).__name__)).inc()
+        if ctx.replayer is not None and not ctx.replayer.realtime:
+            delay = 0.0  # replaying as fast as possible: the wait already happened once
+        return delay
+
+    def failed(self, node: Node, exc: BaseException, attempts: int, start: float) -> None:
+        if isinstance(exc, StepError):
+            exc.step = exc.step or node.name
+            exc.attempts = attempts
+        self.finished(node, "error", attempts, start, exc)
+
+    async def over_candidates(self, node: Node, kwargs: dict[str, Any], listed: Any) -> None:
+        """Run `node` over its candidates: one attempt each, in order, until one succeeds.
+
+        Each candidate is `{with: {...}, key: ..., name: ...}`: `with` gives this attempt's
+        inputs (over the step's own), `key` keys the step's breaker, `name` is what logs show.
+        A failed attempt moves on to the next candidate when its error says another may
+        succeed (`fallback`); otherwise, or after the last candidate, the retry policy decides
+        whether the list is tried again from its start (`retry.attempts` counts those rounds).
+        Every attempt after the first, a fallback or a retry, is within the retry budget.
+        Each attempt has the step's `timeout`; a candidate that timed out is not asked again
+        (it would most likely time out again) but the next one is. A candidate whose breaker
+        key is open is skipped while another is left, and the last one is always tried (panic
+        mode), and a step that takes `Facts` is told it: `cooled`, the names of the candidates
+        skipped. Each failed or skipped attempt is a trace entry (`fallback:STATUS`,
+        `retry:STATUS`, `open`); the final outcome is the step's own entry as for any step.
+        """
+        cands = _candidates(node, listed)
+        told = kwargs.get(node.info.wants_facts) if node.info.wants_facts else None
+        breaker = self.engine.breakers.get(node.breaker) if node.breaker is not None else None
+        if breaker is not None and not breaker.enabled:
+            breaker = None
+        ctx, budget, plan = self.ctx, self.engine.retry_budget, self.plan.name
+        last = len(cands) - 1
+        attempt = 0
+        rounds = 0
+        start = time.perf_counter()
+        holding = False  # this step holds one unit of the retry budget once it tries again
+        try:
+            while True:
+                rounds += 1
+                error: Exception | None = None
+                for i, (with_, key, name) in enumerate(cands):
+                    if breaker is not None and not breaker.allow(key):
+                        if i < last:
+                            _log.info("step.breaker_skip", candidate=name, step=node.name, remaining_s=round(breaker.remaining(key), 3))
+                            if told is not None:  # the breaker's state as this run read it
+                                told.setdefault("cooled", []).append(name)
+                            now = time.perf_counter()
+                            ctx.trace.append((plan, node.name, "open", attempt, now, now))
+                            continue
+                        _log.info("step.breaker_panic", candidate=name, step=node.name, remaining_s=round(breaker.remaining(key), 3))
+                    if attempt and not holding:
+                        if error is not None and not budget.allow():
+                            _log.warning("step.retry_budget_exhausted", reason=_reason(error), step=node.name, retries_in_flight=budget.active_retries)
+                            if breaker is not None:
+                                breaker.release(key)
+                            self.failed(node, error, attempt, start)
+                            raise error
+                        holding = True
+                        budget.active_retries += 1
+                    attempt += 1
+                    token = logs._scope.set(self.scope_base + (("step", node.name), ("attempt", attempt), ("candidate", name)))
+                    self.current = (node, attempt, start)
+                    began = time.perf_counter()
+                    settled = False
+                    try:
+                        value = await self.attempt(node, {**kwargs, **with_}, attempt, start, candidate=True)
+                    except Exception as exc:
+                        error = exc
+                        if breaker is not None:
+                            settled = True
+                            if getattr(exc, "about_candidate", False):
+                                if breaker.failed(key):
+                                    _log.warning("step.breaker_open", candidate=name, failures=breaker.spec.failures, cooldown_s=breaker.spec.cooldown)
+                            else:
+                                breaker.release(key)
+                        status = getattr(exc, "status", None) or getattr(exc, "kind", type(exc).__name__)
+                        if i < last and getattr(exc, "fallback", False):
+                            _log.warning("step.fallback", reason=_reason(exc), candidate=name, next_candidate=cands[i + 1][2])
+                            ctx.trace.append((plan, node.name, f"fallback:{status}", attempt, began, time.perf_counter()))
+                            continue
+                        break
+                    else:
+                        if breaker is not None:
+                            settled = True
+                            breaker.succeeded(key)
+                        self.results[node.name] = value
+                        if not streams.is_stream(value):
+                            self.finished(node, "ok", attempt, start)
+                        return
+                    finally:
+                        if breaker is not None and not settled:
+                            breaker.release(key)  # cancelled: a probe without a verdict frees the slot
+                        logs._scope.reset(token)
+                assert error is not None  # the last candidate is always tried
+                token = logs._scope.set(self.scope_base + (("step", node.name), ("attempt", attempt)))
+                try:
+                    delay = self.retry_delay(node, error, rounds, holding)
+                finally:
+                    logs._scope.reset(token)
+                if delay is None:
+                    self.failed(node, error, attempt, start)
+                    raise error
+                status = getattr(error, "status", None) or getattr(error, "kind", type(error).__name__)
+                ctx.trace.append((plan, node.name, f"retry:{status}", attempt, start, time.perf_counter()))
+                if not holding:
+                    holding = True
+                    budget.active_retries += 1
+                await anyio.sleep(delay)
+        finally:
+            if holding:
+                budget.active_retries -= 1
+
+    async def attempt(self, node: Node, kwargs: dict[str, Any], attempt: int, start: float, candidate: bool = False) -> Any:
         remaining = self.ctx.remaining()
         if remaining is not None and remaining <= 0:
             raise DeadlineExceeded(f"the run's deadline passed before step '{node.name}'")
@@ -389,6 +539,9 @@ class _Run:
             return await self.invoke(node, kwargs, attempt, start)
         with anyio.move_on_after(timeout):
             return await self.invoke(node, kwargs, attempt, start)
+        if candidate:
+            # Not asked again (a 2 MB prompt would time out again); the next candidate is.
+            raise StepTimeout(f"step '{node.name}' took longer than {timeout:g} s", retryable=False)
         raise StepTimeout(f"step '{node.name}' took longer than {timeout:g} s")
 
     async def invoke(self, node: Node, kwargs: dict[str, Any], attempt: int, start: float) -> Any:
@@ -425,15 +578,20 @@ class _Run:
 
     async def call_recorded(self, node: Node, kwargs: dict[str, Any]) -> Any:
         """A `record: true` step: answered from the capture in replay, noted down in capture."""
-        inputs = {k: v for k, v in kwargs.items() if k != node.info.wants_context}
+        told = kwargs.get(node.info.wants_facts) if node.info.wants_facts else None
+        inputs = {k: v for k, v in kwargs.items() if k != node.info.wants_context and k != node.info.wants_facts}
         if self.ctx.replayer is not None:
-            return await self.ctx.replayer.answer(self.plan.name, node.name, inputs)
+            return await self.ctx.replayer.answer(self.plan.name, node.name, inputs, told)
         entry = self.ctx.recorder.call(self.plan.name, node.name, inputs)
         try:
             value = await self.call(node, kwargs)
         except BaseException as exc:
             entry["error"] = capture.error_record(exc)
+            if told:
+                entry["facts"] = capture.jsonable(dict(told))
             raise
+        if told:  # what the step told by the time it returned (replay tells it again)
+            entry["facts"] = capture.jsonable(dict(told))
         if streams.is_stream(value):
             if not self.ctx.recorder.stream_items:
                 entry["stream"] = "not recorded"
@@ -488,6 +646,25 @@ class _Run:
             logs._scope.reset(token)
 
 
+def access_of(ctx: RunContext) -> dict[str, Any]:
+    """The access line's fields a finished run declares (`access:`), read now: a stream's
+    steps have written what they tell by the time it ended."""
+    plan = ctx.engine.plans.get(ctx.pipeline)
+    if plan is None or not plan.access:
+        return {}
+    out = {}
+    for name, value in plan.access.items():
+        try:
+            found = materialize(value, ctx.results, ctx.input)
+        except KeyError:  # a step the failed run never reached
+            found = None
+        if isinstance(found, Facts):
+            found = found.resolved()
+        if found is not None:
+            out[name] = found
+    return out
+
+
 def failed_step(ctx: RunContext, exc: BaseException) -> str | None:
     """Which step a run failed in, as `pipeline.step`: the first failure its trace records
     (in a sub-pipeline, that is the inner step, not the `core.run` step around it), else the
@@ -497,6 +674,19 @@ def failed_step(ctx: RunContext, exc: BaseException) -> str | None:
             return f"{entry[0]}.{entry[1]}"
     step = getattr(exc, "step", None)
     return f"{ctx.pipeline}.{step}" if step else None
+
+
+def _candidates(node: Node, listed: Any) -> list[tuple[dict[str, Any], str, str]]:
+    """The (inputs, breaker key, name) of each candidate in `listed` (see `over_candidates`)."""
+    if not isinstance(listed, (list, tuple)) or not listed:
+        raise StepError(f"step '{node.name}' has no candidates to try (its `candidates` gave {type(listed).__name__})", kind="no_candidates")
+    out = []
+    for i, c in enumerate(listed):
+        if not isinstance(c, dict) or not isinstance(c.get("with", {}), dict):
+            raise StepError(f"step '{node.name}': candidate {i} is not a mapping with a `with` mapping", kind="no_candidates")
+        name = str(c.get("name") or c.get("key") or i)
+        out.append((c.get("with") or {}, str(c.get("key") or name), name))
+    return out
 
 
 def _reason(exc: BaseException) -> str:

@@ -72,6 +72,10 @@ def _notes(node: Node) -> list[str]:
     notes = []
     if node.cond is not None:
         notes.append(f"if {node.cond.text.removeprefix('${{').removesuffix('}}').strip()}")
+    if node.candidates is not None:
+        notes.append(f"over {node.candidates.text.removeprefix('${{').removesuffix('}}').strip()}")
+    if node.breaker is not None:
+        notes.append(f"breaker {node.breaker}")
     if node.retry is not None:
         notes.append(f"retry x{node.retry.attempts}")
     if node.timeout is not None:
@@ -110,6 +114,15 @@ def _output_deps(plan: Plan) -> list[str]:
     return list(dict.fromkeys(r.step for r in iter_refs(plan.output) if r.step is not None))
 
 
+def _access_sources(plan: Plan) -> dict[str, list[str]]:
+    """The access line's fields by where they come from (a step, or `input`), in file order."""
+    out: dict[str, list[str]] = {}
+    for field_name, value in plan.access.items():
+        for r in iter_refs(value):
+            out.setdefault(r.step if r.step is not None else "input", []).append(field_name)
+    return out
+
+
 def to_text(plan: Plan, trace: Trace | None = None) -> str:
     lines = [f"pipeline {plan.name}" + (f"  ({', '.join(f'{m} {p}' for m, p in plan.routes)})" if plan.routes else "")]
     if trace is not None:
@@ -125,6 +138,9 @@ def to_text(plan: Plan, trace: Trace | None = None) -> str:
             + (f"  -- {trace.describe(name)}" if trace is not None else "")
         )
     lines.append(f"  output <- {', '.join(_output_deps(plan))}")
+    if plan.access:
+        sources = [f"{src} ({', '.join(fields)})" for src, fields in _access_sources(plan).items()]
+        lines.append(f"  access <- {'; '.join(sources)}")
     return "\n".join(lines) + "\n"
 
 
@@ -149,6 +165,10 @@ def to_mermaid(plan: Plan, trace: Trace | None = None) -> str:
         lines.append(f"  {_mermaid_id(a)} --> {_mermaid_id(b)}")
     for d in _output_deps(plan):
         lines.append(f"  {_mermaid_id(d)} --> output")
+    if plan.access:
+        lines.append('  access(["access line"])')
+        for src, fields in _access_sources(plan).items():
+            lines.append(f"  {'input' if src == 'input' else _mermaid_id(src)} -. \"{', '.join(fields)}\" .-> access")
     if trace is not None:
         for css, (style, _) in _CLASS_STYLES.items():
             lines.append(f"  classDef {css} {style}")
@@ -178,6 +198,10 @@ def to_dot(plan: Plan, trace: Trace | None = None) -> str:
         lines.append(f"  {_dot_quote(a)} -> {_dot_quote(b)};")
     for d in _output_deps(plan):
         lines.append(f'  {_dot_quote(d)} -> "output";')
+    if plan.access:
+        lines.append('  "access" [shape=oval, label="access line"];')
+        for src, fields in _access_sources(plan).items():
+            lines.append(f'  {_dot_quote(src)} -> "access" [style=dashed, label={_dot_quote(", ".join(fields))}];')
     lines.append("}")
     return "\n".join(lines) + "\n"
 

@@ -47,7 +47,7 @@ from engine import logs, metrics, registry, usage
 from engine.capture import CaptureWriter, RecordingIds, RunRecorder
 from engine.check import Plan
 from engine.errors import HttpError, SpecErrors, StepError
-from engine.executor import Engine, failed_step, load_plans
+from engine.executor import Engine, access_of, failed_step, load_plans
 from engine.guard import HostGuard, HostPolicy, Refusal, code_exposure, policy_from_env
 from engine.keys import KeyHeader, authorize, key_headers
 from engine.outbox import Outbox
@@ -282,8 +282,8 @@ async def _serve(
     except Exception as exc:
         _log_failure(ctx, exc)
         response = await _render(engine, None, exc, ctx)
-        _log_access(ctx, response.status_code, "error", start)
-        _finish_capture(ctx, response, "error")
+        told = _log_access(ctx, response.status_code, "error", start)
+        _finish_capture(ctx, response, "error", told=told)
         return response
     return _to_response(out, ctx, start)
 
@@ -372,23 +372,22 @@ def _to_response(out: Any, ctx: RunContext, start: float | None) -> Response:
     async def after_last_byte() -> None:
         # Off the client's critical path (starlette runs it once the body is sent), and the
         # logged duration then ends at the last byte, as engine_request_duration_seconds says.
-        if start is not None:
-            _log_access(ctx, response.status_code, outcome, start)
-        _finish_capture(ctx, response, outcome)
+        told = _log_access(ctx, response.status_code, outcome, start) if start is not None else None
+        _finish_capture(ctx, response, outcome, told=told)
 
     response.background = BackgroundTask(after_last_byte)
     return response
 
 
-def _finish_capture(ctx: RunContext, response: Response, outcome: str, chunks: list[Any] | None = None) -> None:
+def _finish_capture(ctx: RunContext, response: Response, outcome: str, chunks: list[Any] | None = None, told: dict[str, Any] | None = None) -> None:
     """Close the run's capture record with what the client was sent (and what it used)."""
     if ctx.recorder is None:
         return
-    used, session = usage.of_run(ctx)
-    if used is not None:
-        ctx.recorder.record[usage.USAGE_FACT] = used
-        if session:
-            ctx.recorder.record[usage.SESSION_FACT] = session
+    told = _told(ctx) if told is None else told
+    if told.get(usage.USAGE_FACT):
+        ctx.recorder.record[usage.USAGE_FACT] = told[usage.USAGE_FACT]
+        if told.get(usage.SESSION_FACT):
+            ctx.recorder.record[usage.SESSION_FACT] = told[usage.SESSION_FACT]
     headers = {k: v for k, v in response.headers.items() if k not in {"content-length", "date"}}
     output: dict[str, Any] = {"status": response.status_code, "headers": headers}
     if chunks is not None:
@@ -398,22 +397,34 @@ def _finish_capture(ctx: RunContext, response: Response, outcome: str, chunks: l
             output["body"] = orjson.loads(response.body)
         except orjson.JSONDecodeError:
             output["body"] = response.body.decode("utf-8", errors="replace")
-    ctx.recorder.finish(output=output, outcome=outcome, trace=ctx.trace)
+    ctx.recorder.finish(output=output, outcome=told.get("outcome") or outcome, trace=ctx.trace)
 
 
-def _log_access(ctx: RunContext, status: int, outcome: str, start: float, **extra: Any) -> None:
-    """The one line per request (and its metrics); the domain adds fields via ctx.attributes."""
+def _told(ctx: RunContext) -> dict[str, Any]:
+    """The access fields the pipeline declares (`access:`), read now that the request ended;
+    a session id that could not key `GET /usage` is left out."""
+    told = access_of(ctx) if ctx.pipeline in ctx.engine.plans else {}
+    if usage.SESSION_FACT in told and usage.session_name(told[usage.SESSION_FACT]) is None:
+        del told[usage.SESSION_FACT]
+    return told
+
+
+def _log_access(ctx: RunContext, status: int, outcome: str, start: float, **extra: Any) -> dict[str, Any]:
+    """The one line per request (and its metrics): the HTTP layer's fields, then the ones the
+    pipeline declares in `access:` (a declared `outcome` tells how a committed stream failed)."""
     seconds = time.perf_counter() - start
-    fields = {"outcome": outcome, **ctx.attributes}
+    told = _told(ctx)
+    fields = {"outcome": outcome, **told}
     metrics.REQUESTS.labels(ctx.pipeline, str(status), fields["outcome"]).inc()
     metrics.REQUEST_SECONDS.labels(ctx.pipeline).observe(seconds)
-    usage.settle(ctx)
+    usage.settle(told.get(usage.USAGE_FACT), told.get(usage.SESSION_FACT))
     line = {"request_id": ctx.request_id, "pipeline": ctx.pipeline, "status": status, "duration_ms": round(seconds * 1000, 2), **fields, **extra}
     _access.info("request", **line)
     if ctx.recorder is not None:  # the capture keeps the access facts with the run
         ctx.recorder.record["access"] = line
     if ctx.engine.console is not None:
         ctx.engine.console.ran(line, ctx.recorder.record if ctx.recorder is not None else None)
+    return told
 
 
 class StreamReply(Response):
@@ -490,8 +501,8 @@ class StreamReply(Response):
                     await asyncio.wait([producer])
                 await aclose_quietly(reply.stream)
                 await ctx.aclose()
-            _log_access(ctx, self.status_code, outcome, self.start, stream=True)
-            _finish_capture(ctx, self, ctx.attributes.get("outcome", outcome), chunks=sent)
+            told = _log_access(ctx, self.status_code, outcome, self.start, stream=True)
+            _finish_capture(ctx, self, outcome, chunks=sent, told=told)
 
 
 GC_THRESHOLDS = (50_000, 20, 100)

@@ -67,6 +67,7 @@ class Ref:
     negate: bool
     text: str
     location: Location | None = field(default=None, compare=False)
+    facts: bool = False  # `${{ facts.STEP.KEY }}`: what the step told besides its output
 
     def __str__(self) -> str:
         return self.text
@@ -492,11 +493,13 @@ class _Reader:
             return Ref(dotted[1], tuple(dotted[2:]), negate, raw.strip(), loc)
         if dotted[0] == "vars" and len(dotted) >= 2 and dotted[1]:
             return VarRef(dotted[1], tuple(dotted[2:]), negate, raw.strip(), loc)
+        if dotted[0] == "facts" and len(dotted) >= 2 and dotted[1]:
+            return Ref(dotted[1], tuple(dotted[2:]), negate, raw.strip(), loc, facts=True)
         self.errors.append(
             SpecError(
                 f"unknown reference '{m.group(2)}'",
                 loc,
-                "references start with 'input', 'steps.NAME' or 'vars.NAME', e.g. ${{ steps.clean.body }}",
+                "references start with 'input', 'steps.NAME', 'vars.NAME' or 'facts.NAME', e.g. ${{ steps.clean.body }}",
             )
         )
         return None

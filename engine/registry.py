@@ -59,7 +59,9 @@ class StepInfo:
     streams: bool
     accepts_any: bool
     doc: str = field(default="")
-    sends: tuple[str, ...] = ()  # the inputs that leave the process (what replay compares)
+    sends: tuple[str, ...] | None = None  # the inputs that leave the process (what replay compares); None: all
+    wants_facts: str | None = None  # the parameter the engine passes the step's Facts in
+    facts: tuple[str, ...] = ()  # the keys it writes there (empty: any, e.g. a sub-run's)
 
     @property
     def summary(self) -> str:
@@ -72,7 +74,8 @@ _loaded_entry_points = False
 
 
 def step(
-    name: str, *, blocking: bool | None = None, side_effects: bool = False, sends: tuple[str, ...] = ()
+    name: str, *, blocking: bool | None = None, side_effects: bool = False, sends: tuple[str, ...] | None = None,
+    facts: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a function as the step `name`.
 
@@ -88,12 +91,14 @@ def step(
     costs more than such a step. `side_effects=True` marks a step whose repetition is not
     harmless; the engine then refuses to retry it unless the YAML says `idempotent: true`.
     `sends` names the inputs a step that talks to the outside world puts on the wire (the
-    request body, the URL): `engine replay` compares those, not the step's settings.
+    request body, the URL): `engine replay` compares those, not the step's settings; `()` says
+    it sends nothing (a recorded step that only reads state that changes while serving).
+    `facts` names the keys a step writes into its `Facts` parameter (`${{ facts.STEP.KEY }}`).
     The function itself is returned unchanged, so it stays testable without the engine.
     """
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        info = describe(name, fn, blocking=blocking, side_effects=side_effects, sends=sends)
+        info = describe(name, fn, blocking=blocking, side_effects=side_effects, sends=sends, facts=facts)
         existing = _registry.get(name)
         if existing is not None and existing.fn is not fn:
             where = f"{existing.fn.__module__}.{existing.fn.__qualname__}"
@@ -105,7 +110,8 @@ def step(
 
 
 def describe(
-    name: str, fn: Callable[..., Any], *, blocking: bool | None = None, side_effects: bool = False, sends: tuple[str, ...] = ()
+    name: str, fn: Callable[..., Any], *, blocking: bool | None = None, side_effects: bool = False, sends: tuple[str, ...] | None = None,
+    facts: tuple[str, ...] = (),
 ) -> StepInfo:
     """Read a function's signature into a `StepInfo` (also used for `module:function` steps)."""
     try:
@@ -115,6 +121,7 @@ def describe(
     sig = inspect.signature(fn)
     params: dict[str, Param] = {}
     wants_context: str | None = None
+    wants_facts: str | None = None
     accepts_any = False
     for p in sig.parameters.values():
         if p.kind is inspect.Parameter.VAR_KEYWORD:
@@ -129,9 +136,12 @@ def describe(
         if _is_context(ann) or (ann is inspect.Parameter.empty and p.name == "ctx"):
             wants_context = p.name
             continue
+        if _is_facts(ann):
+            wants_facts = p.name
+            continue
         required = p.default is inspect.Parameter.empty
         params[p.name] = Param(p.name, ann, required, None if required else p.default)
-    unknown = [s for s in sends if s not in params]
+    unknown = [s for s in sends or () if s not in params]
     if unknown:
         raise RegistryError(f"step '{name}': sends names {', '.join(unknown)}, which it has no parameter for")
     is_async = inspect.iscoroutinefunction(fn)
@@ -149,7 +159,9 @@ def describe(
         streams=streams,
         accepts_any=accepts_any,
         doc=inspect.getdoc(fn) or "",
-        sends=tuple(sends),
+        sends=None if sends is None else tuple(sends),
+        wants_facts=wants_facts,
+        facts=tuple(facts),
     )
 
 
@@ -157,6 +169,15 @@ def _is_context(ann: Any) -> bool:
     return getattr(ann, "__name__", None) in _CONTEXT_TYPE_NAMES or (
         isinstance(ann, str) and ann in _CONTEXT_TYPE_NAMES
     )
+
+
+def _is_facts(ann: Any) -> bool:
+    """`Facts`, or `Facts | None` (a step that also runs without the engine)."""
+    from engine.types import Facts
+
+    if isinstance(ann, str):
+        return ann.replace(" ", "") in {"Facts", "Facts|None", "Optional[Facts]"}
+    return ann is Facts or set(typing.get_args(ann)) == {Facts, type(None)}
 
 
 def _is_async_iterator(ann: Any) -> bool:

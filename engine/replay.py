@@ -7,7 +7,8 @@ ran concurrently may start in another order), so no network is touched. Then wha
 nothing else:
 
 - what would go upstream: the inputs each recorded step puts on the wire (the step's
-  `sends`, e.g. the request payload and URL; all its inputs when it declares none). A changed
+  `sends`, e.g. the request payload and URL; all its inputs when it does not say; none for a
+  step that only reads state, such as a calibration or a price list). A changed
   model map shows up here, because the answer itself was taken from the capture;
 - what the client receives: the status, the reply headers the pipeline set, and the JSON
   body or each streamed event.
@@ -78,25 +79,28 @@ class Replayer:
         self.upstream_changes: list[str] = []
         self.answered = 0
 
-    def sends(self, pipeline: str, step: str) -> tuple[str, ...]:
-        """The inputs of this recorded step that go on the wire (empty: all of them)."""
+    def sends(self, pipeline: str, step: str) -> tuple[str, ...] | None:
+        """The inputs of this recorded step that go on the wire (None: all of them)."""
         plan = self.engine.plans.get(pipeline)
         node = plan.nodes.get(step) if plan is not None else None
-        return node.info.sends if node is not None else ()
+        return node.info.sends if node is not None else None
 
-    async def answer(self, pipeline: str, step: str, inputs: dict[str, Any]) -> Any:
+    async def answer(self, pipeline: str, step: str, inputs: dict[str, Any], facts: dict[str, Any] | None = None) -> Any:
         queue = self.queues.get((pipeline, step))
         if not queue:
             raise ReplayMissing(f"the capture has no further call of step '{step}' in pipeline '{pipeline}'")
         wire = self.sends(pipeline, step)
         now = redact_named(jsonable(inputs))
-        if wire:
+        if wire is not None:
             now = {k: now[k] for k in wire if k in now}
         # In call order; but calls that ran concurrently (the tool calls of one turn) may
         # start in another order now, so a later recorded call with exactly these inputs wins.
         at = next((i for i, c in enumerate(queue) if _compared(c, wire) == now), 0)
         call = queue.pop(at)
         self.answered += 1
+        told = call.get("facts")
+        if facts is not None and isinstance(told, dict):  # what the step told in the captured run
+            facts.update(from_jsonable(told))
         before = _compared(call, wire)
         for line in diff(plain(before), plain(now)):
             self.upstream_changes.append(f"{pipeline}.{step} {line}")
@@ -125,10 +129,10 @@ class Replayer:
         ]
 
 
-def _compared(call: dict[str, Any], wire: tuple[str, ...]) -> Any:
-    """The recorded inputs replay compares: those the step sends (all when it names none)."""
+def _compared(call: dict[str, Any], wire: tuple[str, ...] | None) -> Any:
+    """The recorded inputs replay compares: those the step sends (all when it does not say)."""
     before = call.get("input") or {}
-    if wire and isinstance(before, dict):
+    if wire is not None and isinstance(before, dict):
         return {k: before[k] for k in wire if k in before}
     return before
 

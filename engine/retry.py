@@ -25,10 +25,15 @@ def backoff(policy: RetrySpec, attempt: int) -> float:
 
 
 def matches(error: BaseException, policy: RetrySpec) -> bool:
-    """Whether the policy retries this kind of error."""
+    """Whether the policy retries this error: it says it is retryable (and `on` has
+    `retryable`), or `on` names its kind (`timeout`, `connect`...) or its status (429, 503)."""
+    on = policy.on
     if not isinstance(error, StepError):
-        return "error" in policy.on
-    return (error.retryable and "retryable" in policy.on) or error.kind in policy.on
+        return "error" in on
+    if (error.retryable and "retryable" in on) or error.kind in on:
+        return True
+    status = getattr(error, "status", None)
+    return isinstance(status, int) and (status in on or str(status) in on)
 
 
 def next_delay(error: BaseException, policy: RetrySpec, attempt: int, remaining: float | None) -> float | None:

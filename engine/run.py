@@ -104,7 +104,7 @@ class RunContext:
     ids: IdSource = field(default_factory=IdSource)
     parent: RunContext | None = None
     log: Any = field(default=None)
-    attributes: dict[str, Any] = field(default_factory=dict)
+    results: dict[Any, Any] = field(default_factory=dict)  # the run's step outputs and facts so far (its access line reads them)
     trace: list[tuple[str, str, str, int, float, float]] = field(default_factory=list)  # (pipeline, step, outcome, attempts, start, end); sub-runs add theirs
     streams: list[Any] = field(default_factory=list)
     committed: bool = False  # a top-level run whose output is ready: the response has started
@@ -145,9 +145,12 @@ class RunContext:
         """A shared object (created once per engine by `factory`), e.g. a pooled HTTP client."""
         return await self.engine.resources.get(name, factory)
 
-    async def run_pipeline(self, name: str, input: Any) -> Any:
-        """Run another loaded pipeline as part of this run (same request id and deadline)."""
-        return await self.engine.run(name, input, parent=self)
+    async def run_pipeline(self, name: str, input: Any, facts: Any = None) -> Any:
+        """Run another loaded pipeline as part of this run (same request id and deadline).
+
+        With `facts` (an engine.types.Facts), the sub-run's `access:` fields are handed up into
+        it, read whenever they are asked for (a stream's usage is known once it ended)."""
+        return await self.engine.run(name, input, parent=self, facts=facts)
 
     async def aclose(self) -> None:
         """Close every stream this run opened that its consumer did not finish (idempotent)."""

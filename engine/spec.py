@@ -11,6 +11,8 @@ A pipeline file looks like this (GitHub-Actions-like words: `uses`, `with`, `if`
     deadline: 30s                 # optional: the whole run, retries included
     limits:                       # optional: named concurrency limits, shared across runs
       upstream: {max: 64, queue_timeout: 5s}
+    breakers:                     # optional: named circuit breakers, shared across runs
+      upstream: {failures: 3, cooldown: 5s}
     steps:
       shout:
         uses: text.upper          # a registered step, or package.module:function
@@ -21,13 +23,21 @@ A pipeline file looks like this (GitHub-Actions-like words: `uses`, `with`, `if`
         if: ${{ input.polite }}   # skipped when false...
         else: ${{ steps.shout }}  # ...and dependents get this value instead
         with: {text: ${{ steps.shout }}, prefix: "Dear "}
-        retry: {attempts: 3, backoff: 200ms, max_backoff: 2s, on: [retryable]}
-        timeout: 5s
-    output: ${{ steps.polite }}
+        retry: {attempts: 3, backoff: 200ms, max_backoff: 2s, on: [retryable, 429, timeout]}
+        timeout: 5s               # each attempt (each candidate's)
+      send:
+        uses: mail.send
+        candidates: ${{ input.servers }}  # [{with: {...}, key: ..., name: ...}, ...]: one attempt each, in order
+        breaker: upstream         # skip a candidate whose key is open (never the last one left)
+        with: {text: ${{ steps.polite }}}
+    output: ${{ steps.send }}
     errors: text.render_error     # optional: turns a failed run into an output
+    access:                       # optional: the access line's fields, read when the request ends
+      shouted: ${{ steps.shout }}
 
-References are whole values `${{ input }}`, `${{ input.a.b }}` or `${{ steps.NAME.a.b }}`;
-edges of the graph come from them. `${VAR}` and `${VAR:-default}` read the environment when
+References are whole values `${{ input }}`, `${{ input.a.b }}`, `${{ steps.NAME.a.b }}` or
+`${{ facts.NAME.key }}` (what a step told besides its output, engine.types.Facts); edges of
+the graph come from them. `${VAR}` and `${VAR:-default}` read the environment when
 the file loads. Everything here is checked before anything runs (see `check.py`).
 """
 
@@ -68,9 +78,9 @@ class RetrySpec(_Strict):
     max_retry_after: Duration = Field(
         60.0, ge=0, le=3600, description="a longer Retry-After is not waited for: the error is returned"
     )
-    on: list[str] = Field(
+    on: list[str | int] = Field(
         default_factory=lambda: ["retryable"],
-        description="error kinds that retry; 'retryable' means any error that says it is",
+        description="what retries: 'retryable' (any error that says it is), an error kind (timeout, connect...) or a status (429, 503)",
     )
     idempotent: bool = Field(False, description="allow retrying a step that has side effects")
 
@@ -93,6 +103,18 @@ class LimitSpec(_Strict):
     queue_timeout: Duration | None = Field(None, gt=0, description="give up waiting after this")
 
 
+class BreakerSpec(_Strict):
+    """A named circuit breaker (Envoy's outlier detection), keyed per candidate.
+
+    After `failures` consecutive failures of one key that speak of its health (the error's
+    `about_candidate`), the key is open for `cooldown`: steps that name the breaker skip that
+    candidate while another is left; the last candidate is always tried (panic mode).
+    """
+
+    failures: int = Field(3, ge=1, le=1000, description="consecutive failures that open the breaker")
+    cooldown: Duration = Field(5.0, ge=0, le=86400, description="how long an open key is skipped; 0 = breaker off")
+
+
 class StepSpec(_Strict):
     """One step of a pipeline."""
 
@@ -105,6 +127,11 @@ class StepSpec(_Strict):
     idle_timeout: Duration | None = Field(None, gt=0, le=86400)
     limit: str | None = None
     record: bool = False
+    candidates: Any = Field(
+        None,
+        description="a reference to an ordered list of candidates: one attempt each until one succeeds (README 'Failure policy')",
+    )
+    breaker: str | None = Field(None, description="a breaker declared under `breakers:`, keyed by each candidate's `key`")
     description: str = ""
 
 
@@ -133,10 +160,15 @@ class PipelineSpec(_Strict):
     )
     deadline: Duration | None = Field(None, gt=0, le=86400)
     limits: dict[str, LimitSpec] = Field(default_factory=dict)
+    breakers: dict[str, BreakerSpec] = Field(default_factory=dict)
     retry_budget: RetryBudgetSpec | None = None
     steps: dict[str, StepSpec] = Field(min_length=1)
     output: Any
     errors: str | None = None
+    access: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the access line's fields: name -> reference, read when the request ends (a sub-run's are its facts)",
+    )
 
     @property
     def routes(self) -> list[str]:

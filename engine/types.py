@@ -24,6 +24,40 @@ StepFn: TypeAlias = Callable[..., Any] | Callable[..., Awaitable[Any]]
 Stream: TypeAlias = AsyncIterator[Any]
 """What a streaming step returns; items flow to the consumer one by one."""
 
+class Facts(dict):  # type: ignore[type-arg]
+    """What a step tells about its work besides its output: which model answered, how many
+    attempts it took, what a stream used by the time it ended.
+
+    A step declares a parameter annotated `Facts` (and the keys it may write, in `@step(...,
+    facts=(...))`); the engine hands it one fresh `Facts` per step (kept across its retries),
+    and a pipeline reads it with `${{ facts.STEP.KEY }}`, an edge like any other: in another
+    step's input, or in the pipeline's `access:` mapping, which is read when the request ends,
+    so a value a stream writes as it ends is there. A sub-run (`core.run`) hands its pipeline's
+    `access:` values up as its own facts, read when they are asked for (`defer`).
+    """
+
+    __slots__ = ("_deferred",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deferred: dict[str, Callable[[], Any]] = {}
+
+    def defer(self, key: str, read: Callable[[], Any]) -> None:
+        """Make `key` read `read()` whenever it is asked for (a sub-run's late values)."""
+        self._deferred[key] = read
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        read = self._deferred.get(key)
+        if read is not None:
+            value = read()
+            return default if value is None else value
+        return super().get(key, default)
+
+    def resolved(self) -> dict[str, Any]:
+        """Every fact as it stands now, deferred ones read."""
+        return {**self, **{k: self.get(k) for k in self._deferred}}
+
+
 PipelineName = NewType("PipelineName", str)
 """Annotate a step parameter with this and `engine check` verifies the name is a loaded pipeline.
 

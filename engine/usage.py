@@ -1,17 +1,13 @@
 """Metering: the tokens and cost each request used, by model.
 
-A step that knows what a call used (a conversion step reading the upstream's usage, say) calls
-`report(ctx, model, tokens, cost_usd)`; reports add up over the run, sub-runs included (a tool
-loop's several turns). Token kinds are the domain's names (`input`, `output`, `cache_read`, ...);
-the engine only adds them up. When the request ends, the HTTP layer calls `settle(ctx)` once:
-the total goes into the access line (as the run's `usage` fact), the Prometheus counters
-`engine_tokens_total{model,kind}` and `engine_cost_usd_total{model}`, the capture record, and
-the per-session table behind `GET /usage?session=ID`. `engine usage` adds up access logs and
-capture files afterwards.
-
-A run's usage and its session are run facts kept in `ctx.attributes` (`usage`, `session`),
-which the access line logs as they are. `report`, `name_session` and `of_run` are the only code
-that touches them, so moving the facts to declared outputs changes these three functions.
+A step that knows what a call used (a conversion step reading the upstream's usage, say) adds
+it up with `add(used, model, tokens, cost_usd)` into a usage mapping it tells as a fact
+(`${{ facts.STEP.usage }}`); a step that runs several turns (a tool loop) `merge`s theirs. The
+pipeline declares the request's usage and session in its `access:` mapping (`usage`,
+`session`), and when the request ends the HTTP layer reads them and calls `settle` once: the
+total goes into the access line, the Prometheus counters `engine_tokens_total{model,kind}` and
+`engine_cost_usd_total{model}`, the capture record, and the per-session table behind
+`GET /usage?session=ID`. `engine usage` adds up access logs and capture files afterwards.
 """
 
 from __future__ import annotations
@@ -36,10 +32,9 @@ MAX_SESSION_LENGTH = 128
 # -- in a run ---------------------------------------------------------------------------------
 
 
-def report(ctx: Any, model: str, tokens: Mapping[str, int], cost_usd: float | None = None) -> None:
-    """Add what one call of `model` used to the run: tokens by kind, and its USD cost if known."""
-    usage = ctx.attributes.setdefault(USAGE_FACT, {})
-    entry = usage.setdefault(str(model), {})
+def add(used: dict[str, dict[str, Any]], model: str, tokens: Mapping[str, int], cost_usd: float | None = None) -> dict[str, dict[str, Any]]:
+    """Add what one call of `model` used to `used` (tokens by kind, and its USD cost if known); returns `used`."""
+    entry = used.setdefault(str(model), {})
     for kind, n in tokens.items():
         if isinstance(n, int) and not isinstance(n, bool) and n > 0:
             entry[kind] = entry.get(kind, 0) + n
@@ -49,24 +44,33 @@ def report(ctx: Any, model: str, tokens: Mapping[str, int], cost_usd: float | No
     if cost_usd is not None:
         cost = round((cost or 0.0) + float(cost_usd), 10)
     entry[COST] = cost
+    return used
 
 
-def name_session(ctx: Any, session: str | None) -> None:
-    """Say which client session the run belongs to (keys `GET /usage?session=`)."""
+def merge(*usages: Any) -> dict[str, dict[str, Any]] | None:
+    """Several runs' usage (None where a run reported none) added up; None when none reported."""
+    total: dict[str, dict[str, Any]] = {}
+    for used in usages:
+        if not isinstance(used, Mapping):
+            continue
+        for model, entry in used.items():
+            if isinstance(entry, Mapping):
+                add(total, model, {k: v for k, v in entry.items() if k != COST}, entry.get(COST))
+    return total or None
+
+
+def session_name(session: Any) -> str | None:
+    """A client session id fit to key `GET /usage?session=` and to log, else None."""
     if isinstance(session, str) and 0 < len(session) <= MAX_SESSION_LENGTH and session.isprintable():
-        ctx.attributes[SESSION_FACT] = session
+        return session
+    return None
 
 
-def of_run(ctx: Any) -> tuple[dict[str, dict[str, Any]] | None, str | None]:
-    """The run's usage by model (None when nothing was reported) and its session."""
-    return ctx.attributes.get(USAGE_FACT) or None, ctx.attributes.get(SESSION_FACT)
-
-
-def settle(ctx: Any) -> dict[str, dict[str, Any]] | None:
+def settle(used: Any, session: str | None = None) -> dict[str, dict[str, Any]] | None:
     """Count a finished request's usage in the metrics and its session's total (call once)."""
-    usage, session = of_run(ctx)
-    if usage is None:
+    if not isinstance(used, dict) or not used:
         return None
+    usage = used
     for model, entry in usage.items():
         for kind, n in entry.items():
             if n and kind != COST:

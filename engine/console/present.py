@@ -126,7 +126,12 @@ def run_view(entry: RunEntry, plans: dict[str, Plan]) -> dict[str, Any]:
     for t in trace:
         start, end = float(t.get("start") or 0), float(t.get("end") or 0)
         state = svg.StepState(str(t.get("outcome")), int(t.get("attempts") or 0), (end - start) * 1000)
-        steps.append({"id": f"{t.get('pipeline')}.{t.get('step')}", "pipeline": t.get("pipeline"), "step": t.get("step"), "outcome": state.outcome, "attempts": state.attempts, "start_ms": start * 1000, "ms": state.ms, "css": state.css})
+        ident = f"{t.get('pipeline')}.{t.get('step')}"
+        # A candidate's or a retry's failed attempt (`fallback:503`, `retry:429`, `open`) has a
+        # row of its own before the step's final one, which keeps the step's anchor.
+        attempt_row = ":" in state.outcome or state.outcome == "open"
+        row = f"{ident}-attempt-{state.attempts}" if attempt_row else ident
+        steps.append({"id": ident, "row": row, "pipeline": t.get("pipeline"), "step": t.get("step"), "outcome": state.outcome, "attempts": state.attempts, "start_ms": start * 1000, "ms": state.ms, "css": state.css})
     calls: dict[str, list[dict[str, Any]]] = {}
     for c in record.get("calls") or []:
         ident = f"{c.get('pipeline')}.{c.get('step')}"

@@ -46,6 +46,8 @@ class StepState:
             return "skipped"
         if self.outcome in {"error", "timeout"}:
             return "failed"
+        if ":" in self.outcome or self.outcome == "open":  # an attempt the step went past (fallback:503, retry:429)
+            return "retried"
         return "retried" if self.attempts > 1 else "ran"
 
     def describe(self) -> str:

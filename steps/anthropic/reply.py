@@ -12,10 +12,9 @@ from typing import Any
 
 import anyio
 
-from engine import usage
 from engine.registry import step
 from engine.run import RunContext
-from engine.types import Reply
+from engine.types import Facts, Reply
 from steps.anthropic.errors import error_event
 from steps.anthropic.sse import PING, encode
 
@@ -25,9 +24,9 @@ HEARTBEAT_INTERVAL = 10.0
 CLOSE_TIMEOUT = 5.0
 """Longest wait for the upstream iterator to close after the client left or the stream ended."""
 
-OUTCOME_ATTRIBUTE = "outcome"
-"""The run attribute naming how a committed stream failed: the access log's `outcome`
-(engine/http.py lets `ctx.attributes` override its own), e.g. `upstream_cut` (RELIABILITY §2.1)."""
+OUTCOME_FACT = "outcome"
+"""The fact naming how a committed stream failed, e.g. `upstream_cut` (RELIABILITY §2.1): the
+pipelines declare it as the access line's `outcome`, which then replaces the HTTP layer's."""
 
 STREAM_OUTCOMES = {
     "cut": "upstream_cut",  # the upstream connection closed or reset mid-stream
@@ -43,14 +42,14 @@ def stream_outcome(error: BaseException) -> str:
 
 
 async def sse_stream(
-    events: AsyncIterator[dict[str, Any]], request_id: str, log: Any = None, attributes: dict[str, Any] | None = None
+    events: AsyncIterator[dict[str, Any]], request_id: str, log: Any = None, facts: dict[str, Any] | None = None
 ) -> AsyncIterator[bytes]:
     """Encode Anthropic event dicts as SSE; on a failure, one `error` event and the end.
 
     Cancellation and GeneratorExit are not caught: they mean the client went away, and the
     finally block closes the inner iterator (shielded, bounded) so the upstream connection is
-    released and billing stops. A failure's outcome (`stream_outcome`) goes into `attributes`
-    (the run's, so the access log line names it).
+    released and billing stops. A failure's outcome (`stream_outcome`) goes into `facts` (the
+    reply step's, which the access line declares).
     """
     _encode = encode
     it = aiter(events)
@@ -59,8 +58,8 @@ async def sse_stream(
             yield _encode(event)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the protocol's error event
         outcome = stream_outcome(exc)
-        if attributes is not None:
-            attributes[OUTCOME_ATTRIBUTE] = outcome
+        if facts is not None:
+            facts[OUTCOME_FACT] = outcome
         if log is not None:
             log.warning(
                 "anthropic.stream_error",
@@ -77,22 +76,20 @@ async def sse_stream(
                 await aclose()
 
 
-@step("anthropic.reply", blocking=False)
-def reply(message: Any, ctx: RunContext, ping_interval: float = HEARTBEAT_INTERVAL, session: str | None = None) -> Reply:
+@step("anthropic.reply", blocking=False, facts=(OUTCOME_FACT,))
+def reply(message: Any, ctx: RunContext, ping_interval: float = HEARTBEAT_INTERVAL, facts: Facts | None = None) -> Reply:
     """Make the HTTP reply: a message dict as JSON, or an event stream as Server-Sent Events.
 
     Streams get `cache-control: no-cache`, a `ping` event after every `ping_interval` seconds
     of silence (Claude Code aborts a stream silent for 300 s), and on any failure
     after the 200 one `event: error` (Anthropic's error object) and then the end of the stream.
-    Every reply carries `request-id`. `session` (Claude Code's `x-claude-code-session-id`)
-    names the client session whose usage this request adds to (`GET /usage?session=`).
+    Every reply carries `request-id`. How a committed stream failed is the fact `outcome`.
     """
-    usage.name_session(ctx, session)
     if isinstance(message, dict):
         return Reply(body=message, headers={"request-id": ctx.request_id})
     if hasattr(message, "__aiter__"):
         return Reply(
-            stream=sse_stream(message, ctx.request_id, getattr(ctx, "log", None), getattr(ctx, "attributes", None)),
+            stream=sse_stream(message, ctx.request_id, getattr(ctx, "log", None), facts),
             media_type=SSE_MEDIA_TYPE,
             headers={"request-id": ctx.request_id, "cache-control": "no-cache"},
             heartbeat=PING,

@@ -196,6 +196,27 @@ def calibration(ctx: Any) -> Calibration:
     return found
 
 
+def corrected(ratios: dict[str, float] | None, model: str, estimate: int) -> int:
+    """`estimate` scaled by `model`'s ratio in `ratios` (an `anthropic.calibration` output)."""
+    ratio = (ratios or {}).get(model) if model else None
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or ratio <= 0:
+        return estimate
+    return max(1, round(estimate * ratio))
+
+
+@step("anthropic.calibration", blocking=False, sends=())
+def calibration_ratios(models: list[str] | str, ctx: RunContext = None) -> dict[str, float]:  # type: ignore[assignment]
+    """The token-count calibration learned so far for `models`: {model: ratio}, learned ones only.
+
+    State that changes while serving, read at one place in the graph (mark it `record: true`,
+    so `engine replay` reads the ratios the captured run read, not today's); the converters and
+    `anthropic.count_tokens` take this output and scale the local estimate with it.
+    """
+    book = calibration(ctx)
+    names = [models] if isinstance(models, str) else list(models or ())
+    return {m: book.ratio(m) for m in names if m and book.samples(m)}
+
+
 @step("anthropic.estimate_input_tokens", blocking=False)
 def estimate_input_tokens(body: dict) -> int:
     """Estimate a request's input tokens locally (chars/4 for text, JSON/3, 1600 per image).
@@ -207,12 +228,12 @@ def estimate_input_tokens(body: dict) -> int:
 
 
 @step("anthropic.count_tokens", blocking=False)
-def count_tokens(body: dict, ctx: RunContext = None, model: str = "") -> dict:  # type: ignore[assignment]
+def count_tokens(body: dict, model: str = "", calibration: dict[str, float] | None = None) -> dict:
     """Answer /v1/messages/count_tokens locally: `{"input_tokens": n}` from the calibrated estimate.
 
     OpenRouter has no equivalent, and Claude Code's /context sends ~25 at once, so a fast local
     estimate beats any upstream round trip. With `model` (the upstream id) the estimate is
-    scaled by what that model's real usage taught (Calibration), so /context and
-    auto-compaction see the upstream tokenizer's count, not chars/4.
+    scaled by what that model's real usage taught (`calibration`: the `anthropic.calibration`
+    output), so /context and auto-compaction see the upstream tokenizer's count, not chars/4.
     """
-    return {"input_tokens": calibration(ctx).correct(model, estimate_tokens(body))}
+    return {"input_tokens": corrected(calibration, model, estimate_tokens(body))}

@@ -1,7 +1,8 @@
-"""What one upstream turn used: its tokens by kind and its cost, reported to `engine.usage`.
+"""What one upstream turn used: its tokens by kind and its cost, as `engine.usage` counts them.
 
 Both conversions (JSON and stream) call `meter` once per turn with the Anthropic usage they
-send the client, so the access line, the metrics and Claude Code agree on the tokens. The
+send the client and tell the result as their `usage` fact, which the pipelines' `access:`
+declares, so the access line, the metrics and Claude Code agree on the tokens. The
 cost is the upstream's own figure when it reports one (OpenRouter's `usage.cost`, always sent
 since 2025; with BYOK plus `cost_details.upstream_inference_cost`, what the provider billed),
 else the model's prices (`openrouter.prices`: the listing's `pricing`, else the profile YAML).
@@ -12,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 from engine import usage as metering
-from engine.run import RunContext
 from steps.openrouter.profiles import Prices
 
 
@@ -31,9 +31,10 @@ def reported_cost(raw: Any) -> float | None:
     return float(cost)
 
 
-def meter(ctx: RunContext, model: str, usage: dict, raw: Any, prices: dict[str, Prices] | None) -> None:
-    """Report one turn of `model`: `usage` is the Anthropic usage sent to the client, `raw`
-    the upstream's usage object (None when it sent none)."""
+def meter(model: str, usage: dict, raw: Any, prices: dict[str, Prices] | None) -> dict[str, dict[str, Any]]:
+    """One turn of `model` as `engine.usage` counts it ({model: tokens by kind and cost}):
+    `usage` is the Anthropic usage sent to the client, `raw` the upstream's usage object
+    (None when it sent none)."""
     tokens = {
         "input": usage.get("input_tokens") or 0,
         "output": usage.get("output_tokens") or 0,
@@ -45,4 +46,4 @@ def meter(ctx: RunContext, model: str, usage: dict, raw: Any, prices: dict[str, 
         price = prices.get(model)
         if price is not None:
             cost = price.cost(tokens["input"], tokens["output"], tokens["cache_read"], tokens["cache_write"])
-    metering.report(ctx, model, tokens, cost)
+    return metering.add({}, model, tokens, cost)

@@ -75,7 +75,8 @@ def convert_requests(
 ) -> list[dict]:
     """Translate an Anthropic request into one OpenAI chat request per fallback model, in order.
 
-    For routing fallbacks (openrouter.route → openrouter.call `fallbacks`): each candidate
+    For routing fallbacks (openrouter.route → openrouter.candidates, whose list the engine runs
+    openrouter.call over): each candidate
     gets the payload its profile needs. Candidates sharing a conversion shape (cache, vision,
     reasoning family, schema rules) share the converted messages and tools, so a fallback of
     the same family costs a dict, not a second conversion.

@@ -1,7 +1,7 @@
-"""OpenAI/OpenRouter chat completion → Anthropic Message (PROTOCOL.md §7.3, §7.5, §7.6).
-
-Also holds what the stream converter shares with it: the finish_reason → stop_reason
-table, the usage mapping, tool id hygiene and tool-argument parsing/repair.
+"""What the conversion of an upstream answer rests on (PROTOCOL.md §7.3, §7.5, §7.6): the
+finish_reason → stop_reason table, the usage mapping, tool id hygiene, tool-argument parsing
+and repair, error objects. The conversion itself is one, the stream's (steps/convert/stream.py);
+a JSON answer is folded from its events (steps/convert/answer.py).
 """
 
 from __future__ import annotations
@@ -12,13 +12,11 @@ from typing import Any
 
 import orjson
 
-from engine.registry import step
 from engine.run import RunContext
-from steps.anthropic.tokens import calibration
-from steps.convert.metering import meter
+from steps.anthropic.tokens import calibration as learned_by
 from steps.convert.thinking import Reasoning
 from steps.openrouter.errors import UpstreamError
-from steps.openrouter.profiles import Prices, Profile, family_of
+from steps.openrouter.profiles import Profile, family_of
 
 _TOOL_ID_OK = re.compile(r"^[a-zA-Z0-9_-]+$").match
 _JSON_DECODER = json.JSONDecoder()
@@ -27,128 +25,10 @@ _STOP_FIELDS = ("stop_reason", "matched_stop", "stopping_word", "stop_sequence")
 """Choice fields in which a server names the stop string it stopped on (vLLM, SGLang, llama.cpp)."""
 
 
-@step("convert.response", blocking=False)
-def convert_response(
-    completion: dict,
-    body: dict,
-    model: str,
-    ctx: RunContext,
-    input_tokens_estimate: int = 0,
-    profiles: dict[str, Profile] | None = None,
-    prices: dict[str, Prices] | None = None,
-) -> dict:
-    """Translate a non-streaming chat completion into an Anthropic Message.
-
-    Claude Code falls back to non-streaming after a broken stream and then needs a real
-    Message or it reports "empty or malformed response", so anything that is not a usable
-    completion (HTML, `{"error": ...}` with a 200, `finish_reason: "error"`) raises
-    UpstreamError for the error renderer instead of producing a half-message. The `model`
-    echoed is the one the client asked for. Tool call ids that break Anthropic's pattern,
-    repeat or are bare numbers are replaced, since Claude Code pairs results by id.
-    Missing usage is estimated: a 0 would zero Claude Code's context meter. Reasoning
-    (`reasoning_details`, else `reasoning` / `reasoning_content`) becomes a leading thinking
-    block signed with a gateway token (steps/convert/thinking.py), or redacted_thinking when
-    it is encrypted only; `thinking.display: "omitted"` keeps the signature, empties the text.
-    The usage and its cost (the upstream's, else from `prices`) are reported for the access
-    line and metrics.
-    """
-    if not isinstance(completion, dict):
-        raise UpstreamError(
-            f"upstream returned a non-JSON-object body ({type(completion).__name__})",
-            status=502,
-            kind="protocol",
-            body=completion,
-        )
-    if completion.get("error"):
-        raise error_from(completion["error"], completion)
-    choices = completion.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise UpstreamError("upstream completion has no choices", status=502, kind="protocol", body=completion)
-    choice = choices[0]
-    if choice.get("error"):
-        raise error_from(choice["error"], completion)
-    finish = choice.get("finish_reason")
-    if finish == "error":
-        raise UpstreamError(
-            "upstream reported finish_reason 'error'", status=502, kind="error_chunk", body=completion
-        )
-    message = choice.get("message") or {}
-
-    content: list[dict] = []
-    chars = 0
-    answered = answered_model(ctx, model)
-    thought = Reasoning()
-    if message.get("reasoning_details"):
-        thought.add_details(message["reasoning_details"])
-    if thought.empty():
-        plain = message.get("reasoning") or message.get("reasoning_content")
-        if isinstance(plain, str) and plain:
-            thought.add_text(plain)
-    if not thought.empty():
-        block = thinking_block(thought, answered, family_for(answered, profiles), body)
-        content.append(block)
-        chars += len(thought.text)
-    text = _text_of(message.get("content"))
-    if text and not text.isspace():
-        content.append({"type": "text", "text": text})
-        chars += len(text)
-    refusal = message.get("refusal")
-    if isinstance(refusal, str) and refusal and not refusal.isspace():
-        content.append({"type": "text", "text": refusal})
-        chars += len(refusal)
-
-    tool_calls = message.get("tool_calls") or ()
-    seen: set[str] = set()
-    for call in tool_calls:
-        fn = call.get("function") or {}
-        name = fn.get("name")
-        if not name:
-            raise UpstreamError("upstream tool call has no name", status=502, kind="protocol", body=completion)
-        arguments = fn.get("arguments")
-        chars += len(arguments) if isinstance(arguments, str) else 2
-        content.append(
-            {
-                "type": "tool_use",
-                "id": tool_id(call.get("id"), seen, ctx),
-                "name": name,
-                "input": parse_arguments(arguments),
-            }
-        )
-
-    stop_reason, stop_sequence = stop_reason_for(
-        finish, bool(tool_calls), bool(refusal), text, choice, body.get("stop_sequences")
-    )
-    usage = map_usage(completion.get("usage"))
-    learn(ctx, answered, input_tokens_estimate, completion.get("usage"))
-    if usage is None:
-        usage = {
-            "input_tokens": calibration(ctx).correct(answered, max(0, int(input_tokens_estimate))),
-            "output_tokens": max(1, chars // 4),
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-        }
-    elif usage["output_tokens"] < 1:
-        usage["output_tokens"] = max(1, chars // 4)
-    meter(ctx, answered, usage, completion.get("usage"), prices)
-    return {
-        "id": ctx.new_id("msg_"),
-        "type": "message",
-        "role": "assistant",
-        "model": body.get("model") or model,
-        "content": content,
-        "stop_reason": stop_reason,
-        "stop_sequence": stop_sequence,
-        "stop_details": dict(REFUSAL_DETAILS) if stop_reason == "refusal" else None,
-        "usage": usage,
-    }
 
 
-# -- shared with the stream converter ---------------------------------------------------------
-
-
-def answered_model(ctx: RunContext, model: str) -> str:
-    """The upstream model that answered (openrouter.call records it), else the mapped one."""
-    answered = ctx.attributes.get("model")
+def answered_model(answered: Any, model: str) -> str:
+    """The upstream model that answered (openrouter.call's `model` fact), else the mapped one."""
     return answered if isinstance(answered, str) and answered else model
 
 
@@ -174,7 +54,7 @@ def learn(ctx: RunContext, model: str, estimate: Any, usage: Any) -> None:
     if isinstance(usage, dict) and isinstance(estimate, int):
         prompt = usage.get("prompt_tokens")
         if isinstance(prompt, int) and not isinstance(prompt, bool):
-            calibration(ctx).learn(model, estimate, prompt)
+            learned_by(ctx).learn(model, estimate, prompt)
 
 
 def stop_reason_for(

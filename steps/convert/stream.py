@@ -19,7 +19,8 @@ import orjson
 
 from engine.registry import step
 from engine.run import RunContext
-from steps.anthropic.tokens import calibration
+from engine.types import Facts
+from steps.anthropic.tokens import corrected
 from steps.convert.response import (
     REFUSAL_DETAILS,
     answered_model,
@@ -43,7 +44,7 @@ _UNDECIDED, _STREAMING, _HOLDING = 0, 1, 2
 _NO_EVENTS: list[dict] = []  # returned (never mutated) when a chunk produces nothing
 
 
-@step("convert.stream")
+@step("convert.stream", facts=("usage",))
 async def convert_stream(
     chunks: AsyncIterator[dict],
     body: dict,
@@ -52,6 +53,9 @@ async def convert_stream(
     input_tokens_estimate: int = 0,
     profiles: dict[str, Profile] | None = None,
     prices: dict[str, Prices] | None = None,
+    calibration: dict[str, float] | None = None,
+    answered: str | None = None,
+    facts: Facts | None = None,
 ) -> AsyncIterator[dict]:
     """Translate parsed chat completion chunks into Anthropic stream events, incrementally.
 
@@ -64,10 +68,12 @@ async def convert_stream(
     thinking block (thinking_delta, then one signature_delta carrying the gateway token just
     before its content_block_stop); reasoning details that arrive with no thinking block open
     (encrypted only, or a signature after the text started) become a redacted_thinking block.
-    The final usage and its cost are reported for the access line and metrics; a stream that
-    ends early (cut, client gone) after some output reports its estimate, since it was billed.
+    The final usage and its cost are told as the fact `usage` (under `answered`, openrouter.call's
+    `model` fact, else `model`) for the access line and metrics; a stream that ends early (cut,
+    client gone) after some output tells its estimate, since it was billed.
+    `calibration` (`anthropic.calibration`) scales the input estimate `message_start` carries.
     """
-    conv = _StreamConverter(body, model, ctx, input_tokens_estimate, profiles, prices)
+    conv = _StreamConverter(body, model, ctx, input_tokens_estimate, profiles, prices, calibration, answered, facts)
     try:
         yield conv.start()
         feed = conv.feed
@@ -107,7 +113,7 @@ class _StreamConverter:
         "ctx", "model", "estimate", "open", "open_tool", "index", "tools", "pending", "seen_ids",
         "last_key", "finish_reason", "finish_choice", "usage", "saw_tool", "refused", "chars",
         "stops", "tail", "tail_len", "answered", "family", "omitted", "thought", "late", "raw_estimate",
-        "prices", "metered",
+        "prices", "metered", "facts", "whole",
     )  # fmt: skip
 
     def __init__(
@@ -118,18 +124,24 @@ class _StreamConverter:
         estimate: int,
         profiles: dict[str, Profile] | None = None,
         prices: dict[str, Prices] | None = None,
+        calibration: dict[str, float] | None = None,
+        answered: str | None = None,
+        facts: Facts | None = None,
+        whole: bool = False,
     ) -> None:
         self.ctx = ctx
+        self.whole = whole  # folding a whole answer: tool arguments held and repaired, never streamed
         self.prices = prices
         self.metered = False
         self.model = body.get("model") or model
-        self.answered = answered_model(ctx, model)
+        self.answered = answered_model(answered, model)
+        self.facts = facts
         self.family = family_for(self.answered, profiles)
         self.omitted = display_omitted(body)
         self.thought: Reasoning | None = None  # reasoning of the open thinking block
         self.late: Reasoning | None = None  # details that came with no thinking block open
         self.raw_estimate = max(0, int(estimate or 0))
-        self.estimate = calibration(ctx).correct(self.answered, self.raw_estimate)
+        self.estimate = corrected(calibration, self.answered, self.raw_estimate)
         self.open = _NONE
         self.open_tool: _Tool | None = None
         self.index = -1  # index of the open (or last) block
@@ -377,6 +389,9 @@ class _StreamConverter:
     def _tool_args(self, tool: _Tool, args: str, out: list[dict]) -> None:
         tool.parts.append(args)
         self.chars += len(args)
+        if self.whole:
+            tool.mode = _HOLDING  # nothing is streamed: the whole text gets the full repair at the end
+            return
         if tool.mode == _STREAMING:
             out.append({"type": "content_block_delta", "index": tool.index, "delta": {"type": "input_json_delta", "partial_json": args}})
         elif tool.mode == _UNDECIDED and not args.isspace():
@@ -451,7 +466,8 @@ class _StreamConverter:
         self.metered = True
         if usage is None:
             usage = map_usage(self.usage) or {"input_tokens": self.estimate, "output_tokens": max(1, self.chars // 4)}
-        meter(self.ctx, self.answered, usage, self.usage, self.prices)
+        if self.facts is not None:
+            self.facts["usage"] = meter(self.answered, usage, self.usage, self.prices)
 
 
 def _loads_object(text: str) -> dict | None:

@@ -6,7 +6,7 @@ from pathlib import Path
 from engine.errors import SpecErrors
 from engine.logs import register_secret_env
 from engine.registry import serving_note, startup_check
-from steps.openrouter import doctor, model_map, profiles, routing, upstream  # noqa: F401
+from steps.openrouter import candidates, doctor, model_map, profiles, routing, upstream  # noqa: F401
 from steps.providers.config import PROVIDERS_FILE, load_providers
 
 

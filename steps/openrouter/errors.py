@@ -63,6 +63,16 @@ class UpstreamError(StepError):
         if failure.category == "context_overflow":
             self.context = context_from_body(body) or context_from_message(message)
 
+    # What the engine's candidates and breakers read (engine/errors.py), from the one
+    # classification, so a replayed error (rebuilt from its recorded `failure`) says the same.
+    @property
+    def fallback(self) -> bool:  # type: ignore[override]
+        return self.failure.falls_back
+
+    @property
+    def about_candidate(self) -> bool:  # type: ignore[override]
+        return self.failure.about_model
+
 
 # --- helpers for building UpstreamErrors (used by steps/openrouter/upstream.py) ---------------
 

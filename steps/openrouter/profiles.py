@@ -62,6 +62,7 @@ class Profile:
         return self.supported is None or param in self.supported
 
 
+@value_type
 @dataclass(frozen=True, slots=True)
 class Prices:
     """USD per million tokens of each kind; a cache price of None is billed as input."""
@@ -276,7 +277,7 @@ def for_dialect(profile: Profile, dialect: Dialect) -> Profile:
     return replace(profile, reasoning=dialect.reasoning_back, cache=profile.cache and dialect.cache_control)
 
 
-@step("openrouter.profiles")
+@step("openrouter.profiles", sends=("providers", "base_url"))
 async def profiles(
     models: list[str],
     ctx: RunContext,
@@ -329,7 +330,7 @@ async def profiles(
 
 
 
-@step("openrouter.prices")
+@step("openrouter.prices", sends=())
 async def prices(
     models: list[str], ctx: RunContext, profiles: dict[str, Profile] | None = None, data: str = "", candidates: list[dict[str, Any]] | None = None
 ) -> dict[str, Prices]:
@@ -338,7 +339,8 @@ async def prices(
     From the model listing `openrouter.profiles` fetched (pass its output as `profiles` so this
     runs after it; `candidates`, the routed `{provider, model}` list, says whose listing), else
     from the `price` of the YAML rules in `data`. A model with no known price is left out; its
-    cost is then known only when the upstream reports one.
+    cost is then known only when the upstream reports one. The listing changes while serving: mark
+    the step `record: true` so replay reads the prices the run read.
     """
     pairs = [(c["model"], c.get("provider") or "") for c in candidates] if candidates else [(m, "") for m in models]
     found: dict[str, Prices] = {}

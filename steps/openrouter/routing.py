@@ -15,7 +15,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.registry import step
-from engine.run import RunContext
 from engine.types import Reply
 from steps.providers.config import Providers
 
@@ -112,7 +111,6 @@ def choose(body: dict, model: str, input_tokens: int, rules: RoutingRules, provi
 def route(
     body: dict,
     model: str,
-    ctx: RunContext,
     input_tokens: int = 0,
     rules: RoutingRules | None = None,
     providers: Providers | None = None,
@@ -135,7 +133,6 @@ def route(
     """
     rules = rules or RoutingRules()
     scenario, chosen = choose(body, model, input_tokens, rules, providers)
-    ctx.attributes["route"] = scenario
     refs = [chosen]
     for candidate in [*(asked_fallbacks or ()), *rules.fallback]:
         if candidate not in refs:
@@ -149,14 +146,14 @@ def route(
 
 
 @step("openrouter.upstream_header", blocking=False)
-def upstream_header(reply: Reply, ctx: RunContext) -> Reply:
-    """Add `x-upstream-model` (the model that actually answered) to a reply.
+def upstream_header(reply: Reply, model: str | None = None) -> Reply:
+    """Add `x-upstream-model` (`model`: the model that actually answered, openrouter.call's fact) to a reply.
 
     The Message's `model` echoes the id the client asked for (PROTOCOL §7.3, §9.10: Claude Code
     keys context-window and cost logic on it), so the upstream id travels in this header and in
     the access log's `model` field instead.
     """
-    answered = ctx.attributes.get("model")
+    answered = model
     if not isinstance(answered, str) or not answered:
         return reply
     return replace(reply, headers={**reply.headers, UPSTREAM_MODEL_HEADER: answered})

@@ -34,7 +34,6 @@ is bounded by the first-item timeout. Converters ignore the marker (no `choices`
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ import orjson
 from engine.errors import StepTimeout
 from engine.registry import step
 from engine.run import RunContext
-from engine.types import Request
+from engine.types import Facts, Request
 from steps.openrouter.errors import (
     UpstreamError,
     clip,
@@ -56,7 +55,6 @@ from steps.openrouter.errors import (
     scrub_value,
     status_from_code,
 )
-from steps.openrouter.cooldown import Cooldowns, cooldowns
 from steps.providers.config import Provider, Providers, Target, single
 from steps.providers.failures import ContextOverflow
 from steps.openrouter.sse import DONE, SSEDecoder, SSEError
@@ -64,8 +62,10 @@ from steps.openrouter.sse import DONE, SSEDecoder, SSEError
 if TYPE_CHECKING:  # httpx and aiohttp load with the first call, not with `engine check`
     from steps.openrouter.transport import UpstreamClient, UpstreamResponse
 
-__all__ = ["KEEPALIVE_OBJECT", "ChunkStream", "call", "is_keepalive"]
+__all__ = ["KEEPALIVE_OBJECT", "ChunkStream", "call", "completion_as_chunk", "is_keepalive"]
 
+CALL_FACTS = ("model", "attempts", "upstream_status", "fallback", "fallbacks", "cooled")
+"""What `openrouter.call` tells besides its answer (`${{ facts.call.model }}`, ...)."""
 MAX_ERROR_BODY = 1024 * 1024  # bytes of an error (or non-SSE) body read before giving up
 DONE_DRAIN_SECONDS = 0.5  # after [DONE], wait this long for the body's end to keep the connection
 CLOSE_SECONDS = 5.0  # bound on closing the upstream response
@@ -114,13 +114,13 @@ def is_meaningful(chunk: dict) -> bool:
     return False
 
 
-@step("openrouter.call", sends=("payload", "fallbacks", "base_url", "referer", "title"))
+@step("openrouter.call", sends=("payload", "base_url", "referer", "title"), facts=CALL_FACTS)
 async def call(
-    payload: dict,
+    payload: dict | None,
     request: Request,
     ctx: RunContext,
     providers: Providers | None = None,
-    candidates: list[dict] | None = None,
+    target: dict | None = None,
     base_url: str = "https://openrouter.ai/api/v1",
     api_key: str = "",
     referer: str = "",
@@ -130,45 +130,42 @@ async def call(
     pool_size: int = 256,
     profiles: dict | None = None,
     input_tokens: int = 0,
-    fallbacks: list[dict] | None = None,
     commit_after: float | None = None,
-    cooldown: float = 0.0,
-    cooldown_failures: int = 3,
-    first_byte_timeout: float | None = None,
     first_content_timeout: float | None = None,
+    calibration: dict[str, float] | None = None,
+    facts: Facts | None = None,
 ) -> Any:
-    """POST a chat-completions payload upstream; a dict, or a stream of chunk dicts.
+    """POST one chat-completions payload to one upstream; a dict, or a stream of chunk dicts.
 
-    `providers` (providers.load) are the declared upstreams and `candidates`
-    (openrouter.route) say which provider serves `payload` and each of `fallbacks`
-    (convert.requests: one payload per fallback model), in that order; a fallback may be on
-    another provider. Without `providers`, `base_url` and `api_key` (the client's own key when
-    empty) with `referer`/`title` headers make one OpenRouter-dialect provider. Each payload
-    is adapted to its provider's dialect (steps/providers/dialects.py) just before it is sent.
+    `providers` (providers.load) are the declared upstreams and `target` (one of
+    openrouter.candidates' list) names the provider and model this attempt goes to; without
+    `target` the payload's model is resolved against `providers`. Without `providers`,
+    `base_url` and `api_key` (the client's own key when empty) with `referer`/`title` headers
+    make one OpenRouter-dialect provider. The payload is adapted to its provider's dialect
+    (steps/providers/dialects.py) just before it is sent.
 
-    Candidates are tried in order, moving on when a failure says another model may succeed
-    (`Failure.falls_back`, steps/providers/failures.py: 404, 408, 429, 5xx, timeouts,
-    connection failures, bad responses, context overflows; never other 4xx) — for a stream,
-    up to and including its first chunk, so nothing has reached the client yet. The model
-    that answered goes to `ctx.attributes["model"]` (access log, `x-upstream-model`). A
-    context overflow whose numbers the upstream did not state gets them from `profiles` and
-    `input_tokens`, so the renderer can word it the way Claude Code's auto-compaction expects.
+    The policy around the call is the engine's, declared in pipelines/turn.yaml: the
+    candidates (the routed model, then its fallbacks: `candidates:`), each attempt's timeout
+    (`timeout:`, to a JSON answer or a stream's first chunk), the retries (`retry:`) and the
+    circuit breaker (`breaker:`). This step only says what a failure means: every failure is an
+    `UpstreamError` whose classification (steps/providers/failures.py) tells the engine whether
+    it is retryable, whether another candidate may succeed (`fallback`) and whether it speaks
+    of the model's health (`about_candidate`).
+
+    The step's facts (one `Facts` for all the engine's attempts of the step) tell the story of
+    the attempts: `attempts` (upstream requests made, fallbacks and retries included),
+    `upstream_status` (the last answer's HTTP status; absent when none came), the `model` that
+    answered (the access line, `x-upstream-model`, the converters) and, after a fallback,
+    `fallback` ("first->answered") and `fallbacks` (how many models were passed); the engine
+    adds `cooled` (the candidates its breaker skipped). A context overflow whose numbers the
+    upstream did not state gets them from `profiles` and `input_tokens` (scaled by
+    `calibration`, the `anthropic.calibration` output), so the renderer can word it the way
+    Claude Code's auto-compaction expects.
 
     `commit_after` (seconds; None = never) is the commit-after-hold policy of the module
-    docstring. `cooldown` (seconds; 0 = off) and `cooldown_failures` are the circuit breaker
-    (steps/openrouter/cooldown.py): after that many consecutive failures that speak of the
-    model's health (`Failure.about_model`), requests skip the model for `cooldown` seconds
-    while another candidate is left; the last candidate is always tried (panic mode).
-
-    `first_byte_timeout` (seconds; None = none) bounds each model's wait for its response
-    headers and first chunk (for a JSON answer, the whole body). It lives here rather than in
-    the engine's step `timeout` so that a silent model is a failure like any other: it falls
-    back to the next model and counts against the breaker; it is not retried on the same model
-    (it would most likely time out again: a 2 MB prompt), so with no candidate left it is a 504.
-
-    `first_content_timeout` (seconds; None = none) bounds a stream that shows it is alive
-    (keepalive comments) but sends nothing meaningful: before the commit point that is a
-    first-byte timeout like any other (the next candidate, or 504); after it (the keepalives
+    docstring. `first_content_timeout` (seconds; None = none) bounds a stream that shows it is
+    alive (keepalive comments) but sends nothing meaningful: before the commit point that is a
+    failure like a timed-out first byte (the next candidate, or 504); after it (the keepalives
     committed the response) an SSE `timeout_error` ends the stream.
 
     Returns the parsed response dict when `payload["stream"]` is falsy, else a `ChunkStream`
@@ -181,13 +178,30 @@ async def call(
         if title:
             headers.update({"x-title": title, "x-openrouter-title": title})
         providers = single(base_url, api_key, headers)
-    transport = _Transport(connect_timeout, read_timeout, pool_size, commit_after, first_byte_timeout, first_content_timeout)
-    payloads = [p for p in [payload, *(fallbacks or ())] if isinstance(p, dict)]
-    targets = _targets(providers, payloads, candidates)
-    breaker = await cooldowns(ctx) if cooldown and cooldown > 0 else None
-    return await _call_candidates(
-        list(zip(payloads, targets)), request, ctx, providers, transport, profiles, input_tokens, breaker, cooldown, cooldown_failures
-    )
+    if not isinstance(payload, dict):
+        raise UpstreamError("no upstream payload to send", kind="protocol", retryable=False)
+    told = facts if facts is not None else Facts()
+    told["attempts"] = told.get("attempts", 0) + 1
+    told.pop("upstream_status", None)  # no answer yet (a timeout or a refused connection leaves none)
+    transport = _Transport(connect_timeout, read_timeout, pool_size, commit_after, first_content_timeout)
+    goal = _target(providers, payload, target)
+    try:
+        result = await _call_one(payload, request, ctx, providers.get(goal.provider), transport)
+    except UpstreamError as exc:
+        if exc.status is not None:
+            told["upstream_status"] = exc.status
+        raise _with_context_figures(exc, payload, profiles, input_tokens, calibration) from None
+    shown = providers.shown(goal)
+    told["model"] = shown
+    told["upstream_status"] = 200
+    index = target.get("index") if isinstance(target, dict) else None
+    if isinstance(index, int) and index > 0:
+        told["fallbacks"] = index
+        told["fallback"] = f"{target.get('first') or '?'}->{shown}"  # type: ignore[union-attr]
+    else:
+        told.pop("fallback", None)  # this attempt's story, not a previous attempt's
+        told.pop("fallbacks", None)
+    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,24 +212,18 @@ class _Transport:
     read_timeout: float
     pool_size: int
     commit_after: float | None
-    first_byte_timeout: float | None
     first_content_timeout: float | None = None
 
 
-def _targets(providers: Providers, payloads: list[dict], candidates: list[dict] | None) -> list[Target]:
-    """The provider of each payload: from the route's candidates, else by resolving its model."""
-    out = []
-    for i, payload in enumerate(payloads):
-        c = candidates[i] if candidates and i < len(candidates) and isinstance(candidates[i], dict) else None
-        if c is not None and c.get("provider") in providers.providers:
-            out.append(Target(c["provider"], str(c.get("model") or payload.get("model")), str(c.get("ref") or payload.get("model"))))
-        else:
-            out.append(providers.resolve(str(payload.get("model") or "")))
-    return out
+def _target(providers: Providers, payload: dict, target: dict | None) -> Target:
+    """Where the payload goes: the candidate's provider, else by resolving its model."""
+    if isinstance(target, dict) and target.get("provider") in providers.providers:
+        return Target(target["provider"], str(target.get("model") or payload.get("model")), str(target.get("ref") or payload.get("model")))
+    return providers.resolve(str(payload.get("model") or ""))
 
 
 def _with_context_figures(
-    exc: UpstreamError, payload: dict, profiles: dict | None, input_tokens: int, ctx: RunContext
+    exc: UpstreamError, payload: dict, profiles: dict | None, input_tokens: int, calibration: dict[str, float] | None = None
 ) -> UpstreamError:
     """Give a context overflow the numbers its message or body did not state.
 
@@ -233,98 +241,13 @@ def _with_context_figures(
     limit = known.limit or getattr(profile, "context_length", None)
     prompt = known.input_tokens
     if prompt is None and input_tokens and model:
-        from steps.anthropic.tokens import calibration
+        from steps.anthropic.tokens import corrected
 
-        prompt = calibration(ctx).correct(model, input_tokens)
+        prompt = corrected(calibration, model, input_tokens)
     max_tokens = payload.get("max_tokens") or payload.get("max_completion_tokens")
     output = known.output_tokens or (max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None)
     exc.context = ContextOverflow(prompt or None, limit, output)  # the output budget counts against the window too
     return exc
-
-
-def _breaker_key(target: Target, provider: Provider, request: Request | None) -> str:
-    """Provider and model; and the client when its own key is forwarded, so one user's rate
-    limit never shuts a model for everyone (the key is hashed, never kept)."""
-    key = f"{target.provider}|{target.model}"
-    if not provider.api_key and provider.forward_client_key:
-        client = _client_key(request)
-        if client:
-            key += "|" + hashlib.sha256(client.encode()).hexdigest()[:16]
-    return key
-
-
-async def _call_candidates(
-    candidates: list[tuple[dict, Target]],
-    request: Request,
-    ctx: RunContext,
-    providers: Providers,
-    transport: _Transport,
-    profiles: dict | None,
-    input_tokens: int,
-    breaker: Cooldowns | None = None,
-    cooldown: float = 0.0,
-    cooldown_failures: int = 3,
-) -> Any:
-    """Try each candidate in order (the routed model, then its fallbacks) until one answers."""
-    if not candidates:
-        raise UpstreamError("no upstream model to call", kind="protocol", retryable=False)
-    ctx.attributes.pop("fallback", None)  # this attempt's story, not a previous attempt's
-    first = providers.shown(candidates[0][1])
-    last_exc: UpstreamError | None = None
-    last = len(candidates) - 1
-    for i, (payload, target) in enumerate(candidates):
-        provider = providers.get(target.provider)
-        shown = providers.shown(target)
-        key = _breaker_key(target, provider, request)
-        if breaker is not None and not breaker.allow(key):
-            if i < last:
-                ctx.log.info("openrouter.cooldown_skip", model=shown, remaining_s=round(breaker.remaining(key), 3))
-                continue
-            # Panic mode (Envoy's outlier detection): never refuse the last candidate left.
-            ctx.log.info("openrouter.cooldown_panic", model=shown, remaining_s=round(breaker.remaining(key), 3))
-        settled = False
-        try:
-            with _deadline(transport.first_byte_timeout, first_byte=True):
-                result = await _call_one(payload, request, ctx, provider, transport)
-                if isinstance(result, ChunkStream):
-                    # Up to its first chunk a stream may still fail over to the next model,
-                    # and only then has the model answered (for the circuit breaker too).
-                    await result.peek()
-        except UpstreamError as exc:
-            exc = _with_context_figures(exc, payload, profiles, input_tokens, ctx)
-            failure = exc.failure
-            if breaker is not None:
-                settled = True
-                if failure.about_model and breaker.failed(key, cooldown_failures, cooldown):
-                    ctx.log.warning("openrouter.cooldown", model=shown, failures=cooldown_failures, seconds=cooldown)
-                elif not failure.about_model:
-                    breaker.release(key)
-            if not failure.falls_back:
-                raise exc from None
-            last_exc = exc
-            if i < last:
-                ctx.log.warning(
-                    "openrouter.fallback",
-                    model=shown,
-                    next_model=providers.shown(candidates[i + 1][1]),
-                    status=exc.status,
-                    kind=exc.kind,
-                )
-            continue
-        finally:
-            if breaker is not None and not settled:
-                # Succeeded (settled below) or cancelled (a client disconnect, the engine's
-                # timeout): a probe that never finished must not keep the model shut.
-                breaker.release(key)
-        if breaker is not None:
-            breaker.succeeded(key)
-        ctx.attributes["model"] = shown
-        if i:
-            ctx.attributes["fallbacks"] = i
-            ctx.attributes["fallback"] = f"{first}->{shown}"
-        return result
-    assert last_exc is not None  # the last candidate is always tried
-    raise last_exc
 
 
 async def _call_one(payload: dict, request: Request, ctx: RunContext, provider: Provider, transport: _Transport) -> Any:
@@ -407,11 +330,11 @@ class ChunkStream(AsyncIterator[dict]):
         self._key = key
         self.commit_after = commit_after if commit_after and commit_after > 0 else None
         self.first_content = first_content if first_content and first_content > 0 else None
-        self.chunks = 0  # items produced so far (keepalive markers included; peeked or not)
+        self.chunks = 0  # items produced so far (keepalive markers included)
         self.keepalives = 0  # keepalive markers yielded so far
         self.finished = False  # a finish_reason was seen
         self._gen = self._run() if response is not None else None
-        self._ready: list[dict] = []  # handed out before reading on: peek()'s chunk, or of_completion's
+        self._ready: list[dict] = []  # handed out before reading on: of_completion's chunk
         self._idle: float | None = None  # set by the engine through enforce_idle_timeout
         self._last_item = time.monotonic()
         self._idle_fired = False
@@ -457,7 +380,7 @@ class ChunkStream(AsyncIterator[dict]):
     def of_completion(cls, completion: dict) -> ChunkStream:
         """A one-chunk stream equivalent to a whole non-streamed completion."""
         stream = cls(None, None)
-        stream._ready = [_completion_as_chunk(completion)]
+        stream._ready = [completion_as_chunk(completion)]
         stream.chunks = 1
         return stream
 
@@ -470,16 +393,6 @@ class ChunkStream(AsyncIterator[dict]):
         if self._ready or self._gen is None:
             return self._take_ready()
         return self._gen.__anext__()
-
-    async def peek(self) -> None:
-        """Read the first chunk now; iteration still starts with it. Closes the stream on failure."""
-        try:
-            self._ready.append(await self.__anext__())
-        except StopAsyncIteration:
-            pass
-        except BaseException:
-            await self.aclose()
-            raise
 
     async def _take_ready(self) -> dict:
         if self._ready:
@@ -660,16 +573,13 @@ def _client_key(request: Request | None) -> str:
 
 
 class _deadline:
-    """`anyio.fail_after(seconds)` (or nothing when None) that raises a timeout UpstreamError:
-    by default the run's deadline (not retryable); `first_byte=True` an upstream that sent
-    nothing in time (falls back to the next candidate and counts against the breaker, but is
-    not retried on the same model)."""
+    """`anyio.fail_after(seconds)` (or nothing when None) for the run's deadline: raises a
+    timeout UpstreamError that is not retried (nothing is left to try)."""
 
-    __slots__ = ("_first_byte", "_scope", "_seconds")
+    __slots__ = ("_scope", "_seconds")
 
-    def __init__(self, seconds: float | None, first_byte: bool = False) -> None:
+    def __init__(self, seconds: float | None) -> None:
         self._seconds = seconds
-        self._first_byte = first_byte
         self._scope: Any = None
 
     def __enter__(self) -> _deadline:
@@ -684,8 +594,6 @@ class _deadline:
         try:
             return bool(self._scope.__exit__(et, ev, tb))
         except TimeoutError:
-            if self._first_byte:
-                raise UpstreamError(f"upstream sent nothing for {self._seconds:g} s", kind="timeout", error_type="first_byte_timeout") from None
             raise UpstreamError("run deadline passed while waiting for the upstream", kind="timeout", retryable=False) from None
 
 
@@ -816,7 +724,7 @@ async def _close(response: UpstreamResponse) -> None:
             pass
 
 
-def _completion_as_chunk(completion: dict) -> dict:
+def completion_as_chunk(completion: dict) -> dict:
     """A non-streamed `chat.completion` rewritten as one equivalent `chat.completion.chunk`."""
     choices = []
     for i, choice in enumerate(completion.get("choices") or ()):
@@ -829,12 +737,8 @@ def _completion_as_chunk(completion: dict) -> dict:
                 {"index": j, **c} if isinstance(c, dict) and "index" not in c else c
                 for j, c in enumerate(calls)
             ]
-        choices.append({
-            "index": choice.get("index", i),
-            "delta": delta,
-            "finish_reason": choice.get("finish_reason"),
-            "native_finish_reason": choice.get("native_finish_reason"),
-        })
+        rest = {k: v for k, v in choice.items() if k != "message"}  # finish_reason and a server's stop fields
+        choices.append({**rest, "index": choice.get("index", i), "delta": delta, "finish_reason": choice.get("finish_reason")})
     chunk = {k: v for k, v in completion.items() if k not in ("choices", "object")}
     chunk["object"] = "chat.completion.chunk"
     chunk["choices"] = choices

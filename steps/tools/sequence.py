@@ -34,10 +34,11 @@ from typing import Any
 import anyio
 import orjson
 
+from engine import usage as metering
 from engine.errors import DeadlineExceeded, RunCancelled
 from engine.registry import step
 from engine.run import RunContext
-from engine.types import PipelineName
+from engine.types import Facts, PipelineName
 from steps.tools import tool_search
 from steps.tools.effects import AfterSideEffects
 from steps.tools.runner import Result, Runner, run_all
@@ -71,7 +72,13 @@ class _Usage:
         return usage
 
 
-@step("tools.execute_sequence", side_effects=True)
+def _tell_usage(out: Facts, turns: list[Any]) -> None:
+    """Tell in `out` the usage of every turn (each a core.run's or a sub-run's Facts), added up
+    when asked for: the list grows as the loop runs further turns."""
+    out.defer("usage", lambda: metering.merge(*(t.get("usage") for t in turns)))
+
+
+@step("tools.execute_sequence", side_effects=True, facts=("usage",))
 async def execute_sequence(
     message: Any,
     plan: dict,
@@ -87,6 +94,8 @@ async def execute_sequence(
     bash: dict | None = None,
     fetch: dict | None = None,
     web_search: dict | None = None,
+    turn: dict | None = None,
+    facts: Facts | None = None,
 ) -> Any:
     """Run server-side tool calls and continue the upstream turn until none is left or a bound is reached.
 
@@ -96,14 +105,20 @@ async def execute_sequence(
     server-side tools (caps, the Bash allowlist, the search backend); `workspace` is the
     directory the file tools and Bash are confined to. Each admitted call runs as a run of
     `tool_pipeline` (pipelines/tool.yaml), whose recorded step replay answers from a capture.
+
+    `turn` is what the first turn told (`${{ facts.turn }}`); this step tells the `usage` of
+    every turn it ran, the first included, so the access line counts the whole loop.
     """
+    turns: list[Any] = [turn if turn is not None else {}]
+    if facts is not None:
+        _tell_usage(facts, turns)
     server = plan.get("server") or {}
     if not server:
         return message
     if int(max_rounds) < 1:
         raise ValueError("max_rounds must be at least 1")
     runner = Runner.from_settings(ctx, workspace, files, bash, fetch, web_search, plan.get("max_uses") or {}, request, tool_pipeline)
-    seq = _Sequence(ctx, plan, model, request, turn_pipeline, int(max_rounds), int(concurrency), runner)
+    seq = _Sequence(ctx, plan, model, request, turn_pipeline, int(max_rounds), int(concurrency), runner, turns)
     if isinstance(message, dict):
         return await seq.json(message)
     return seq.stream(message)
@@ -111,8 +126,9 @@ async def execute_sequence(
 
 class _Sequence:
     def __init__(self, ctx: RunContext, plan: dict, model: str, request: Any, turn: str, max_rounds: int,
-                 concurrency: int, runner: Runner) -> None:
+                 concurrency: int, runner: Runner, turns: list[Any] | None = None) -> None:
         self.ctx = ctx
+        self.turns = turns if turns is not None else []  # each turn's facts, the first one's included
         self.body = plan["body"]
         self.server: dict[str, str] = plan["server"]
         self.model = model
@@ -171,7 +187,9 @@ class _Sequence:
             tool_results.append(item)
         self.history.append({"role": "user", "content": tool_results})
         body = {**self.body, "messages": self.history, "stream": stream}
-        return await self.ctx.run_pipeline(self.turn, {"body": body, "model": self.model, "request": self.request})
+        told = Facts()
+        self.turns.append(told)
+        return await self.ctx.run_pipeline(self.turn, {"body": body, "model": self.model, "request": self.request}, facts=told)
 
     def server_blocks(self, call: dict, result: Result | None) -> tuple[dict, dict | None, str]:
         srv_id = self.ctx.new_id("srvtoolu_")

@@ -64,7 +64,8 @@ def main() -> None:
             for p in files:
                 f.write(p.read_bytes())
     count = sum(1 for _ in out.open())
-    base = json.loads(out.open().readline())["calls"][0]["input"]["providers"]["providers"]["openrouter"]["base_url"]
+    calls = json.loads(out.open().readline())["calls"]
+    base = next(c["input"]["providers"]["providers"]["openrouter"]["base_url"] for c in calls if "providers" in c["input"])
     print(f"wrote {count} runs to {out} (upstream was {base})")
     shutil.rmtree(Path(tmp), ignore_errors=True)
 

@@ -76,7 +76,7 @@ def test_watch_runs_live_and_open_them(gw: ConsoleGateway, page: Page, tmp_path:
     for name in ("messages", "turn"):
         expect(page.locator(f'svg.pipeline-graph[data-pipeline="{name}"]')).to_be_visible()
     expect(page.locator('[id="node-turn.call"]')).to_have_attribute("data-state", "ran")
-    expect(page.locator('[id="node-turn.message"]')).to_have_attribute("data-state", "skipped")
+    expect(page.locator('[id="node-turn.answer"]')).to_have_attribute("data-state", "ran")
     expect(page.locator("svg.waterfall rect.wf-bar").first).to_be_visible()
     expect(page.locator("#events")).to_contain_text("message_stop")
     page.screenshot(path=str(tmp_path / "run.png"), full_page=True)

@@ -100,7 +100,7 @@ def test_the_run_page_draws_the_graph_with_the_trace(gw: ConsoleGateway) -> None
     for name in ("messages", "turn"):
         assert f'data-pipeline="{name}"' in page
     assert 'id="node-turn.call" data-step="call" data-state="ran"' in page
-    assert 'id="node-turn.message" data-step="message" data-state="skipped"' in page  # a stream skips the JSON conversion
+    assert 'id="node-turn.answer" data-step="answer" data-state="ran"' in page  # the one conversion, for JSON and streams
     assert 'class="waterfall"' in page
     assert 'id="call-turn.call-1"' in page  # what went upstream, attempt 1
     assert "message_start" in page and "content_block_delta" in page  # the answer's events

@@ -36,15 +36,15 @@ def test_a_run_colours_each_step_by_what_it_did() -> None:
     record = {"trace": [
         {"pipeline": "turn", "step": "model", "outcome": "ok", "attempts": 1, "start": 0.0, "end": 0.001},
         {"pipeline": "turn", "step": "call", "outcome": "error", "attempts": 3, "start": 0.001, "end": 0.5},
-        {"pipeline": "turn", "step": "message", "outcome": "skipped", "attempts": 0, "start": 0, "end": 0},
+        {"pipeline": "turn", "step": "answer", "outcome": "skipped", "attempts": 0, "start": 0, "end": 0},
         {"pipeline": "turn", "step": "route", "outcome": "ok", "attempts": 2, "start": 0.001, "end": 0.002},
     ]}
     from engine.console.svg import states
 
     svg = str(pipeline_svg(turn, states(record, "turn")))
     state = dict(re.findall(r'id="node-turn\.(\w+)" data-step="\w+" data-state="(\w+)"', svg))
-    assert state["model"] == "ran" and state["call"] == "failed" and state["message"] == "skipped"
-    assert state["route"] == "retried" and state["events"] == "notrun"
+    assert state["model"] == "ran" and state["call"] == "failed" and state["answer"] == "skipped"
+    assert state["route"] == "retried" and state["prices"] == "notrun"
 
 
 def test_the_ring_is_bounded_and_old_runs_drop_their_record() -> None:

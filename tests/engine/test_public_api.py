@@ -15,6 +15,7 @@ EXPECTED = [
     "Stream",
     "JSON",
     "PipelineName",
+    "Facts",
     "EngineError",
     "StepError",
     "HttpError",

@@ -4,42 +4,45 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from engine import usage
 
 
-def ctx() -> SimpleNamespace:
-    return SimpleNamespace(attributes={})
-
-
 class TestReport:
     def test_reports_add_up_by_model(self) -> None:
-        """Several turns (a tool loop) add up; a model's cost stays unknown until one is known."""
-        c = ctx()
-        usage.report(c, "m/a", {"input": 10, "output": 2}, None)
-        assert usage.of_run(c)[0] == {"m/a": {"input": 10, "output": 2, "cost_usd": None}}
-        usage.report(c, "m/a", {"input": 5, "output": 1}, 0.25)
-        usage.report(c, "m/b", {"input": 1, "output": 1, "cache_read": 0}, 0.5)
-        assert usage.of_run(c)[0] == {
+        """Several calls add up; a model's cost stays unknown until one is known."""
+        used: dict = {}
+        usage.add(used, "m/a", {"input": 10, "output": 2}, None)
+        assert used == {"m/a": {"input": 10, "output": 2, "cost_usd": None}}
+        usage.add(used, "m/a", {"input": 5, "output": 1}, 0.25)
+        usage.add(used, "m/b", {"input": 1, "output": 1, "cache_read": 0}, 0.5)
+        assert used == {
             "m/a": {"input": 15, "output": 3, "cost_usd": 0.25},
             "m/b": {"input": 1, "output": 1, "cache_read": 0, "cost_usd": 0.5},
         }
 
+    def test_turns_merge(self) -> None:
+        """A tool loop's turns (each a sub-run's usage fact) add up; runs that told none count nothing."""
+        first = {"m/a": {"input": 10, "output": 2, "cost_usd": None}}
+        second = {"m/a": {"input": 5, "output": 1, "cost_usd": 0.25}, "m/b": {"input": 1, "output": 1, "cost_usd": 0.5}}
+        assert usage.merge(first, None, second) == {
+            "m/a": {"input": 15, "output": 3, "cost_usd": 0.25},
+            "m/b": {"input": 1, "output": 1, "cost_usd": 0.5},
+        }
+        assert usage.merge(None, {}) is None
+        assert first == {"m/a": {"input": 10, "output": 2, "cost_usd": None}}  # the parts are not changed
+
     def test_nonsense_counts_are_ignored(self) -> None:
-        c = ctx()
-        usage.report(c, "m", {"input": -3, "output": True, "cache_read": "7"}, None)  # type: ignore[dict-item]
-        assert usage.of_run(c)[0] == {"m": {"input": 0, "output": 0, "cache_read": 0, "cost_usd": None}}
+        used: dict = {}
+        usage.add(used, "m", {"input": -3, "output": True, "cache_read": "7"}, None)  # type: ignore[dict-item]
+        assert used == {"m": {"input": 0, "output": 0, "cache_read": 0, "cost_usd": None}}
 
     def test_session_names_are_bounded_printable_strings(self) -> None:
-        c = ctx()
         for bad in (None, "", "x" * 200, "a\nb", 42):
-            usage.name_session(c, bad)  # type: ignore[arg-type]
-        assert usage.of_run(c) == (None, None)
-        usage.name_session(c, "00000000-0000-4000-8000-000000000001")
-        assert usage.of_run(c)[1] == "00000000-0000-4000-8000-000000000001"
+            assert usage.session_name(bad) is None
+        assert usage.session_name("00000000-0000-4000-8000-000000000001") == "00000000-0000-4000-8000-000000000001"
 
 
 class TestSessionBook:

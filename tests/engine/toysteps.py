@@ -12,7 +12,7 @@ import structlog
 from engine.errors import StepError
 from engine.registry import step
 from engine.run import RunContext
-from engine.types import PipelineName
+from engine.types import Facts, PipelineName
 
 log = structlog.get_logger("toy")
 calls: list[tuple[str, Any]] = []
@@ -135,3 +135,59 @@ async def rounds(value: int, rounds: int, gap: float, body: PipelineName, ctx: R
         await anyio.sleep(gap)
         value = await ctx.run_pipeline(body, {"value": value})
         yield value
+
+
+@step("toy.told", blocking=False, facts=("seen", "doubled"))
+def told(value: Any, facts: Facts) -> Any:
+    """Return `value`, and tell what it saw and its double (facts)."""
+    facts["seen"] = value
+    facts["doubled"] = value * 2
+    return value
+
+
+@step("toy.told_stream", facts=("count",))
+async def told_stream(n: int, facts: Facts) -> AsyncIterator[int]:
+    """Yield 0..n-1, and tell how many items went out once the stream ended (a late fact)."""
+    for i in range(n):
+        yield i
+    facts["count"] = n
+
+
+@step("toy.told_failure", facts=("attempts",))
+async def told_failure(facts: Facts) -> Any:
+    """Fail every time, telling how many attempts it made (the facts outlive the failure)."""
+    facts["attempts"] = facts.get("attempts", 0) + 1
+    raise StepError("always fails", kind="status", retryable=True)
+
+
+class Refused(StepError):
+    """A toy upstream failure with the attributes the engine's candidates read."""
+
+    def __init__(self, status: int, *, retryable: bool, fallback: bool, about: bool) -> None:
+        super().__init__(f"refused with {status}", kind="status", retryable=retryable, fallback=fallback, about_candidate=about)
+        self.status = status
+
+
+#: what toy.answer does per model: "ok", "503" (retryable, fall back, counts), "404" (fall
+#: back, says nothing about the model), "400" (the caller's fault), "429x" (a 429 that says
+#: it is not retryable), "slow" (sleeps 5 s)
+answers: dict[str, str] = {}
+asked: list[str] = []
+
+
+@step("toy.answer")
+async def answer(model: str, question: str = "") -> str:
+    """Answer as `model` would, per `answers` (see there)."""
+    asked.append(model)
+    mode = answers.get(model, "ok")
+    if mode == "slow":
+        await anyio.sleep(5)
+    if mode == "503":
+        raise Refused(503, retryable=True, fallback=True, about=True)
+    if mode == "404":
+        raise Refused(404, retryable=False, fallback=True, about=False)
+    if mode == "400":
+        raise Refused(400, retryable=False, fallback=False, about=False)
+    if mode == "429x":
+        raise Refused(429, retryable=False, fallback=False, about=True)
+    return f"{model}: {question}"

@@ -132,7 +132,8 @@ def test_web_search_is_answered_from_the_capture_too(tmp_path: Path) -> None:
         writer.close()
     records = [json.loads(line) for f in capture_dir.glob("capture-*.jsonl") for line in f.read_text().splitlines()]
     steps = sorted([(c["pipeline"], c["step"]) for c in r["calls"]] for r in records)
-    assert steps == [[("turn", "call"), ("tool", "run"), ("turn", "call")], [("turn", "call"), ("turn", "call")]]
+    turn = [("turn", "calibration"), ("turn", "profiles"), ("turn", "prices"), ("turn", "call")]  # each turn's recorded steps
+    assert steps == [[*turn, ("tool", "run"), *turn], [*turn, *turn]]
 
     searched = len(SEARCHES)
 

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import anthropic
 import pytest
+
+from engine.capture import CaptureWriter
+from engine.capture_reader import Captured, read_captures
 
 from tests.pipelines.conftest import Gateway
 from tests.pipelines.faults import ASK, OK_TEXT, body, captured_logs, gateway_with, post, sse, without_pings
@@ -79,6 +83,32 @@ def test_503_always_is_three_jittered_attempts_then_529(gw: Gateway) -> None:
             assert 0 < gap <= 0.05 * 2 ** (n - 1) + 0.5  # the ceiling, plus loopback slack
             gaps.append(gap)
     assert len({round(g, 4) for g in gaps}) > 10
+
+
+def test_the_access_line_tells_attempts_and_the_last_upstream_status(gw: Gateway) -> None:
+    """Issue 15.5: `attempts` counts every upstream request (the engine's retries included)
+    and `upstream_status` is the last answer's status, for a run that failed and one that
+    recovered; both come from openrouter.call's facts through turn.yaml's and messages.yaml's
+    `access:` declarations."""
+    gw.fake.default_mode = "503"
+    try:
+        with captured_logs() as sink:
+            failed = post(gw, body())
+            sink.wait_for("request", request_id=failed.headers["request-id"])
+    finally:
+        gw.fake.default_mode = "ok"
+    assert failed.status_code == 529
+    (line,) = sink.lines("request", request_id=failed.headers["request-id"])
+    assert line["attempts"] == 3 and line["upstream_status"] == 503 and line["outcome"] == "error"
+    assert line["route"] == "default" and "model" not in line  # no model answered
+    gw.fake.script("429;retry_after=0", "ok")
+    with captured_logs() as sink:
+        ok = post(gw, body())
+        sink.wait_for("request", request_id=ok.headers["request-id"])
+    (line,) = sink.lines("request", request_id=ok.headers["request-id"])
+    assert ok.status_code == 200 and ok.headers["x-upstream-model"] == "test/big"
+    assert line["attempts"] == 2 and line["upstream_status"] == 200 and line["model"] == "test/big"
+    assert set(line["usage"]) == {"test/big"}
 
 
 def test_500_then_ok_is_retried(gw: Gateway) -> None:
@@ -233,8 +263,31 @@ def test_fallback_serves_when_the_routed_model_fails(fb: Gateway, mode: str, str
     assert [q.json["model"] for q in fb.fake.requests] == ["test/big", "test/fallback"]
     (line,) = sink.lines("request", request_id=r.headers["request-id"])
     assert line["model"] == "test/fallback" and line["fallback"] == "test/big->test/fallback"
+    assert line["attempts"] == 2 and line["upstream_status"] == 200
     if not stream:
         assert r.json()["model"] == "claude-opus-5-5"  # README: the id the client asked for
+
+
+def test_each_attempt_is_in_the_trace_and_the_capture(fb: Gateway, tmp_path: Path) -> None:
+    """§1.10: the engine runs the call over its candidates, and each attempt is recorded: the
+    capture holds one `turn.call` entry per model tried (the first with its 503), the trace a
+    `fallback:503` entry before the call's own `ok`."""
+    fb.fake.model_modes = {"test/big": "503"}
+    fb.engine.capture = writer = CaptureWriter(tmp_path, fsync=None)
+    try:
+        r = post(fb, body())
+        assert r.status_code == 200 and r.headers["x-upstream-model"] == "test/fallback"
+        assert fb.fake.wait_for(lambda: writer.written == 1)
+    finally:
+        fb.engine.capture = None
+        fb.fake.model_modes = {}
+        writer.close()
+    (item,) = [i for i in read_captures([tmp_path]) if isinstance(i, Captured)]
+    calls = [c for c in item.record["calls"] if c["step"] == "call"]
+    assert [c["input"]["payload"]["model"] for c in calls] == ["test/big", "test/fallback"]
+    assert calls[0]["error"]["attrs"]["status"] == 503 and "output" in calls[1]
+    trace = [(t["outcome"], t["attempts"]) for t in item.record["trace"] if t["step"] == "call"]
+    assert trace == [("fallback:503", 1), ("ok", 2)]
 
 
 @pytest.mark.parametrize(("mode", "status"), [("400", 400), ("401", 401)])
@@ -279,9 +332,13 @@ def test_a_stream_that_fails_before_its_first_chunk_counts_against_the_breaker()
             r = post(g, body(stream=True))
             assert r.status_code == 200 and r.headers["x-upstream-model"] == "test/fallback"
         g.fake.clear()
-        r = post(g, body(stream=True))
+        with captured_logs() as sink:
+            r = post(g, body(stream=True))
+            sink.wait_for("request", request_id=r.headers["request-id"])
         assert r.headers["x-upstream-model"] == "test/fallback"
         assert [q.json["model"] for q in g.fake.requests] == ["test/fallback"]  # none to the open model
+        (line,) = sink.lines("request", request_id=r.headers["request-id"])
+        assert line["cooled"] == ["test/big"] and line["attempts"] == 1  # the breaker's decision, in the access line
         g.fake.model_modes = {}
 
 
@@ -360,23 +417,25 @@ def test_sdk_sees_the_mapped_classes(gw: Gateway) -> None:
 
 
 def test_breaker_state_machine() -> None:
-    """The breaker on its own (steps/openrouter/cooldown.py), with a hand-driven clock:
+    """The breaker on its own (engine/breakers.py), with a hand-driven clock:
     closed → open after N consecutive failures → one probe after the cooldown → closed on
     success, open again on failure; a probe without a verdict frees the slot."""
-    from steps.openrouter.cooldown import Cooldowns
+    from engine.breakers import Breaker
+    from engine.spec import BreakerSpec
 
     now = [0.0]
-    b = Cooldowns(clock=lambda: now[0])
-    assert b.allow("a") and not b.failed("a", 3, 5) and not b.failed("a", 3, 5)
+    b = Breaker(BreakerSpec(failures=3, cooldown=5), clock=lambda: now[0])
+    assert b.allow("a") and not b.failed("a") and not b.failed("a")
     b.succeeded("a")  # a success resets the count: failures must be consecutive
-    assert [b.failed("a", 3, 5) for _ in range(3)] == [False, False, True]
+    assert [b.failed("a") for _ in range(3)] == [False, False, True]
     assert not b.allow("a") and b.remaining("a") == 5 and b.allow("b")
+    assert b.state() == {"a": {"failures": 3, "open_s": 5.0, "probing": False}}
     now[0] = 5.0
     assert b.allow("a") and not b.allow("a")  # one probe at a time
     b.release("a")  # the probe was cancelled: the next request probes
     assert b.allow("a")
-    assert b.failed("a", 3, 5) and not b.allow("a")  # a failed probe re-opens at once
+    assert b.failed("a") and not b.allow("a")  # a failed probe re-opens at once
     now[0] = 10.0
     assert b.allow("a")
     b.succeeded("a")
-    assert b.allow("a") and b.allow("a") and b.remaining("a") == 0
+    assert b.allow("a") and b.allow("a") and b.remaining("a") == 0 and b.state() == {}

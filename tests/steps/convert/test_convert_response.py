@@ -1,4 +1,5 @@
-"""convert.response: OpenAI chat completion → Anthropic Message."""
+"""A JSON answer: an OpenAI chat completion → Anthropic Message, folded from the stream
+converter's events (steps/convert/answer.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import orjson
 import pytest
 
 from engine.run import RunContext
-from steps.convert.response import convert_response, repair_json
+from steps.convert.answer import message_of_completion as convert_response
+from steps.convert.response import repair_json
 from steps.convert.thinking import decode
 from steps.openrouter.errors import UpstreamError
 
