@@ -136,8 +136,32 @@ def vars_beside(path: str | Path) -> Path:
     return (p if p.is_dir() else p.parent) / VARS_FILE
 
 
+class _Located:
+    """Positions and sources of a YAML file's values (a pipeline or a configuration file)."""
+
+    __slots__ = ()
+    file: str
+    positions: dict[Path_, Location]
+    sources: dict[Path_, str]
+
+    def where(self, *path: str | int) -> Location:
+        """The position of `path`, or of its nearest enclosing value that has one."""
+        p: Path_ = tuple(path)
+        while p:
+            if p in self.positions:
+                return self.positions[p]
+            p = p[:-1]
+        return self.positions.get((), Location(self.file, 1, 1))
+
+    def shown(self, path: Path_, value: Any) -> str:
+        """How to quote a value in a message: as written when it came from the environment,
+        so an interpolated secret is never echoed."""
+        raw = self.sources.get(tuple(path))
+        return repr(raw) if raw is not None else repr(value)
+
+
 @dataclass(slots=True)
-class LoadedPipeline:
+class LoadedPipeline(_Located):
     """A parsed, schema-valid pipeline file, with the position of every value in it."""
 
     spec: PipelineSpec
@@ -151,20 +175,6 @@ class LoadedPipeline:
     """Where a `${{ vars.NAME }}` stood, and NAME (what `engine graph` notes)."""
     env: Any = field(default=None, repr=False)  # what `${VAR}` read: a file a parameter names is read with it too
 
-    def shown(self, path: Path_, value: Any) -> str:
-        """How to quote a value in a message: as written when it came from the environment,
-        so an interpolated secret is never echoed."""
-        raw = self.sources.get(tuple(path))
-        return repr(raw) if raw is not None else repr(value)
-
-    def where(self, *path: str | int) -> Location | None:
-        """The position of `path`, or of its nearest enclosing value that has one."""
-        p: Path_ = tuple(path)
-        while p:
-            if p in self.positions:
-                return self.positions[p]
-            p = p[:-1]
-        return self.positions.get((), Location(self.file, 1, 1))
 
 
 def load_file(path: str | Path, env: dict[str, str] | None = None, *, lenient: bool = False, shared: Vars | None = None) -> LoadedPipeline:
@@ -348,7 +358,7 @@ def _compose(text: str, file: str) -> yaml.Node | None:
 
 
 @dataclass(slots=True)
-class Document:
+class Document(_Located):
     """A YAML file other than a pipeline (a step package's configuration), read the same way:
     plain YAML, `${ENV:-default}` interpolated, the position of every value kept."""
 
@@ -356,20 +366,6 @@ class Document:
     file: str
     positions: dict[Path_, Location]
     sources: dict[Path_, str] = field(default_factory=dict)
-
-    def where(self, *path: str | int) -> Location:
-        """The position of `path`, or of its nearest enclosing value that has one."""
-        p: Path_ = tuple(path)
-        while p:
-            if p in self.positions:
-                return self.positions[p]
-            p = p[:-1]
-        return self.positions.get((), Location(self.file, 1, 1))
-
-    def shown(self, path: Path_, value: Any) -> str:
-        """A value as written when it came from the environment (a secret is never echoed)."""
-        raw = self.sources.get(tuple(path))
-        return repr(raw) if raw is not None else repr(value)
 
 
 def read_document(path: str | Path, env: Any = None) -> Document:
