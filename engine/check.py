@@ -184,26 +184,13 @@ def check(loaded: list[LoadedPipeline]) -> tuple[list[Plan], list[SpecError]]:
             errors.append(SpecError(f"pipeline name '{lp.spec.name}' is also used by {other.file}", lp.where("name"), "give each pipeline its own name"))
         seen_names[lp.spec.name] = lp
 
-    limits: dict[str, tuple[LimitSpec, LoadedPipeline]] = {}
-    for lp in loaded:
-        for lname, lspec in lp.spec.limits.items():
-            prior = limits.get(lname)
-            if prior is not None and prior[0] != lspec:
-                errors.append(SpecError(f"limit '{lname}' is declared differently in {prior[1].file}", lp.where("limits", lname), "declare a shared limit the same way everywhere"))
-            limits.setdefault(lname, (lspec, lp))
-
-    breakers: dict[str, tuple[BreakerSpec, LoadedPipeline]] = {}
-    for lp in loaded:
-        for bname, bspec in lp.spec.breakers.items():
-            prior_b = breakers.get(bname)
-            if prior_b is not None and prior_b[0] != bspec:
-                errors.append(SpecError(f"breaker '{bname}' is declared differently in {prior_b[1].file}", lp.where("breakers", bname), "declare a shared breaker the same way everywhere"))
-            breakers.setdefault(bname, (bspec, lp))
+    limits = _shared(loaded, "limits", "limit", errors)
+    breakers = _shared(loaded, "breakers", "breaker", errors)
 
     routes: dict[tuple[str, str], LoadedPipeline] = {}
     plans = []
     for lp in loaded:
-        plan = _check_one(lp, set(names), {n: s for n, (s, _) in limits.items()}, errors, set(breakers))
+        plan = _check_one(lp, set(names), limits, errors, set(breakers))
         for route in plan.routes:
             prior_lp = routes.get(route)
             if prior_lp is not None:
@@ -212,6 +199,19 @@ def check(loaded: list[LoadedPipeline]) -> tuple[list[Plan], list[SpecError]]:
             routes[route] = lp
         plans.append(plan)
     return plans, errors
+
+
+def _shared(loaded: list[LoadedPipeline], key: str, kind: str, errors: list[SpecError]) -> dict[str, Any]:
+    """The named `limits:` or `breakers:` of every file, by name: one name is one object shared
+    by all runs, so files that declare it must agree (the first declaration wins)."""
+    found: dict[str, tuple[Any, LoadedPipeline]] = {}
+    for lp in loaded:
+        for name, spec in getattr(lp.spec, key).items():
+            prior = found.get(name)
+            if prior is not None and prior[0] != spec:
+                errors.append(SpecError(f"{kind} '{name}' is declared differently in {prior[1].file}", lp.where(key, name), f"declare a shared {kind} the same way everywhere"))
+            found.setdefault(name, (spec, lp))
+    return {name: spec for name, (spec, _) in found.items()}
 
 
 def _check_one(lp: LoadedPipeline, pipeline_names: set[str], limits: dict[str, LimitSpec], errors: list[SpecError], breakers: set[str] | None = None) -> Plan:
