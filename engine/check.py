@@ -49,12 +49,17 @@ class Node:
     vars: tuple[str, ...] = ()  # the `${{ vars.NAME }}` its YAML used (drawn by `engine graph`)
     candidates: Ref | None = None  # one attempt per item of the list it points at
     breaker: str | None = None
+    # Worked out once here, read for every step of every run:
+    info_inline: bool = field(init=False, default=False)  # never awaits: sync, non-blocking, no limit/retry/candidates
+    direct: bool = field(init=False, default=False)  # inline and not recorded: the executor calls it in place
+    first_scope: tuple[tuple[str, Any], ...] = field(init=False, default=())  # its log scope's tail in a first attempt
+    histograms: dict[str, Any] = field(init=False, default_factory=dict)  # outcome -> its duration histogram child
 
-    @property
-    def info_inline(self) -> bool:
-        """True for a step that never awaits: a sync, non-blocking step without a limit."""
+    def __post_init__(self) -> None:
         info = self.info
-        return not (info.is_async or info.blocking or info.streams) and self.limit is None and self.retry is None and self.candidates is None
+        self.info_inline = not (info.is_async or info.blocking or info.streams) and self.limit is None and self.retry is None and self.candidates is None
+        self.direct = self.info_inline and not self.record
+        self.first_scope = (("step", self.name), ("attempt", 1))
 
 
 @dataclass(slots=True, eq=False)

@@ -362,7 +362,10 @@ class _Run:
             return
         kwargs = dict(node.static)
         for pname, ref in node.refs:
-            kwargs[pname] = resolve_ref(ref, results, input)
+            if ref.path or ref.facts or ref.negate:
+                kwargs[pname] = resolve_ref(ref, results, input)
+            else:  # a whole output or the input, the common case, without a call
+                kwargs[pname] = input if ref.step is None else results[ref.step]
         for pname, value in node.nested:
             kwargs[pname] = materialize(value, results, input)
         if node.info.wants_context:
@@ -372,7 +375,30 @@ class _Run:
         if node.candidates is not None:
             await self.over_candidates(node, kwargs, resolve_ref(node.candidates, results, input))
             return
-        policy = node.retry
+        if node.direct:
+            # Most steps are small functions that never await and are not recorded: what
+            # `attempt` and `invoke` would do for them (no timeout, limit, retry or record
+            # applies) is done here, in place; their three coroutine layers and policy checks
+            # cost more than many of the steps.
+            start = time.perf_counter()
+            token = logs._scope.set(self.scope_base + node.first_scope)
+            self.current = (node, 1, start)
+            try:
+                remaining = ctx.remaining()
+                if remaining is not None and remaining <= 0:
+                    raise DeadlineExceeded(f"the run's deadline passed before step '{node.name}'")
+                value = node.info.fn(**kwargs)
+                if streams.is_stream(value):
+                    value = await self.streamed(node, value, None, 1, start)
+                else:
+                    self.finished(node, "ok", 1, start)
+            except Exception as exc:
+                self.failed(node, exc, 1, start)
+                raise
+            finally:
+                logs._scope.reset(token)
+            results[node.name] = value
+            return
         budget = self.engine.retry_budget
         attempt = 0
         start = time.perf_counter()
@@ -555,18 +581,24 @@ class _Run:
             else:
                 value = await self.call(node, kwargs)
             if streams.is_stream(value):
-                if any(value is s for s in self.ctx.streams):
-                    # A stream this run already primed, passed on unchanged (a sub-pipeline's
-                    # output, a step with nothing to add): wrapping it again would only add a
-                    # layer per item.
-                    self.finished(node, "ok", attempt, start)
-                else:
-                    value = await self.primed(node, value, release, attempt, start)
-                    release = None
+                value = await self.streamed(node, value, release, attempt, start)
+                release = None
             return value
         finally:
             if release is not None:
                 release()
+
+    async def streamed(self, node: Node, value: Any, release: Any, attempt: int, start: float) -> Any:
+        """The stream a step returned, as the run hands it on; `release` (its limit slot) is
+        called when the stream ends, or now when there is nothing to follow."""
+        if any(value is s for s in self.ctx.streams):
+            # A stream this run already primed, passed on unchanged (a sub-pipeline's output, a
+            # step with nothing to add): wrapping it again would only add a layer per item.
+            if release is not None:
+                release()
+            self.finished(node, "ok", attempt, start)
+            return value
+        return await self.primed(node, value, release, attempt, start)
 
     async def call(self, node: Node, kwargs: dict[str, Any]) -> Any:
         info = node.info
@@ -625,12 +657,15 @@ class _Run:
     def finished(self, node: Node, outcome: str, attempts: int, start: float, error: BaseException | None = None, items: int | None = None) -> None:
         end = time.perf_counter()
         self.ctx.trace.append((self.plan.name, node.name, outcome, attempts, start, end))
-        key = (self.plan.name, node.name, outcome)
-        histogram = _step_histograms.get(key)
+        histogram = node.histograms.get(outcome)
         if histogram is None:
-            histogram = _step_histograms[key] = metrics.STEP_SECONDS.labels(*key)
+            key = (self.plan.name, node.name, outcome)
+            histogram = _step_histograms.get(key)
+            if histogram is None:
+                histogram = _step_histograms[key] = metrics.STEP_SECONDS.labels(*key)
+            node.histograms[outcome] = histogram
         histogram.observe(end - start)
-        failed = outcome in {"error", "timeout"}
+        failed = outcome == "error" or outcome == "timeout"
         if not failed and not self.engine.step_log_enabled():
             return
         level = "warning" if failed else self.engine.step_log_level
