@@ -51,14 +51,15 @@ class Node:
     breaker: str | None = None
     # Worked out once here, read for every step of every run:
     info_inline: bool = field(init=False, default=False)  # never awaits: sync, non-blocking, no limit/retry/candidates
-    direct: bool = field(init=False, default=False)  # inline and not recorded: the executor calls it in place
+    direct: bool = field(init=False, default=False)  # no policy applies (timeout, limit, retry, record...): called in place
     first_scope: tuple[tuple[str, Any], ...] = field(init=False, default=())  # its log scope's tail in a first attempt
     histograms: dict[str, Any] = field(init=False, default_factory=dict)  # outcome -> its duration histogram child
 
     def __post_init__(self) -> None:
         info = self.info
         self.info_inline = not (info.is_async or info.blocking or info.streams) and self.limit is None and self.retry is None and self.candidates is None
-        self.direct = self.info_inline and not self.record
+        plain = self.limit is None and self.retry is None and self.candidates is None and not self.record and not info.blocking
+        self.direct = plain and (self.timeout is None or not (info.is_async or info.streams))  # a sync step's timeout never fires
         self.first_scope = (("step", self.name), ("attempt", 1))
 
 

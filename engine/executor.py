@@ -376,10 +376,9 @@ class _Run:
             await self.over_candidates(node, kwargs, resolve_ref(node.candidates, results, input))
             return
         if node.direct:
-            # Most steps are small functions that never await and are not recorded: what
-            # `attempt` and `invoke` would do for them (no timeout, limit, retry or record
-            # applies) is done here, in place; their three coroutine layers and policy checks
-            # cost more than many of the steps.
+            # Most steps have no policy: no timeout, limit, retry, candidates or record. What
+            # `attempt`, `invoke` and `call` would do for them is done here, in place; those
+            # three coroutine layers and their checks cost more than many of the steps.
             start = time.perf_counter()
             token = logs._scope.set(self.scope_base + node.first_scope)
             self.current = (node, 1, start)
@@ -388,6 +387,8 @@ class _Run:
                 if remaining is not None and remaining <= 0:
                     raise DeadlineExceeded(f"the run's deadline passed before step '{node.name}'")
                 value = node.info.fn(**kwargs)
+                if node.info.is_async:
+                    value = await value
                 if streams.is_stream(value):
                     value = await self.streamed(node, value, None, 1, start)
                 else:
