@@ -269,19 +269,24 @@ def _select(target: str, pipelines: str | None) -> tuple[list[Any], str]:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from engine import registry
+    from engine.loader import VARS_FILE, load_vars
 
     paths = args.paths or [default_pipelines()]
     configs = _configuration_files(paths)
-    others = [p for p in paths if Path(p) not in configs]
+    shared = [Path(p) for p in paths if Path(p).name == VARS_FILE and Path(p).is_file()]  # a directory's vars, not a pipeline
+    others = [p for p in paths if Path(p) not in configs and Path(p) not in shared]
     load, named = _with_siblings(others) if others else ([], set())
-    for config in configs:  # the pipelines beside a configuration file read it: load them too
+    for config in [*configs, *shared]:  # the pipelines beside a configuration or vars file read it: load them too
         if config.parent.resolve() not in {x.resolve() for x in load}:
             load.append(config.parent)
     has_pipelines = bool(pipeline_files(load))
-    if not has_pipelines and not configs:
+    if not has_pipelines and not configs and not shared:
         print(f"no pipeline files in {', '.join(paths)}", file=sys.stderr)
         return 1
     errors = []
+    for file in shared:
+        if not has_pipelines:  # else the pipelines' load reads it and reports its errors
+            errors.extend(load_vars(file).errors)
     for config in configs:  # a step package's file beside the pipelines, checked its own way
         try:
             registry.configuration_check(config)(config)  # type: ignore[misc]
@@ -294,6 +299,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise SpecErrors(errors + [e for e in exc.errors if str(e) not in seen]) from None
     if errors:
         raise SpecErrors(errors)
+    for file in shared:
+        names = list(load_vars(file).values)
+        print(f"{file}: OK (shared values: {', '.join(names) if names else 'none'})")
     for config in configs:
         print(f"{config}: OK (configuration: {config.name})")
     for plan in plans:

@@ -47,6 +47,20 @@ def test_check_of_one_file_loads_its_siblings() -> None:
     assert re.fullmatch(r"pipelines/messages\.yaml: OK \(\d+ steps, POST /v1/messages\)", line), line
 
 
+def test_check_of_the_vars_file_checks_it_as_shared_values(tmp_path: Path) -> None:
+    """`engine check pipelines/vars.yaml` checks the file as the shared values it is (not as a
+    pipeline, which it is not), with the pipelines beside it that read it; a broken one is a
+    located error."""
+    r = engine("check", "pipelines/vars.yaml")
+    assert r.returncode == 0, r.stderr
+    [line] = r.stdout.splitlines()
+    assert line.startswith("pipelines/vars.yaml: OK (shared values: ") and "big_model" in line, line
+    (tmp_path / "vars.yaml").write_text("a: 1\nb: ${{ vars.a }}\n")
+    r = engine("check", str(tmp_path / "vars.yaml"))
+    assert r.returncode == 1
+    assert f"{tmp_path / 'vars.yaml'}:2:4: a variable cannot be a reference" in r.stderr, r.stderr
+
+
 BROKEN_A = """
 name: a
 steps:
