@@ -56,9 +56,8 @@ async def measure(engine: Any, body: bytes, path: str, runs: int, record: bool) 
             ctx.recorder = RunRecorder(None, "messages", ctx.request_id, req, stream_items=False)
         try:
             out = await engine.run("messages", req, ctx=ctx)
-            events = getattr(out, "body", None)
-            if hasattr(events, "__anext__"):
-                async for _ in events:
+            if out.stream is not None:  # an engine.types.Reply: its body, or its stream of SSE bytes
+                async for _ in out.stream:
                     pass
         finally:
             await ctx.aclose()
