@@ -289,8 +289,21 @@ def rebuild_error(record: Any, path: str = "error") -> BaseException:
 
 
 _PLAIN = frozenset({dict, list, tuple, str, int, float, bool, bytes, set, frozenset, type(None)})
+_data_types: set[type] = set(_PLAIN)
+"""Classes whose JSON form only their contents decide: plain containers, and the dataclasses
+met so far (added on first sight, so the check per recorded value is one set operation)."""
 _MISSING = object()
 _resolving = threading.Lock()
+
+
+def _all_data(kinds: set[type]) -> bool:
+    new = kinds - _data_types
+    if not all(_dataclass_fields(k) is not None for k in new):
+        return False
+    if len(_data_types) >= 1000:  # classes made on the fly: keep the set bounded
+        _data_types.intersection_update(_PLAIN)
+    _data_types.update(new)
+    return True
 
 
 class Deferred:
@@ -314,14 +327,17 @@ class Deferred:
     def convert(self, memo: dict[tuple[int, bool], Any]) -> Any:
         """The JSON-ready value; `memo` shares the conversion of an object recorded more than
         once in the run (the request, the providers and the profiles go to several steps)."""
-        how, value = self.how, self.value
-        if how == "inputs":  # redact_named(jsonable(kwargs)), with each argument converted once
-            out = {str(k): _converted(v, True, memo) for k, v in value.items()}
-            out = {k: "[REDACTED]" if logs.is_secret_name(k) and v else v for k, v in out.items()}
-            return {"$dict": out} if not TAGS.isdisjoint(out) else out
-        if how == "trace":
-            return trace_rows(*value)
-        return _converted(value, how == "named", memo)
+        return _convert(self.value, self.how, memo)
+
+
+def _convert(value: Any, how: str, memo: dict[tuple[int, bool], Any]) -> Any:
+    if how == "inputs":  # redact_named(jsonable(kwargs)), with each argument converted once
+        out = {str(k): _converted(v, True, memo) for k, v in value.items()}
+        out = {k: "[REDACTED]" if logs.is_secret_name(k) and v else v for k, v in out.items()}
+        return {"$dict": out} if not TAGS.isdisjoint(out) else out
+    if how == "trace":
+        return trace_rows(*value)
+    return _converted(value, how == "named", memo)
 
 
 def _converted(value: Any, named: bool, memo: dict[tuple[int, bool], Any]) -> Any:
@@ -341,10 +357,7 @@ class RunRecord(dict):  # type: ignore[type-arg]
     a `Deferred`. Read it through `resolve` when those values matter."""
 
     __slots__ = ("pending",)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.pending: list[tuple[dict[str, Any], str]] = []
+    pending: list[tuple[dict[str, Any], str]]  # set by RunRecorder (dict's own __init__ is faster)
 
     def defer(self, container: dict[str, Any], key: str, value: Any, how: str) -> None:
         container[key] = Deferred(value, how)
@@ -371,12 +384,6 @@ def resolve(record: Any) -> Any:
                         container[key] = {"$repr": f"not recordable: {type(exc).__name__}: {exc}"[:200]}
                 pending.pop()
     return record
-
-
-def peek(value: Any) -> Any:
-    """A record's value as it was recorded: the object itself while its conversion is deferred
-    (for cheap looks, such as the request body's size, that need no conversion)."""
-    return value.value if isinstance(value, Deferred) else value
 
 
 def trace_rows(trace: list[Any], t0: float) -> list[dict[str, Any]]:
@@ -415,6 +422,7 @@ class RunRecorder:
             calls=[],
             trace=[],
         )
+        self.record.pending = []
         self._note(self.record, "input", input, "named")
         self.finished = False
 
@@ -422,11 +430,15 @@ class RunRecorder:
         """Note `value` at `container[key]`: deferred when it is data whose JSON form only its
         contents decide (plain containers, dataclasses), converted now when it is an object
         `jsonable` can only describe (`$repr`, `$stream`: the description may change)."""
-        kinds = set(map(type, value.values())) if how == "inputs" else {type(value)}
-        if kinds <= _PLAIN or all(k in _PLAIN or _dataclass_fields(k) is not None for k in kinds):
+        if how == "inputs":
+            kinds = set(map(type, value.values()))
+            data = kinds <= _data_types or _all_data(kinds)
+        else:
+            data = type(value) in _data_types or _all_data({type(value)})
+        if data:
             self.record.defer(container, key, value, how)
         else:
-            container[key] = Deferred(value, how).convert({})
+            container[key] = _convert(value, how, {})
 
     def offset(self) -> float:
         return round(time.perf_counter() - self.t0, 6)

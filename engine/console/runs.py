@@ -213,6 +213,7 @@ class Runs:
         self._running_records = 0  # running runs keep theirs too (never dropped while they run)
         self._running: dict[int, RunEntry] = {}  # by id() of the run's record
         self._changed = asyncio.Event()
+        self._waiting = 0  # feeds waiting in `wait`
 
     def started(self, facts: dict[str, Any], record: dict[str, Any], live_trace: Callable[[], list[dict[str, Any]]]) -> RunEntry:
         """A run began: list it as running, its trace read live until it ends."""
@@ -275,8 +276,9 @@ class Runs:
         self.version += 1
         entry.version = self.version
         entry._summary = None
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        if self._waiting:  # else nobody is woken: the event stays as it is, unset
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
 
     def get(self, key: str) -> RunEntry | None:
         return self._entries.get(key)
@@ -290,10 +292,13 @@ class Runs:
 
     async def wait(self, timeout: float) -> None:
         """Return when a run starts or ends, or after `timeout` seconds."""
+        self._waiting += 1
         try:
             await asyncio.wait_for(self._changed.wait(), timeout)
         except TimeoutError:
             pass
+        finally:
+            self._waiting -= 1
 
 
 def _mtime(path: Path) -> float:
