@@ -293,7 +293,6 @@ _data_types: set[type] = set(_PLAIN)
 """Classes whose JSON form only their contents decide: plain containers, and the dataclasses
 met so far (added on first sight, so the check per recorded value is one set operation)."""
 _MISSING = object()
-_resolving = threading.Lock()
 
 
 def _all_data(kinds: set[type]) -> bool:
@@ -356,8 +355,10 @@ class RunRecord(dict):  # type: ignore[type-arg]
     """A run's record: a plain dict to every reader (and to orjson), plus where it still holds
     a `Deferred`. Read it through `resolve` when those values matter."""
 
-    __slots__ = ("pending",)
-    pending: list[tuple[dict[str, Any], str]]  # set by RunRecorder (dict's own __init__ is faster)
+    __slots__ = ("pending", "lock")
+    # Both set by RunRecorder (dict's own __init__ is faster than one of ours).
+    pending: list[tuple[dict[str, Any], str]]
+    lock: threading.Lock  # the record's own: a page waits only for the conversion of its run
 
     def defer(self, container: dict[str, Any], key: str, value: Any, how: str) -> None:
         container[key] = Deferred(value, how)
@@ -372,7 +373,7 @@ def resolve(record: Any) -> Any:
     fails (a `repr` that raises) leaves a `$repr` saying so. Plain dicts pass unchanged."""
     pending = getattr(record, "pending", None)
     if pending:
-        with _resolving:
+        with record.lock:
             memo: dict[tuple[int, bool], Any] = {}
             while pending:
                 container, key = pending[-1]
@@ -422,7 +423,7 @@ class RunRecorder:
             calls=[],
             trace=[],
         )
-        self.record.pending = []
+        self.record.pending, self.record.lock = [], threading.Lock()
         self._note(self.record, "input", input, "named")
         self.finished = False
 

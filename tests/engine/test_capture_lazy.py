@@ -175,3 +175,23 @@ def test_a_value_that_cannot_be_converted_breaks_neither_the_page_nor_the_writer
     record = resolve(recorder.record)
     assert record["calls"][0]["input"] == {"$repr": "not recordable: RuntimeError: no"} and entry is record["calls"][0]
     assert orjson.loads(serialize(record))["calls"][0]["input"]["$repr"].startswith("not recordable")
+
+
+def test_the_console_and_the_writer_resolving_one_record_together_see_it_whole() -> None:
+    """The writer converts on its thread while a page asks for the same record: whoever comes
+    second waits, and neither sees a value still deferred."""
+    import threading
+
+    big = {"messages": [{"role": "user", "content": f"message {i}", "n": list(range(20))} for i in range(3000)]}
+    for _ in range(5):
+        recorder = RunRecorder(None, "p", "req_1", _request())
+        for i in range(4):
+            recorder.returned(recorder.call("p", f"s{i}", {"body": big, "request": _request()}), big)
+        record = recorder.record
+        seen: list[Any] = []
+        writer = threading.Thread(target=lambda: seen.append(orjson.loads(serialize(record))))
+        writer.start()
+        page = resolve(record)
+        writer.join()
+        assert not any(isinstance(v, capture.Deferred) for c in page["calls"] for v in c.values())
+        assert page["calls"][3]["output"] == jsonable(big) and seen[0]["calls"][3]["output"] == jsonable(big)
