@@ -2,9 +2,10 @@
 
 That is only right while the values passed along the graph's edges stay as they were when a
 recorded step got them (or returned them). The shipped pipelines are held to it here: every
-recorded value is converted at call time too, and must equal what the record shows when the
-console or the capture writer converts it at the end, for JSON and streamed Messages requests,
-count_tokens, the model list and the /agent tool loop (whose turns and tool runs are recorded).
+recorded value (and every item of a recorded stream) is converted at call time too, and must
+equal what the record shows when the console or the capture writer converts it at the end,
+for JSON and streamed Messages requests, count_tokens, the model list and the /agent tool
+loop (whose turns and tool runs are recorded).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 
 from engine import capture
 from engine.capture import RunRecorder, jsonable, redact_named, resolve, serialize
+from engine.streams import aclose_quietly
 from engine.types import Request
 from tests.console.conftest import console_gateway
 
@@ -31,10 +33,11 @@ class _Snapshot(_Deferred):
     __slots__ = ("at_call",)
     made: list[_Snapshot] = []
     seen: list[tuple[_Snapshot, Any]] = []
+    streams: list[tuple[dict[str, Any], list[Any]]] = []  # (call entry, its items converted as they came)
 
     def __init__(self, value: Any, how: str) -> None:
         super().__init__(value, how)
-        self.at_call = _Deferred(value, how).convert({})
+        self.at_call = _Deferred(value, how).convert({}) if how != "items" else None  # items: see `streams`
         _Snapshot.made.append(self)
 
     def convert(self, memo: dict[tuple[int, bool], Any]) -> Any:
@@ -45,23 +48,44 @@ class _Snapshot(_Deferred):
 
 @pytest.fixture
 def snapshots(monkeypatch: pytest.MonkeyPatch) -> type[_Snapshot]:
-    _Snapshot.made, _Snapshot.seen = [], []
+    _Snapshot.made, _Snapshot.seen, _Snapshot.streams = [], [], []
     monkeypatch.setattr(capture, "Deferred", _Snapshot)
+    recording_stream = capture.recording_stream
+
+    def spied(it: Any, entry: dict[str, Any], recorder: RunRecorder) -> Any:
+        came: list[Any] = []
+        _Snapshot.streams.append((entry, came))
+
+        async def items() -> Any:
+            try:
+                async for item in it:
+                    came.append(jsonable(item))
+                    yield item
+            finally:
+                await aclose_quietly(it)
+
+        return recording_stream(items(), entry, recorder)
+
+    monkeypatch.setattr(capture, "recording_stream", spied)
     return _Snapshot
 
 
-def _assert_unchanged_since_call(snap: type[_Snapshot], pipelines: set[str]) -> None:
+def _assert_unchanged_since_call(snap: type[_Snapshot], streams: int) -> None:
     assert snap.made and len(snap.seen) == len(snap.made), "every deferred value was converted once"
-    changed = [(s.how, s.at_call, out) for s, out in snap.seen if out != s.at_call]
+    changed = [(s.how, s.at_call, out) for s, out in snap.seen if s.how != "items" and out != s.at_call]
     assert not changed, f"recorded values changed after the call: {changed[:2]}"
     recorded = {(s.how, type(s.value).__name__) for s in snap.made}
     assert ("named", "Request") in recorded and ("inputs", "dict") in recorded and ("trace", "tuple") in recorded
-    assert pipelines
+    assert len(snap.streams) == streams
+    for entry, came in snap.streams:
+        assert came and [item for _at, item in entry["items"]] == came, "stream items changed after they came"
 
 
-def test_messages_count_tokens_and_models_records_show_values_as_at_call_time(snapshots: type[_Snapshot]) -> None:
-    """Console only (capture off): the record is converted when its run page is asked for."""
-    with console_gateway() as gw, gw.http() as client:
+@pytest.mark.parametrize("capturing", [False, True], ids=["console", "capture"])
+def test_messages_count_tokens_and_models_records_show_values_as_at_call_time(tmp_path: Path, snapshots: type[_Snapshot], capturing: bool) -> None:
+    """Console only (capture off): the record is converted when its run page is asked for.
+    Capture on: the writer converts it on its thread, stream items included."""
+    with console_gateway(**({"capture": tmp_path / "c"} if capturing else {})) as gw, gw.http() as client:
         assert gw.message(client, "lazy-json").status_code == 200
         with client.stream("POST", "/v1/messages", json={"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": True, "messages": [{"role": "user", "content": "hi"}]}) as r:
             assert r.status_code == 200 and "message_stop" in r.read().decode()
@@ -74,9 +98,15 @@ def test_messages_count_tokens_and_models_records_show_values_as_at_call_time(sn
             time.sleep(0.02)
         entries = runs.all()
         assert len(entries) == 4 and all(e.record is not None for e in entries)
-        assert not snapshots.seen  # nothing converted while nobody looked
+        if capturing:
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline and gw.engine.capture.written < 4:
+                time.sleep(0.02)
+            assert gw.engine.capture.written == 4
+        else:
+            assert not snapshots.seen  # nothing converted while nobody looked
         summaries = [e.summary() for e in entries]  # what the runs list shows needs no conversion
-        assert not snapshots.seen
+        assert len(snapshots.seen) == (len(snapshots.made) if capturing else 0)
         assert [s["requested"] for s in summaries] == ["claude-sonnet-4-5", "claude-sonnet-4-5", "claude-sonnet-4-5", None]
         for e in entries:
             record = e.full_record()
@@ -84,7 +114,7 @@ def test_messages_count_tokens_and_models_records_show_values_as_at_call_time(sn
             assert client.get(f"/console/runs/{e.key}").status_code == 200
         calls = {(c["pipeline"], c["step"]) for e in entries for c in e.full_record()["calls"]}
         assert {("turn", "profiles"), ("turn", "prices"), ("turn", "calibration"), ("turn", "call"), ("count_tokens", "calibration"), ("models", "profiles")} <= calls
-    _assert_unchanged_since_call(snapshots, {e.pipeline for e in entries})
+    _assert_unchanged_since_call(snapshots, streams=1 if capturing else 0)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
@@ -97,7 +127,9 @@ def test_tool_loop_records_show_values_as_at_call_time(tmp_path: Path, snapshots
     [record] = [orjson.loads(line) for line in path.read_text().splitlines()]
     steps = [(c["pipeline"], c["step"]) for c in record["calls"]]
     assert steps.count(("tool", "run")) == 2 and steps.count(("turn", "call")) == 3
-    _assert_unchanged_since_call(snapshots, {record["pipeline"]})
+    _assert_unchanged_since_call(snapshots, streams=3 if stream else 0)
+    if stream:
+        assert [c.get("items") for c in record["calls"] if c["step"] == "call"] == [entry["items"] for entry, _ in snapshots.streams]
 
 
 def _request(body: bytes = b'{"model": "claude-x"}') -> Request:
