@@ -10,7 +10,9 @@ Durability: a record is serialised whole, then written with a single `write()` o
 opened `O_APPEND`, so concurrent runs never interleave and `kill -9` never leaves half a record
 (a short write, e.g. on ENOSPC, is cut back off). Writing happens on one background thread, so
 a slow disk never slows a request, and a failed write is logged (at most every 10 s) and
-counted, never raised: capture must not fail the user's request. Files are 0600 in a 0700
+counted, never raised: capture must not fail the user's request. Making the recorded values
+JSON-ready happens there too: a run notes references (`Deferred`) and the writer, or the web
+console when it shows the run, converts them (`resolve`). Files are 0600 in a 0700
 directory and rotate by size, keeping a bounded number.
 
 Reading is the other half (engine/capture_reader.py, engine/replay.py): a capture file may

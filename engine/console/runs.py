@@ -6,8 +6,10 @@ the same place), with the access facts (status, outcome, duration and whatever f
 pipelines add: model, fallback, tokens, cost) and the run record that
 `engine.capture.RunRecorder` collects (redacted input, recorded step calls, trace, the
 answer as sent). The record is finished right after the access line, before anyone can read
-it. Only the newest runs keep their record (50, and about 64 MB: a coding agent's request with
-its history is megabytes); older ones keep their facts and what failed.
+it. Its recorded values stay the objects the run passed until a page shows the run
+(`RunEntry.full_record`); the list reads what it needs without converting them. Only the
+newest runs keep their record (50, and about 64 MB: a coding agent's request with its
+history is megabytes); older ones keep their facts and what failed.
 
 With capture on, the capture directory is indexed too, read incrementally (only the bytes
 appended since the last look), so runs from before a restart and from other workers appear.
