@@ -10,7 +10,9 @@ Durability: a record is serialised whole, then written with a single `write()` o
 opened `O_APPEND`, so concurrent runs never interleave and `kill -9` never leaves half a record
 (a short write, e.g. on ENOSPC, is cut back off). Writing happens on one background thread, so
 a slow disk never slows a request, and a failed write is logged (at most every 10 s) and
-counted, never raised: capture must not fail the user's request. Files are 0600 in a 0700
+counted, never raised: capture must not fail the user's request. Making the recorded values
+JSON-ready happens there too: a run notes references (`Deferred`) and the writer, or the web
+console when it shows the run, converts them (`resolve`). Files are 0600 in a 0700
 directory and rotate by size, keeping a bounded number.
 
 Reading is the other half (engine/capture_reader.py, engine/replay.py): a capture file may
@@ -115,8 +117,9 @@ def jsonable(value: Any) -> Any:
             return {"$bytes": value.decode("utf-8")}
         except UnicodeDecodeError:
             return {"$base64": base64.b64encode(value).decode()}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    names = _dataclass_fields(type(value))
+    if names is not None:
+        fields = {name: getattr(value, name) for name in names}
         if "headers" in fields:
             fields["headers"] = redact_headers(fields["headers"])
         return {"$type": type_name(type(value)), **{k: jsonable(v) for k, v in fields.items()}}
@@ -125,6 +128,23 @@ def jsonable(value: Any) -> Any:
     if hasattr(value, "__anext__"):
         return {"$stream": True}
     return {"$repr": repr(value)[:200]}
+
+
+_field_names: dict[type, tuple[str, ...] | None] = {}
+
+
+def _dataclass_fields(cls: type) -> tuple[str, ...] | None:
+    """The field names of a dataclass (None for any other class), looked up once per class:
+    `dataclasses.fields` walks the class's fields and filters them on every call."""
+    try:
+        return _field_names[cls]
+    except KeyError:
+        pass
+    names = tuple(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else None
+    if len(_field_names) >= 1000:  # classes made on the fly: keep the cache bounded
+        _field_names.clear()
+    _field_names[cls] = names
+    return names
 
 
 def from_jsonable(value: Any, path: str = "") -> Any:
@@ -270,8 +290,131 @@ def rebuild_error(record: Any, path: str = "error") -> BaseException:
     return exc
 
 
+_PLAIN = frozenset({dict, list, tuple, str, int, float, bool, bytes, set, frozenset, type(None)})
+_data_types: set[type] = set(_PLAIN)
+"""Classes whose JSON form only their contents decide: plain containers, and the dataclasses
+met so far (added on first sight, so the check per recorded value is one set operation)."""
+_MISSING = object()
+
+
+def _all_data(kinds: set[type]) -> bool:
+    new = kinds - _data_types
+    if not all(_dataclass_fields(k) is not None for k in new):
+        return False
+    if len(_data_types) >= 1000:  # classes made on the fly: keep the set bounded
+        _data_types.intersection_update(_PLAIN)
+    _data_types.update(new)
+    return True
+
+
+class Deferred:
+    """A recorded value kept as the object it is until the record is read.
+
+    Making every recorded input and output JSON-ready (and masking secret names) at call
+    time cost about a fifth of a small request's CPU, for a record that is only read when the
+    web console shows the run or a capture writes it. So the record holds a reference, and
+    `resolve` converts it then. That is the value the step saw because values passed along
+    the graph's edges are not changed after they are passed (tests/engine/test_capture_lazy.py
+    holds the shipped pipelines to it); objects `jsonable` can only describe are converted at
+    once (`RunRecorder`), since their description may change.
+    """
+
+    __slots__ = ("value", "how")
+
+    def __init__(self, value: Any, how: str) -> None:
+        self.value = value
+        self.how = how  # "named": redact_named(jsonable()); "plain": jsonable(); "inputs": a call's kwargs; "trace"; "items"
+
+    def convert(self, memo: dict[tuple[int, bool], Any]) -> Any:
+        """The JSON-ready value; `memo` shares the conversion of an object recorded more than
+        once in the run (the request, the providers and the profiles go to several steps)."""
+        return _convert(self.value, self.how, memo)
+
+
+def _convert(value: Any, how: str, memo: dict[tuple[int, bool], Any]) -> Any:
+    if how == "inputs":  # redact_named(jsonable(kwargs)), with each argument converted once
+        out = {str(k): _converted(v, True, memo) for k, v in value.items()}
+        out = {k: "[REDACTED]" if logs.is_secret_name(k) and v else v for k, v in out.items()}
+        return {"$dict": out} if not TAGS.isdisjoint(out) else out
+    if how == "trace":
+        return trace_rows(*value)
+    if how == "items":  # a recorded stream's [offset, item] pairs
+        return [[at, item.value if type(item) is _Converted else jsonable(item)] for at, item in value]
+    return _converted(value, how == "named", memo)
+
+
+def _converted(value: Any, named: bool, memo: dict[tuple[int, bool], Any]) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    key = (id(value), named)
+    found = memo.get(key, _MISSING)
+    if found is _MISSING:
+        # The value is kept in the memo with its conversion, so its id cannot be reused.
+        memo[key] = (value, redact_named(jsonable(value)) if named else jsonable(value))
+        return memo[key][1]
+    return found[1]
+
+
+class _Converted:
+    """A stream item converted when it came: `jsonable` could only describe it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class RunRecord(dict):  # type: ignore[type-arg]
+    """A run's record: a plain dict to every reader (and to orjson), plus where it still holds
+    a `Deferred`. Read it through `resolve` when those values matter."""
+
+    __slots__ = ("pending", "lock")
+    # Both set by RunRecorder (dict's own __init__ is faster than one of ours).
+    pending: list[tuple[dict[str, Any], str]]
+    lock: threading.Lock  # the record's own: a page waits only for the conversion of its run
+
+    def defer(self, container: dict[str, Any], key: str, value: Any, how: str) -> None:
+        container[key] = Deferred(value, how)
+        self.pending.append((container, key))
+
+
+def resolve(record: Any) -> Any:
+    """`record` with every deferred value converted, in place, and returned.
+
+    The web console (on the event loop) and the capture writer (on its thread) may both ask;
+    one converts while the other waits, so no reader sees a `Deferred`. A conversion that
+    fails (a `repr` that raises) leaves a `$repr` saying so. Plain dicts pass unchanged."""
+    pending = getattr(record, "pending", None)
+    if pending:
+        with record.lock:
+            memo: dict[tuple[int, bool], Any] = {}
+            while pending:
+                container, key = pending[-1]
+                value = container.get(key)
+                if isinstance(value, Deferred):
+                    try:
+                        container[key] = value.convert(memo)
+                    except Exception as exc:  # a record must never break the page or the writer
+                        container[key] = {"$repr": f"not recordable: {type(exc).__name__}: {exc}"[:200]}
+                pending.pop()
+    return record
+
+
+def trace_rows(trace: list[Any], t0: float) -> list[dict[str, Any]]:
+    """A run's trace `(pipeline, step, outcome, attempts, start, end)` as the record keeps it:
+    offsets in seconds from the run's start."""
+    return [
+        {"pipeline": p, "step": s, "outcome": o, "attempts": a, "start": round(max(b - t0, 0.0), 6), "end": round(max(e - t0, 0.0), 6)}
+        for p, s, o, a, b, e in trace
+    ]
+
+
 class RunRecorder:
     """Collects one run's record; `finish()` hands it to the writer.
+
+    The run's input, each recorded call's inputs and outputs and the trace are noted as
+    references and converted when the record is read (`Deferred`, `resolve`): the web console
+    keeps a record of every run even with capture off, and nearly all are never looked at.
 
     `stream_items=False` keeps a recorded step's inputs but not the items of a stream it
     returns (noting `"stream": "not recorded"`): about 15 us less per streamed chunk, for the
@@ -282,18 +425,34 @@ class RunRecorder:
         self.writer = writer
         self.stream_items = stream_items
         self.t0 = time.perf_counter()
-        self.record: dict[str, Any] = {
-            "format": FORMAT,
-            "pipeline": pipeline,
-            "request_id": request_id,
-            "started_at": time.time(),
-            "input": redact_named(jsonable(input)),
-            "ids": [],
-            "times": [],
-            "calls": [],
-            "trace": [],
-        }
+        self.record = RunRecord(
+            format=FORMAT,
+            pipeline=pipeline,
+            request_id=request_id,
+            started_at=time.time(),
+            input=None,
+            ids=[],
+            times=[],
+            calls=[],
+            trace=[],
+        )
+        self.record.pending, self.record.lock = [], threading.Lock()
+        self._note(self.record, "input", input, "named")
         self.finished = False
+
+    def _note(self, container: dict[str, Any], key: str, value: Any, how: str) -> None:
+        """Note `value` at `container[key]`: deferred when it is data whose JSON form only its
+        contents decide (plain containers, dataclasses), converted now when it is an object
+        `jsonable` can only describe (`$repr`, `$stream`: the description may change)."""
+        if how == "inputs":
+            kinds = set(map(type, value.values()))
+            data = kinds <= _data_types or _all_data(kinds)
+        else:
+            data = type(value) in _data_types or _all_data({type(value)})
+        if data:
+            self.record.defer(container, key, value, how)
+        else:
+            container[key] = _convert(value, how, {})
 
     def offset(self) -> float:
         return round(time.perf_counter() - self.t0, 6)
@@ -305,10 +464,17 @@ class RunRecorder:
         self.record["times"].append(value)
 
     def call(self, pipeline: str, step: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Start the record of one call of a recorded step; fill it with `output`/`error`."""
-        entry = {"pipeline": pipeline, "step": step, "at": self.offset(), "input": redact_named(jsonable(kwargs))}
+        """Start the record of one call of a recorded step; fill it with `returned`/`error`.
+
+        `kwargs` must be a dict of its own (the call's inputs), not one the step may change."""
+        entry: dict[str, Any] = {"pipeline": pipeline, "step": step, "at": self.offset(), "input": None}
+        self._note(entry, "input", kwargs, "inputs")
         self.record["calls"].append(entry)
         return entry
+
+    def returned(self, entry: dict[str, Any], value: Any) -> None:
+        """What a recorded call returned (not a stream: see `recording_stream`)."""
+        self._note(entry, "output", value, "plain")
 
     def finish(self, *, output: Any, outcome: str, trace: list[Any] | None = None) -> None:
         if self.finished:
@@ -317,23 +483,26 @@ class RunRecorder:
         self.record["outcome"] = outcome
         self.record["output"] = output
         self.record["duration"] = self.offset()
-        if trace is not None:
-            self.record["trace"] = [
-                {"pipeline": p, "step": s, "outcome": o, "attempts": a, "start": round(max(b - self.t0, 0.0), 6), "end": round(max(e - self.t0, 0.0), 6)}
-                for p, s, o, a, b, e in trace
-            ]
+        if trace is not None:  # copied: steps still winding down may add to the run's trace
+            self.record.defer(self.record, "trace", (list(trace), self.t0), "trace")
         if self.writer is not None:
             self.writer.submit(self.record)
 
 
 async def recording_stream(it: Any, entry: dict[str, Any], recorder: RunRecorder) -> Any:
-    """Pass a stream through, noting each item and its offset from the stream's start."""
+    """Pass a stream through, noting each item and its offset from the stream's start.
+
+    Items that are data are kept as they are and converted when the record is read (about
+    5 us a chunk less); the list is deferred again when the stream ends, in case someone
+    read the record while it went on (that reading converted the items so far, once)."""
     items: list[Any] = []
-    entry["items"] = items
+    record = recorder.record
+    record.defer(entry, "items", items, "items")
     t0 = time.perf_counter()
+    data = _data_types
     try:
         async for item in it:
-            items.append([round(time.perf_counter() - t0, 6), jsonable(item)])
+            items.append([round(time.perf_counter() - t0, 6), item if type(item) in data else _Converted(jsonable(item))])
             yield item
         entry["end"] = "ok"
     except GeneratorExit:
@@ -347,6 +516,8 @@ async def recording_stream(it: Any, entry: dict[str, Any], recorder: RunRecorder
         entry["end"] = "cancelled"
         raise
     finally:
+        if not isinstance(entry.get("items"), Deferred):
+            record.defer(entry, "items", items, "items")
         await aclose_quietly(it)
 
 
@@ -482,6 +653,8 @@ class CaptureWriter:
 
 
 def serialize(record: dict[str, Any]) -> bytes:
-    """One record as one line, with every known secret value scrubbed from it."""
+    """One record as one line, with every known secret value scrubbed from it (its deferred
+    values converted first: on the writer's thread, off the requests' way)."""
+    resolve(record)
     text = orjson.dumps(record, default=lambda v: jsonable(v)).decode("utf-8")
     return (logs.scrub_known(text) + "\n").encode("utf-8")

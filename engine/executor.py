@@ -630,7 +630,7 @@ class _Run:
                 entry["stream"] = "not recorded"
                 return value
             return capture.recording_stream(value, entry, self.ctx.recorder)
-        entry["output"] = capture.jsonable(value)
+        self.ctx.recorder.returned(entry, value)  # converted when the record is read
         return value
 
     async def primed(self, node: Node, it: Any, release: Any, attempt: int, start: float) -> Any:

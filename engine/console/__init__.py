@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from engine.capture import trace_rows
 from engine.console.runs import CaptureIndex, Runs
 
 if TYPE_CHECKING:
@@ -56,10 +57,7 @@ class Console:
         t0 = recorder.t0
 
         def live_trace() -> list[dict[str, Any]]:  # the shape RunRecorder.finish gives the trace
-            return [
-                {"pipeline": p, "step": s, "outcome": o, "attempts": a, "start": round(max(b - t0, 0.0), 6), "end": round(max(e - t0, 0.0), 6)}
-                for p, s, o, a, b, e in list(ctx.trace)
-            ]
+            return trace_rows(list(ctx.trace), t0)
 
         self.runs.started({"request_id": ctx.request_id, "pipeline": ctx.pipeline}, recorder.record, live_trace)
 

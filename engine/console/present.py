@@ -112,7 +112,7 @@ def _attempt(n: int, call: dict[str, Any]) -> dict[str, Any]:
 
 def run_view(entry: RunEntry, plans: dict[str, Plan]) -> dict[str, Any]:
     """What the run page shows of one run."""
-    record = entry.record or {}
+    record = entry.full_record() or {}
     if entry.running and entry.live_trace is not None:  # what it did so far
         record = {**record, "trace": entry.live_trace(), "duration": max(time.time() - entry.started_at, 0.0)}
     trace = record.get("trace") or []
@@ -201,10 +201,11 @@ async def replay(engine: Any, entries: list[RunEntry]) -> list[dict[str, Any]]:
     try:
         for e in entries:
             label = f"{e.request_id} ({e.pipeline})"
-            if e.record is None:
+            record = e.full_record()
+            if record is None:
                 results.append({"key": e.key, "label": label, "skipped": "its record is no longer kept in memory", "same": False, "changes": [], "ms": 0.0})
                 continue
-            r = await replay_one(copy, Captured(e.source, 0, e.record))
+            r = await replay_one(copy, Captured(e.source, 0, record))
             changes = [scrubbed(c) for c in r.changes]  # the lines `engine replay` prints
             results.append({"key": e.key, "label": label, "skipped": r.skipped, "same": r.same and not r.skipped, "changes": changes, "ms": r.seconds * 1000})
     finally:

@@ -6,8 +6,10 @@ the same place), with the access facts (status, outcome, duration and whatever f
 pipelines add: model, fallback, tokens, cost) and the run record that
 `engine.capture.RunRecorder` collects (redacted input, recorded step calls, trace, the
 answer as sent). The record is finished right after the access line, before anyone can read
-it. Only the newest runs keep their record (50, and about 64 MB: a coding agent's request with
-its history is megabytes); older ones keep their facts and what failed.
+it. Its recorded values stay the objects the run passed until a page shows the run
+(`RunEntry.full_record`); the list reads what it needs without converting them. Only the
+newest runs keep their record (50, and about 64 MB: a coding agent's request with its
+history is megabytes); older ones keep their facts and what failed.
 
 With capture on, the capture directory is indexed too, read incrementally (only the bytes
 appended since the last look), so runs from before a restart and from other workers appear.
@@ -25,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from engine.capture import Deferred, resolve
+from engine.types import Request
 
 KNOWN_FACTS = ("model", "fallback", "route", "status", "outcome", "duration_ms")
 """Access-line fields shown first, in this order; every other field follows, as it came."""
@@ -49,14 +54,26 @@ def ordered_facts(facts: dict[str, Any]) -> list[tuple[str, Any]]:
     return [(k, facts[k]) for k in (*[k for k in KNOWN_FACTS if k in facts], *usage, *other)]
 
 
+def _body(record: dict[str, Any] | None) -> Any:
+    """The `body` of a run's input as its record shows it, without converting the record: the
+    bytes themselves while a `Request` input is still deferred (the record will show them as
+    `$bytes` text, or `$base64` when they are not UTF-8)."""
+    inp = (record or {}).get("input")
+    if isinstance(inp, Deferred):
+        if isinstance(inp.value, Request):
+            return inp.value.body
+        inp = inp.convert({})
+    return inp.get("body") if isinstance(inp, dict) else None
+
+
 def requested_model(record: dict[str, Any] | None) -> str | None:
     """The model the client asked for, when its request body is a JSON object with `model`.
 
     Most model APIs name it so; for any other body this is simply absent."""
-    body = ((record or {}).get("input") or {}).get("body") if isinstance((record or {}).get("input"), dict) else None
+    body = _body(record)
     if isinstance(body, dict) and "$bytes" in body:
         body = body["$bytes"]
-    if isinstance(body, str):
+    if isinstance(body, (str, bytes)):
         try:
             body = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -107,6 +124,11 @@ class RunEntry:
     def failed(self) -> bool:
         return self.status >= 400 or self.outcome not in {"ok", "?", "running"}
 
+    def full_record(self) -> dict[str, Any] | None:
+        """The record with every recorded value JSON-ready: converted now if it was deferred
+        (`engine.capture.resolve`). `record` itself is for looks that need no conversion."""
+        return resolve(self.record) if self.record is not None else None
+
     def summary(self) -> dict[str, Any]:
         """What a row of the runs table shows (also the JSON pushed over Server-Sent Events)."""
         if self._summary is None or self.running:
@@ -141,14 +163,32 @@ class RunEntry:
 def _weight(record: dict[str, Any]) -> int:
     """A run record's rough size: its request body three times over (the record holds the
     request, and each recorded call's inputs usually hold it again, converted), plus 4 KB."""
-    body = (record.get("input") or {}).get("body") if isinstance(record.get("input"), dict) else None
+    body = _body(record)
     if isinstance(body, dict):
         body = body.get("$bytes") or body.get("$base64")
+    elif isinstance(body, bytes):  # still deferred: the length of the text the record will hold
+        return 3 * _text_length(body) + 4096
     return 3 * (len(body) if isinstance(body, (str, bytes)) else 0) + 4096
 
 
+def _text_length(body: bytes) -> int:
+    """The length of `body` as a record holds it: UTF-8 text, else base64."""
+    if body.isascii():
+        return len(body)
+    try:
+        return len(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        return 4 * ((len(body) + 2) // 3)
+
+
+_FAILED = frozenset({"error", "timeout"})
+
+
 def _failed_steps(record: dict[str, Any] | None) -> list[str]:
-    return [f"{t.get('pipeline')}.{t.get('step')}" for t in (record or {}).get("trace") or [] if t.get("outcome") in {"error", "timeout"}]
+    trace = (record or {}).get("trace") or []
+    if isinstance(trace, Deferred):  # the run's own (pipeline, step, outcome, ...) rows, not yet converted
+        return [f"{t[0]}.{t[1]}" for t in trace.value[0] if t[2] in _FAILED]
+    return [f"{t.get('pipeline')}.{t.get('step')}" for t in trace if t.get("outcome") in _FAILED]
 
 
 class Runs:
@@ -157,6 +197,10 @@ class Runs:
     A run is listed from its start (`started`, outcome "running") and updated when it ends
     (`add`). Every change takes the next `version`, so a feed that saw version N asks for
     what changed after N and gets new runs and finished ones alike.
+
+    Records are dropped oldest-finished first, never while their run is running; the finished
+    ones wait in a queue of their own and the running ones are only counted, so a new run costs
+    the same however many runs are in flight.
     """
 
     def __init__(self, keep: int = 1000, detailed: int = 50, detail_bytes: int = 64 * 1024 * 1024) -> None:
@@ -167,18 +211,19 @@ class Runs:
         self.version = 0
         self._keys = 0
         self._entries: OrderedDict[str, RunEntry] = OrderedDict()
-        self._with_record: deque[RunEntry] = deque()
+        self._with_record: deque[RunEntry] = deque()  # finished runs that keep their record, oldest first
+        self._running_records = 0  # running runs keep theirs too (never dropped while they run)
         self._running: dict[int, RunEntry] = {}  # by id() of the run's record
         self._changed = asyncio.Event()
+        self._waiting = 0  # feeds waiting in `wait`
 
     def started(self, facts: dict[str, Any], record: dict[str, Any], live_trace: Callable[[], list[dict[str, Any]]]) -> RunEntry:
         """A run began: list it as running, its trace read live until it ends."""
         started = record.get("started_at")
-        entry = self._new(float(started) if isinstance(started, (int, float)) else time.time(), {**facts, "outcome": "running"}, record)
-        entry.live_trace = live_trace
+        entry = self._new(float(started) if isinstance(started, (int, float)) else time.time(), {**facts, "outcome": "running"}, record, live_trace)
         self._running[id(record)] = entry
         while len(self._running) > self.keep:  # a run that never reported its end (cancelled at shutdown)
-            self._running.pop(next(iter(self._running))).live_trace = None
+            self._ended(self._running.pop(next(iter(self._running))))
         self._changed_now(entry)
         return entry
 
@@ -191,40 +236,51 @@ class Runs:
                 started = time.time() - float(facts.get("duration_ms") or 0) / 1000
             entry = self._new(float(started), dict(facts), record)
         else:
-            entry.facts, entry.live_trace = dict(facts), None
+            entry.facts = dict(facts)
+            self._ended(entry)
             if entry.key not in self._entries:  # aged out while it ran: list it again
                 self._entries[entry.key] = entry
         self._changed_now(entry)
         return entry
 
-    def _new(self, started: float, facts: dict[str, Any], record: dict[str, Any] | None) -> RunEntry:
+    def _new(self, started: float, facts: dict[str, Any], record: dict[str, Any] | None, live_trace: Callable[[], list[dict[str, Any]]] | None = None) -> RunEntry:
         self._keys += 1
-        entry = RunEntry(str(self._keys), started, facts, record)
+        entry = RunEntry(str(self._keys), started, facts, record, live_trace=live_trace)
         self._entries[entry.key] = entry
         while len(self._entries) > self.keep:
             self._entries.popitem(last=False)
         if record is not None:
             entry.weight = _weight(record)
             self._held += entry.weight
-            self._with_record.append(entry)
-            while len(self._with_record) > 1 and (len(self._with_record) > self.detailed or self._held > self.detail_bytes):
-                old = self._with_record.popleft()
-                if old.running:  # still running: keep it, and drop the next oldest instead
-                    self._with_record.append(old)
-                    if all(e.running for e in self._with_record):
-                        break
-                    continue
+            if entry.running:
+                self._running_records += 1
+            else:
+                self._with_record.append(entry)
+            kept = self._with_record
+            # The newest run keeps its record whatever it weighs.
+            while kept and kept[0] is not entry and (len(kept) + self._running_records > self.detailed or self._held > self.detail_bytes):
+                old = kept.popleft()
                 old.failed_steps = _failed_steps(old.record)
                 old.record = None
                 self._held -= old.weight
         return entry
 
+    def _ended(self, entry: RunEntry) -> None:
+        """`entry` is no longer running: its record may now be dropped like any other."""
+        if entry.live_trace is None:
+            return
+        entry.live_trace = None
+        if entry.record is not None:
+            self._running_records -= 1
+            self._with_record.append(entry)
+
     def _changed_now(self, entry: RunEntry) -> None:
         self.version += 1
         entry.version = self.version
         entry._summary = None
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        if self._waiting:  # else nobody is woken: the event stays as it is, unset
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
 
     def get(self, key: str) -> RunEntry | None:
         return self._entries.get(key)
@@ -238,10 +294,13 @@ class Runs:
 
     async def wait(self, timeout: float) -> None:
         """Return when a run starts or ends, or after `timeout` seconds."""
+        self._waiting += 1
         try:
             await asyncio.wait_for(self._changed.wait(), timeout)
         except TimeoutError:
             pass
+        finally:
+            self._waiting -= 1
 
 
 def _mtime(path: Path) -> float:

@@ -115,3 +115,43 @@ def test_kept_records_are_bounded_by_size_too() -> None:
     for i in range(5):
         runs.add({"request_id": f"r{i}", "pipeline": "p", "status": 200, "outcome": "ok"}, {"input": {"body": body}, "trace": []})
     assert [e.record is not None for e in runs.all()] == [False, False, False, False, True]
+
+
+def test_a_running_run_keeps_its_record_and_the_oldest_finished_ones_go_first() -> None:
+    """Records are dropped oldest-finished first, never while the run is running, and the
+    newest run keeps its record however many are in flight."""
+    runs = Runs(detailed=2)
+    records = [{"trace": [], "started_at": 1000.0 + i} for i in range(4)]
+    running = [runs.started({"request_id": f"r{i}", "pipeline": "p"}, records[i], lambda: []) for i in range(3)]
+    assert all(e.record is not None and e.running for e in running)  # 3 in flight > 2: none dropped
+    runs.add({"request_id": "r1", "pipeline": "p", "status": 200, "outcome": "ok"}, records[1])
+    runs.add({"request_id": "r0", "pipeline": "p", "status": 200, "outcome": "ok"}, records[0])
+    assert all(e.record is not None for e in running)  # nothing is dropped when a run ends
+    runs.started({"request_id": "r3", "pipeline": "p"}, records[3], lambda: [])
+    # r2 and r3 run; r1 finished first, then r0: both go, r1 first, as two are running.
+    assert [e.request_id for e in runs.all() if e.record is not None] == ["r2", "r3"]
+    runs.add({"request_id": "r2", "pipeline": "p", "status": 500, "outcome": "error"}, records[2])
+    runs.add({"request_id": "late", "pipeline": "p", "status": 200, "outcome": "ok"}, {"trace": [], "started_at": 1010.0})
+    assert [e.request_id for e in runs.all() if e.record is not None] == ["r3", "late"]
+    assert not any(e.running for e in runs.all() if e.request_id != "r3")
+
+
+def test_a_deferred_record_gives_its_size_model_and_failed_steps_unconverted() -> None:
+    """The runs list reads the requested model, the record's weight and the failed steps from
+    a record whose values are still deferred, exactly as from the converted record."""
+    from engine.capture import RunRecorder, resolve
+    from engine.console.runs import RunEntry, _failed_steps, _weight, requested_model
+    from engine.types import Request
+
+    for body in (b'{"model": "m-\xc3\xa9", "x": 1}', b"\xff\xfe not utf-8", b"", b'{"model": 3}'):
+        recorder = RunRecorder(None, "p", "r", Request("POST", "/v1/messages", {"x-api-key": "k"}, {}, body))
+        recorder.finish(output={"status": 200}, outcome="ok", trace=[("p", "a", "error", 1, recorder.t0, recorder.t0), ("p", "b", "ok", 1, recorder.t0, recorder.t0)])
+        record = recorder.record
+        lazy = (_weight(record), requested_model(record), _failed_steps(record))
+        entry = RunEntry("1", 0.0, {}, record)
+        entry.summary()
+        assert record.pending  # nothing was converted
+        resolve(record)
+        assert not record.pending and (_weight(record), requested_model(record), _failed_steps(record)) == lazy
+        assert lazy[2] == ["p.a"]
+    assert requested_model(resolve(RunRecorder(None, "p", "r", Request("POST", "/", {}, {}, b'{"model": "m"}')).record)) == "m"
