@@ -21,7 +21,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -270,7 +270,7 @@ class _Run:
         self.plan = plan
         self.ctx = ctx
         self.results: dict[str, Any] = {}
-        self.pending = {name: len(node.deps) for name, node in plan.nodes.items()}
+        self.pending = {} if plan.sequential else {name: len(node.deps) for name, node in plan.nodes.items()}
         self.failure: BaseException | None = None
         self.tg: Any = None
         self.scope_base = (("request_id", ctx.request_id), ("pipeline", plan.name))
@@ -299,8 +299,11 @@ class _Run:
         try:
             if self.plan.sequential:
                 # Nothing here could overlap: no task group needed, just the order.
+                nodes = self.plan.nodes
                 for name in self.plan.order:
-                    await self.step(self.plan.nodes[name])
+                    rest = self.begin(nodes[name])
+                    if rest is not None:
+                        await rest
             else:
                 # asyncio's TaskGroup, not anyio's: a task costs ~2.4 us against ~15 us. The
                 # run's cancellation still comes from anyio scopes (deadline, disconnect); the
@@ -332,7 +335,9 @@ class _Run:
             queue = [node]
             while queue:
                 node = queue.pop()
-                await self.step(node)
+                rest = self.begin(node)
+                if rest is not None:
+                    await rest
                 waiting = any(not n.info_inline for n in queue)
                 for dep_name in node.dependents:
                     self.pending[dep_name] -= 1
@@ -348,7 +353,13 @@ class _Run:
                 self.failure = exc
             raise  # the group cancels the other branches; the run raises the first failure
 
-    async def step(self, node: Node) -> None:
+    def begin(self, node: Node) -> Awaitable[None] | None:
+        """Run `node` as far as it goes without awaiting: None when it is done, else what its
+        caller awaits to finish it.
+
+        Most steps are sync functions with no policy (no timeout, limit, retry, candidates or
+        record): they run here to the end, with no coroutine of their own; a coroutine per
+        step cost more than many of the steps."""
         results, ctx, input = self.results, self.ctx, self.ctx.input
         if node.cond is not None and not resolve_ref(node.cond, results, input):
             results[node.name] = materialize(node.else_value, results, input)
@@ -359,7 +370,7 @@ class _Run:
                 if told is not None:
                     results[facts_key(node.name)] = told
             ctx.trace.append((self.plan.name, node.name, "skipped", 0, 0.0, 0.0))
-            return
+            return None
         kwargs = dict(node.static)
         for pname, ref in node.refs:
             if ref.path or ref.facts or ref.negate:
@@ -373,33 +384,50 @@ class _Run:
         if node.info.wants_facts:
             kwargs[node.info.wants_facts] = results[facts_key(node.name)] = Facts()  # one for all its attempts
         if node.candidates is not None:
-            await self.over_candidates(node, kwargs, resolve_ref(node.candidates, results, input))
-            return
-        if node.direct:
-            # Most steps have no policy: no timeout, limit, retry, candidates or record. What
-            # `attempt`, `invoke` and `call` would do for them is done here, in place; those
-            # three coroutine layers and their checks cost more than many of the steps.
-            start = time.perf_counter()
-            token = logs._scope.set(self.scope_base + node.first_scope)
-            self.current = (node, 1, start)
-            try:
-                remaining = ctx.remaining()
-                if remaining is not None and remaining <= 0:
-                    raise DeadlineExceeded(f"the run's deadline passed before step '{node.name}'")
-                value = node.info.fn(**kwargs)
-                if node.info.is_async:
-                    value = await value
-                if streams.is_stream(value):
-                    value = await self.streamed(node, value, None, 1, start)
-                else:
-                    self.finished(node, "ok", 1, start)
-            except Exception as exc:
-                self.failed(node, exc, 1, start)
-                raise
-            finally:
-                logs._scope.reset(token)
-            results[node.name] = value
-            return
+            return self.over_candidates(node, kwargs, resolve_ref(node.candidates, results, input))
+        if not node.direct:
+            return self.policed(node, kwargs)
+        # No policy applies: what `attempt`, `invoke` and `call` would do is done here, in place.
+        start = time.perf_counter()
+        token = logs._scope.set(self.scope_base + node.first_scope)
+        self.current = (node, 1, start)
+        try:
+            remaining = ctx.remaining()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceeded(f"the run's deadline passed before step '{node.name}'")
+            value = node.info.fn(**kwargs)
+            if node.info.is_async or streams.is_stream(value):
+                return self.finish_direct(node, value, start)  # a coroutine to await, or a stream to prime
+            self.finished(node, "ok", 1, start)
+        except Exception as exc:
+            self.failed(node, exc, 1, start)
+            raise
+        finally:
+            logs._scope.reset(token)
+        results[node.name] = value
+        return None
+
+    async def finish_direct(self, node: Node, value: Any, start: float) -> None:
+        """The awaiting end of a step with no policy: its coroutine's result, a stream primed."""
+        token = logs._scope.set(self.scope_base + node.first_scope)
+        try:
+            if node.info.is_async:
+                value = await value
+            if streams.is_stream(value):
+                value = await self.streamed(node, value, None, 1, start)
+            else:
+                self.finished(node, "ok", 1, start)
+        except Exception as exc:
+            self.failed(node, exc, 1, start)
+            raise
+        finally:
+            logs._scope.reset(token)
+        self.results[node.name] = value
+
+    async def policed(self, node: Node, kwargs: dict[str, Any]) -> None:
+        """A step with a policy (timeout, limit, retry or record): each attempt through
+        `attempt`, retried as its `retry:` says."""
+        results = self.results
         budget = self.engine.retry_budget
         attempt = 0
         start = time.perf_counter()
