@@ -539,17 +539,38 @@ def _told(ctx: RunContext) -> dict[str, Any]:
     return told
 
 
+_request_counters: dict[tuple[str, int, str], Any] = {}
+_request_histograms: dict[str, Any] = {}
+
+
+def _counted(pipeline: str, status: int, outcome: Any) -> Any:
+    """engine_requests_total's child for these labels, kept (`labels()` takes a lock and
+    builds a tuple on every call)."""
+    key = (pipeline, status, str(outcome))  # prometheus_client labels with str() too
+    child = _request_counters.get(key)
+    if child is None:
+        child = _request_counters[key] = metrics.REQUESTS.labels(pipeline, str(status), key[2])
+    return child
+
+
+def _timed(pipeline: str) -> Any:
+    child = _request_histograms.get(pipeline)
+    if child is None:
+        child = _request_histograms[pipeline] = metrics.REQUEST_SECONDS.labels(pipeline)
+    return child
+
+
 def _log_access(ctx: RunContext, status: int, outcome: str, start: float, **extra: Any) -> dict[str, Any]:
     """The one line per request (and its metrics): the HTTP layer's fields, then the ones the
     pipeline declares in `access:` (a declared `outcome` tells how a committed stream failed)."""
     seconds = time.perf_counter() - start
     told = _told(ctx)
     fields = {"outcome": outcome, **told}
-    metrics.REQUESTS.labels(ctx.pipeline, str(status), fields["outcome"]).inc()
-    metrics.REQUEST_SECONDS.labels(ctx.pipeline).observe(seconds)
+    _counted(ctx.pipeline, status, fields["outcome"]).inc()
+    _timed(ctx.pipeline).observe(seconds)
     usage.settle(told.get(usage.USAGE_FACT), told.get(usage.SESSION_FACT))
     line = {"request_id": ctx.request_id, "pipeline": ctx.pipeline, "status": status, "duration_ms": round(seconds * 1000, 2), **fields, **extra}
-    _access.info("request", **line)
+    logs.info_line(_access, "request", line)
     if ctx.recorder is not None:  # the capture keeps the access facts with the run
         ctx.recorder.record["access"] = line
     if ctx.engine.console is not None:

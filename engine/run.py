@@ -24,6 +24,9 @@ T = TypeVar("T")
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _BASE62_BYTE = bytes((_BASE62 + "??")[b & 63].encode()[0] for b in range(256))  # byte -> its character
 _OVER_61 = bytes(b for b in range(256) if b & 63 > 61)  # the bytes rejection sampling drops
+_STEP_LOG = structlog.wrap_logger(None, logger_factory_args=("engine.step",), cache_logger_on_first_use=False)
+"""The steps' logger, one for every run: `get_logger` per run built a proxy per request (two
+runs each), for a logger most runs never use. Never cached, so it follows every `configure`."""
 
 
 class Resources:
@@ -113,7 +116,7 @@ class RunContext:
 
     def __post_init__(self) -> None:
         if self.log is None:
-            self.log = structlog.get_logger("engine.step")
+            self.log = _STEP_LOG
 
     def response_started(self) -> bool:
         """Whether the run this one belongs to has produced its output (the response started).
