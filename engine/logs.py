@@ -61,6 +61,7 @@ def register_secret_names(*patterns: str) -> None:
     _SECRET_NAMES.extend(p for p in patterns if p not in _SECRET_NAMES)
     SECRET_KEYS = _names_pattern()
     _secret_key.cache_clear()
+    _any_secret_name.cache_clear()
 
 
 def register_secret_values(pattern: str, marker: str) -> None:
@@ -200,14 +201,21 @@ def _names_clean(value: Any) -> bool:
     """Whether `redact` would keep every field of `value` for its name (no secret-named field
     with a value, at any depth)."""
     if isinstance(value, dict):
-        for k, v in value.items():
-            if isinstance(k, str) and k and _secret_key(k) and v not in (None, "", 0):
+        if _any_secret_name(tuple(value)):  # rare: look at the values of those fields
+            if any(isinstance(k, str) and k and _secret_key(k) and v not in (None, "", 0) for k, v in value.items()):
                 return False
+        for v in value.values():
             if isinstance(v, (dict, list, tuple)) and not _names_clean(v):
                 return False
     elif isinstance(value, (list, tuple)):
         return all(_names_clean(v) for v in value if isinstance(v, (dict, list, tuple)))
     return True
+
+
+@functools.lru_cache(maxsize=1024)
+def _any_secret_name(keys: tuple[Any, ...]) -> bool:
+    """Whether any of these field names is a secret's: a line's fields come in a few sets."""
+    return any(isinstance(k, str) and k and _secret_key(k) for k in keys)
 
 
 @dataclass(frozen=True, slots=True)
