@@ -1,4 +1,4 @@
-"""Serving pipelines over HTTP: one starlette route per pipeline `route:`, plus `GET /health`.
+"""Serving pipelines over HTTP: one route per pipeline `route:`, plus `GET /health`.
 
 The HTTP layer knows no protocol. It hands a routed pipeline an `engine.types.Request` and
 writes back what the pipeline returns: a `Reply` (status, headers, JSON body or a stream of
@@ -216,10 +216,6 @@ class Gateway:
         self.serve = serve
         self.policy = policy
         self.refuse = refuse
-
-    @property
-    def router(self) -> Any:
-        return self.app.router
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan
