@@ -596,7 +596,7 @@ class StreamReply(Response):
         """
         reply, outcome = self.reply, "ok"
         ctx = self.ctx
-        sent: list[Any] | None = [] if ctx.recorder is not None else None
+        sent: list[tuple[float, bytes]] | None = [] if ctx.recorder is not None else None  # (clock, item), made the record's [offset, text] at the end
         finished = False
         active = metrics.ACTIVE_STREAMS.labels(ctx.pipeline)
         active.inc()
@@ -607,7 +607,7 @@ class StreamReply(Response):
 
         async def produce() -> None:
             nonlocal outcome, finished
-            put, room = outbox.put, outbox.room
+            put, room, clock = outbox.put, outbox.room, time.perf_counter
             with producing:
                 try:
                     async for item in reply.stream:  # type: ignore[union-attr]
@@ -615,7 +615,7 @@ class StreamReply(Response):
                         put(data)
                         await room()
                         if sent is not None:
-                            sent.append([ctx.recorder.offset(), data.decode("utf-8", errors="replace")])
+                            sent.append((clock(), data))
                 except Exception:
                     outcome = "error"
                     structlog.get_logger("engine").exception("stream failed after the response started")
@@ -649,7 +649,11 @@ class StreamReply(Response):
                 await aclose_quietly(reply.stream)
                 await ctx.aclose()
             told = _log_access(ctx, self.status_code, outcome, self.start, stream=True)
-            _finish_capture(ctx, self, outcome, chunks=sent, told=told)
+            chunks = None
+            if sent is not None:
+                t0 = ctx.recorder.t0  # as RunRecorder.offset() reads the clock
+                chunks = [[round(t - t0, 6), data.decode("utf-8", errors="replace")] for t, data in sent]
+            _finish_capture(ctx, self, outcome, chunks=chunks, told=told)
 
 
 GC_THRESHOLDS = (50_000, 20, 100)
