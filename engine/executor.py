@@ -717,9 +717,10 @@ def access_of(ctx: RunContext) -> dict[str, Any]:
     if plan is None or not plan.access:
         return {}
     out = {}
+    results, input = ctx.results, ctx.input
     for name, value in plan.access.items():
         try:
-            found = materialize(value, ctx.results, ctx.input)
+            found = resolve_ref(value, results, input) if type(value) is Ref else materialize(value, results, input)
         except KeyError:  # a step the failed run never reached
             found = None
         if isinstance(found, Facts):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 _WILDCARD_BINDS = {"", "0.0.0.0", "::", "[::]", "*"}
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -211,24 +211,7 @@ class HostPolicy:
 
 
 Refuse = Callable[[Scope, Refusal], Awaitable[Response]]
-
-
-class HostGuard:
-    """ASGI middleware: refuse (via `refuse`) any HTTP request `policy` does not allow."""
-
-    def __init__(self, app: ASGIApp, policy: HostPolicy, refuse: Refuse) -> None:
-        self.app = app
-        self.policy = policy
-        self.refuse = refuse
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            refusal = self.policy.check(scope)
-            if refusal is not None:
-                response = await self.refuse(scope, refusal)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+"""How a refused request is answered (engine/http.py Gateway renders it in the served protocol)."""
 
 
 def code_exposure(plans: Iterable[Any], host: str, keys: bool) -> str | None:

@@ -10,6 +10,7 @@ looks like a key reaches a log line whichever processor added it.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import logging
@@ -17,6 +18,7 @@ import os
 import re
 import sys
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -59,6 +61,7 @@ def register_secret_names(*patterns: str) -> None:
     _SECRET_NAMES.extend(p for p in patterns if p not in _SECRET_NAMES)
     SECRET_KEYS = _names_pattern()
     _secret_key.cache_clear()
+    _any_secret_name.cache_clear()
 
 
 def register_secret_values(pattern: str, marker: str) -> None:
@@ -74,6 +77,7 @@ def register_secret_values(pattern: str, marker: str) -> None:
         _SECRET_SHAPES.append(pattern)
     if marker not in _SECRET_MARKERS:
         _SECRET_MARKERS.append(marker)
+        _add_needle(marker)
     SECRET_VALUES = _values_pattern()
 
 
@@ -123,8 +127,9 @@ def add_run_context(logger: Any, method: str, event: dict[str, Any]) -> dict[str
 
 def register_secret(value: str | None) -> None:
     """Scrub this exact value from every log line (configured keys, say)."""
-    if value and len(value) >= 6:
+    if value and len(value) >= 6 and value not in _extra_secrets:
         _extra_secrets.add(value)
+        _add_needle(value)
 
 
 def scrub_known(text: str) -> str:
@@ -142,6 +147,21 @@ def scrub(text: str) -> str:
         if marker in text:
             return SECRET_VALUES.sub("[REDACTED]", text)
     return text
+
+
+_needles: list[str] = []
+"""Every marker and registered secret as a JSON encoder writes it inside a string (orjson, and
+the stdlib's ASCII form): if none is in a rendered line, `redact` would change no value in it."""
+
+
+def _add_needle(text: str) -> None:
+    for form in (orjson.dumps(text).decode()[1:-1], json.dumps(text)[1:-1]):
+        if form not in _needles:
+            _needles.append(form)
+
+
+for _marker in _SECRET_MARKERS:
+    _add_needle(_marker)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -177,6 +197,82 @@ def _json_line(event: dict[str, Any], default: Any = None, **kw: Any) -> str:
         return json.dumps(event, default=default, **kw)
 
 
+def _names_clean(value: Any) -> bool:
+    """Whether `redact` would keep every field of `value` for its name (no secret-named field
+    with a value, at any depth)."""
+    if isinstance(value, dict):
+        if _any_secret_name(tuple(value)):  # rare: look at the values of those fields
+            if any(isinstance(k, str) and k and _secret_key(k) and v not in (None, "", 0) for k, v in value.items()):
+                return False
+        for v in value.values():
+            if isinstance(v, (dict, list, tuple)) and not _names_clean(v):
+                return False
+    elif isinstance(value, (list, tuple)):
+        return all(_names_clean(v) for v in value if isinstance(v, (dict, list, tuple)))
+    return True
+
+
+@functools.lru_cache(maxsize=1024)
+def _any_secret_name(keys: tuple[Any, ...]) -> bool:
+    """Whether any of these field names is a secret's: a line's fields come in a few sets."""
+    return any(isinstance(k, str) and k and _secret_key(k) for k in keys)
+
+
+@dataclass(frozen=True, slots=True)
+class _Direct:
+    """What `configure` set up for JSON lines, so `info_line` can write one without a logger."""
+
+    processors: list[Any]
+    chain: list[Any]  # a copy: `capture_logs` edits the configured list in place
+    factory: Any
+    wrapper: Any
+    level: int
+    printer: Any
+    renderer: Any
+
+    def current(self) -> bool:
+        """Still structlog's configuration (a test's `capture_logs` swaps it, for instance)."""
+        config = structlog.get_config()
+        return config["processors"] is self.processors and self.processors == self.chain and config["logger_factory"] is self.factory and config["wrapper_class"] is self.wrapper
+
+
+_direct: _Direct | None = None
+_UTC = datetime.timezone.utc
+
+
+def info_line(logger: Any, event: str, fields: dict[str, Any]) -> None:
+    """`logger.info(event, **fields)`, the same line in a fraction of the work.
+
+    With `configure`'s JSON set-up the line is built here: the same fields in the same order
+    (`fields`, `event`, structlog's context variables, the run's scope, `level`, `timestamp`),
+    rendered once; `redact` runs only when the line could hold a secret (a secret-named field,
+    or a marker or registered secret in the rendered text), so the common line is one orjson
+    call. The access line runs this once per request, where structlog's chain of processors
+    (a context copy per line, a redact walk over every field) was a tenth of the HTTP layer's
+    cost. Any other set-up, or a field structlog treats specially, goes through `logger`.
+    """
+    direct = _direct
+    if direct is None or "exc_info" in fields or not direct.current():
+        logger.info(event, **fields)
+        return
+    if direct.level > logging.INFO:
+        return
+    line = dict(fields)
+    line["event"] = event
+    if getattr(structlog.contextvars, "_CONTEXT_VARS", True):  # something bound structlog's context variables
+        line = structlog.contextvars.merge_contextvars(None, "info", line)
+    scope = _scope.get()
+    if scope:
+        for k, v in scope:
+            line.setdefault(k, v)
+    line["level"] = "info"
+    line["timestamp"] = datetime.datetime.now(tz=_UTC).isoformat().replace("+00:00", "Z")
+    text = direct.renderer(None, "info", line)
+    if any(needle in text for needle in _needles) or not _names_clean(line):
+        text = direct.renderer(None, "info", redact(None, "info", line))
+    direct.printer.msg(text)
+
+
 def configure(fmt: str | None = None, level: str | None = None, stream: Any = None, cache: bool = True) -> None:
     """Set up structlog: `fmt` is "json" or "console" (default: console on a terminal, else JSON).
 
@@ -207,9 +303,8 @@ def configure(fmt: str | None = None, level: str | None = None, stream: Any = No
     if exc is not None:
         processors.append(exc)
     processors += [redact, renderer]
-    structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
-        cache_logger_on_first_use=cache,
-    )
+    wrapper = structlog.make_filtering_bound_logger(lvl)
+    factory = structlog.PrintLoggerFactory(stream or sys.stderr)
+    structlog.configure(processors=processors, wrapper_class=wrapper, logger_factory=factory, cache_logger_on_first_use=cache)
+    global _direct
+    _direct = _Direct(processors, list(processors), factory, wrapper, lvl, factory(), renderer) if fmt == "json" else None

@@ -24,6 +24,9 @@ T = TypeVar("T")
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _BASE62_BYTE = bytes((_BASE62 + "??")[b & 63].encode()[0] for b in range(256))  # byte -> its character
 _OVER_61 = bytes(b for b in range(256) if b & 63 > 61)  # the bytes rejection sampling drops
+_STEP_LOG = structlog.wrap_logger(None, logger_factory_args=("engine.step",), cache_logger_on_first_use=False)
+"""The steps' logger, one for every run: `get_logger` per run built a proxy per request (two
+runs each), for a logger most runs never use. Never cached, so it follows every `configure`."""
 
 
 class Resources:
@@ -92,9 +95,6 @@ class Runner(Protocol):
     async def run(self, name: str, input: Any = None, *, parent: RunContext | None = None) -> Any: ...
 
 
-_STEP_LOG = structlog.get_logger("engine.step")
-
-
 @dataclass(slots=True, eq=False)
 class RunContext:
     """One run of one pipeline. Created by the engine; steps only read it and call its methods."""
@@ -106,7 +106,7 @@ class RunContext:
     deadline: float | None = None  # time.monotonic() seconds
     ids: IdSource = field(default_factory=IdSource)
     parent: RunContext | None = None
-    log: Any = field(default=None)  # None: the shared step logger (the log scope says which run and step)
+    log: Any = field(default=None)
     results: dict[Any, Any] = field(default_factory=dict)  # the run's step outputs and facts so far (its access line reads them)
     trace: list[tuple[str, str, str, int, float, float]] = field(default_factory=list)  # (pipeline, step, outcome, attempts, start, end); sub-runs add theirs
     streams: list[Any] = field(default_factory=list)
@@ -116,7 +116,7 @@ class RunContext:
 
     def __post_init__(self) -> None:
         if self.log is None:
-            self.log = _STEP_LOG  # one logger for every run: making one per run cost ~10 us a request
+            self.log = _STEP_LOG
 
     def response_started(self) -> bool:
         """Whether the run this one belongs to has produced its output (the response started).

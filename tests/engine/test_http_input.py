@@ -66,6 +66,32 @@ steps:
 output: ${{ steps.seen }}
 """
 
+PLAIN = """
+name: plain
+route: POST /plain
+steps:
+  size: {uses: "{module}:length", with: {body: "${{ input.body }}"}}
+  seen:
+    uses: "{module}:echo"
+    with:
+      method: ${{ input.method }}
+      path: ${{ input.path }}
+      query: ${{ input.query }}
+      tenant: ${{ input.headers.x-tenant }}
+      item: none
+      client: ${{ input.client }}
+      size: ${{ steps.size }}
+output: ${{ steps.seen }}
+"""
+
+SHADOWED = """
+name: shadowed
+route: GET /health
+steps:
+  v: {uses: core.value, with: {value: "the pipeline"}}
+output: ${{ steps.v }}
+"""
+
 OWN_ERRORS = """
 name: own
 route: POST /own
@@ -83,7 +109,7 @@ def _url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     (root / f"{module}.py").write_text(USER_STEPS)
     pipelines = root / "pipelines"
     pipelines.mkdir()
-    for name, text in (("greet", GREET), ("echo", ECHO), ("own", OWN_ERRORS)):
+    for name, text in (("greet", GREET), ("echo", ECHO), ("plain", PLAIN), ("shadowed", SHADOWED), ("own", OWN_ERRORS)):
         (pipelines / f"{name}.yaml").write_text(text.replace("{module}", module))
     sys.path.insert(0, str(root))
     try:
@@ -109,6 +135,37 @@ def test_every_field_of_the_request_reaches_the_pipeline(url: str) -> None:
     r = post(url, "/items/42?page=2", b"raw bytes", headers={"X-Tenant": "acme"})
     assert r.status_code == 200
     assert r.json() == {"method": "POST", "path": "/items/42", "query": {"page": "2"}, "tenant": "acme", "item": "42", "client": "127.0.0.1", "size": 9}
+
+
+def test_a_route_without_parameters_sees_the_request_as_starlette_reads_it(url: str) -> None:
+    """The gateway serves such a route itself: the same query (last value of a repeated name,
+    blank values kept), headers, client and body, and the first of two request ids."""
+    r = post(url, "/plain?page=1&page=2&flag", b"raw", headers=[("X-Tenant", "acme"), ("x-request-id", "req-first"), ("x-request-id", "req-second")])
+    assert r.status_code == 200 and r.headers["x-request-id"] == "req-first"
+    assert r.json() == {"method": "POST", "path": "/plain", "query": {"page": "2", "flag": ""}, "tenant": "acme", "item": "none", "client": "127.0.0.1", "size": 3}
+
+
+def test_a_wrong_method_or_a_shadowed_route_is_starlettes_answer(url: str) -> None:
+    """405 for another method of a served path; a pipeline route behind the engine's own
+    (`GET /health`) stays behind it."""
+    r = httpx.get(f"{url}/plain", timeout=60)
+    assert r.status_code == 405 and r.json()["oops"] == "Method Not Allowed"
+    health = httpx.get(f"{url}/health", timeout=60)
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+
+
+def test_a_failure_before_the_response_is_a_plain_500(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What starlette's ServerErrorMiddleware answered: 500 `Internal Server Error`, as text."""
+    from engine import http
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("a bug in the HTTP layer")
+
+    monkeypatch.setattr(http, "_serve", broken)
+    root = Path(sys.modules["user_steps_http_input"].__file__).parent
+    with serve_asgi(create_app(Engine.load([root / "pipelines" / "greet.yaml"]))) as plain:
+        r = post(plain, "/greet", b"{}")
+    assert r.status_code == 500 and r.text == "Internal Server Error" and r.headers["content-type"] == "text/plain; charset=utf-8"
 
 
 @pytest.mark.parametrize(

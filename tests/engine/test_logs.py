@@ -109,3 +109,56 @@ def test_exception_tracebacks_have_no_locals(lines) -> None:
         log.exception("failed")
     text = json.dumps(lines())
     assert "boom" in text and "CANARY4" not in text
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"request_id": "req_1", "status": 200, "duration_ms": 1.5, "usage": {"m/x": {"input": 3, "cost_usd": None}}, "session": None},
+        {"request_id": "req_2", "api_key": "CANARY9-abcdef", "nested": {"authorization": "Bearer CANARY9-ghijkl"}, "empty_token": ""},
+        {"note": "sent Bearer CANARY9-mnopqr and eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.abc", "list": [{"token": "CANARY9-x"}, ("a", 1)]},
+        {"note": "the registered key CANARY9-registered-\u00e9\"quoted\" is in here", "big": 2**70},
+        {"step": "mine", "attempt": 7, "odd": {1: "non-string key"}},
+    ],
+)
+def test_info_line_writes_what_structlog_writes(lines, fields) -> None:
+    """`logs.info_line` (the access line's writer) gives the line structlog's processors give:
+    same fields, order and redaction, with the run's scope and bound context variables."""
+    logs.register_secret('CANARY9-registered-\u00e9"quoted"')
+    log = structlog.get_logger("engine.access")
+
+    class Unused:
+        def info(self, *args: object, **kw: object) -> None:
+            raise AssertionError("info_line went through the logger")
+
+    token = logs.bind_scope(request_id="req_scope", pipeline="p", step="s", attempt=1)
+    structlog.contextvars.bind_contextvars(bound="yes")
+    try:
+        log.info("request", **fields)
+        logs.info_line(Unused(), "request", fields)
+    finally:
+        structlog.contextvars.unbind_contextvars("bound")
+        logs.reset_scope(token)
+    logs.info_line(Unused(), "request", fields)  # no scope, the context variable unbound
+    log.info("request", **fields)
+    first, second, third, fourth = lines()
+    for a, b in ((first, second), (fourth, third)):
+        a.pop("timestamp"), b.pop("timestamp")
+        assert list(a.items()) == list(b.items())
+    assert "CANARY9" not in json.dumps([first, second, third, fourth])
+    assert first["bound"] == "yes" and "bound" not in third
+
+
+def test_info_line_follows_a_swapped_configuration() -> None:
+    """Under `capture_logs` (or any set-up other than `configure`'s JSON) it logs through the logger."""
+    buf = io.StringIO()
+    logs.configure("json", "info", stream=buf, cache=False)
+    try:
+        with structlog.testing.capture_logs() as captured:
+            logs.info_line(structlog.get_logger("engine.access"), "request", {"status": 200})
+        assert captured == [{"event": "request", "status": 200, "log_level": "info"}] and buf.getvalue() == ""
+        logs.configure("json", "warning", stream=buf, cache=False)
+        logs.info_line(structlog.get_logger("engine.access"), "request", {"status": 200})
+        assert buf.getvalue() == ""  # below the level
+    finally:
+        structlog.reset_defaults()
