@@ -27,6 +27,7 @@ from typing import Any
 
 from engine.registry import step
 from engine.run import RunContext
+from engine.streams import each
 from steps.anthropic.blocks import COMPACTION_PREFIX
 from steps.tools.tool_search import split
 
@@ -177,7 +178,7 @@ async def _wrap(events: Any, block: dict | None, report: dict | None, summary: d
     """The answer's stream with the compaction block first (indices shifted) and the report added."""
     shift = 1 if block is not None else 0
     try:
-        async for ev in events:
+        async for ev in each(events):  # the answer's events come in batches
             kind = ev.get("type")
             if kind == "message_start":
                 yield ev

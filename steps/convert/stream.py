@@ -6,7 +6,8 @@ before the next opens, never an empty text block, tool input that parses as an o
 its `content_block_stop`, and always `message_delta` + `message_stop` at the end, unless the
 upstream fails, in which case the error propagates and nothing more is emitted.
 
-The per-chunk path is a handful of dict lookups and one event dict per delta; everything
+Events travel in batches (a list per upstream network read), not one by one. The per-chunk
+path is a handful of dict lookups and one event dict per delta; everything
 rarer (block switches, tool bookkeeping, validation) lives in methods off that path.
 """
 
@@ -46,7 +47,7 @@ _NO_EVENTS: list[dict] = []  # returned (never mutated) when a chunk produces no
 
 @step("convert.stream", facts=("usage",))
 async def convert_stream(
-    chunks: AsyncIterator[dict],
+    chunks: AsyncIterator[list[dict]],
     body: dict,
     model: str,
     ctx: RunContext,
@@ -56,8 +57,13 @@ async def convert_stream(
     calibration: dict[str, float] | None = None,
     answered: str | None = None,
     facts: Facts | None = None,
-) -> AsyncIterator[dict]:
+) -> AsyncIterator[list[dict]]:
     """Translate parsed chat completion chunks into Anthropic stream events, incrementally.
+
+    Batch in, batch out (engine/streams.py): each item of `chunks` is a list of chunks (one
+    network read; a lone chunk dict is taken as a batch of one), and each item yielded is the
+    list of events they make, so the layers above resume once per read. A batch that makes no
+    event (a keepalive marker, role-only deltas) yields nothing.
 
     Emits `message_start` (input estimate; the real usage goes in `message_delta`), then
     text / thinking / tool_use blocks as the upstream produces them, then the stop reason
@@ -75,13 +81,24 @@ async def convert_stream(
     """
     conv = _StreamConverter(body, model, ctx, input_tokens_estimate, profiles, prices, calibration, answered, facts)
     try:
-        yield conv.start()
+        yield [conv.start()]
         feed = conv.feed
-        async for chunk in chunks:
-            for event in feed(chunk):
-                yield event
-        for event in conv.finish():
-            yield event
+        async for item in chunks:
+            if type(item) is not list:  # one chunk (a capture recorded before batches)
+                item = [item]
+            out: list[dict] = []
+            try:
+                for chunk in item:
+                    events = feed(chunk)
+                    if events:
+                        out += events
+            except Exception:
+                if out:  # the events of the chunks before the failing one reach the client first
+                    yield out
+                raise
+            if out:
+                yield out
+        yield conv.finish()
     finally:
         if not conv.metered and conv.chars:
             conv.meter(None)

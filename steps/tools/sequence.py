@@ -38,6 +38,7 @@ from engine import usage as metering
 from engine.errors import DeadlineExceeded, RunCancelled
 from engine.registry import step
 from engine.run import RunContext
+from engine.streams import each
 from engine.types import Facts, PipelineName
 from steps.tools import tool_search
 from steps.tools.effects import AfterSideEffects
@@ -285,7 +286,7 @@ class _Sequence:
                 open_blocks: dict[int, dict] = {}  # upstream index → {"block", "out" index or None, "parts"}
                 stop: tuple[Any, Any] = ("end_turn", None)
                 try:
-                    async for ev in events:
+                    async for ev in each(events):  # the turn's events come in batches
                         kind = ev.get("type")
                         if kind == "message_start":
                             if not started:

@@ -71,7 +71,7 @@ def run(chunks: list[dict] | Chunks, body: dict = BODY, estimate: int = 0) -> li
     source = chunks if isinstance(chunks, Chunks) else Chunks(chunks)
 
     async def collect() -> list[dict]:
-        return [e async for e in convert_stream(source, body, "x/y", ctx(), estimate)]
+        return [e async for batch in convert_stream(source, body, "x/y", ctx(), estimate) for e in batch]
 
     return anyio.run(collect)
 
@@ -316,8 +316,8 @@ def test_iterator_error_propagates_without_further_events() -> None:
     seen: list[dict] = []
 
     async def collect() -> None:
-        async for event in convert_stream(source, BODY, "x/y", ctx()):
-            seen.append(event)
+        async for batch in convert_stream(source, BODY, "x/y", ctx()):
+            seen.extend(batch)
 
     with pytest.raises(UpstreamError):
         anyio.run(collect)

@@ -74,7 +74,7 @@ def payload(text: str = "hello there", *, stream: bool = False, **kw: Any) -> di
 
 
 async def collect(stream: Any) -> list[dict]:
-    return [c async for c in stream]
+    return [c async for batch in stream for c in batch]  # one batch (list) per network read
 
 
 def text_of(chunks: list[dict]) -> str:
@@ -95,7 +95,7 @@ def call_error(fake: FakeOpenRouter, mode: str, *, stream: bool, **kw: Any) -> t
             out = await call(payload(stream=stream), req(), ctx, base_url=fake.base_url, **kw)
             if stream:
                 async for c in out:
-                    got.append(c)
+                    got.extend(c)  # c: the chunks of one read
         except UpstreamError as exc:
             return exc
         raise AssertionError(f"{mode}: no UpstreamError")
@@ -360,7 +360,7 @@ def test_malformed_chunk(fake: FakeOpenRouter, bad: str) -> None:
     async def body(ctx: RunContext) -> UpstreamError:
         with pytest.raises(UpstreamError) as ei:
             async for c in await call(payload(stream=True), req(), ctx, base_url=fake.base_url):
-                got.append(c)
+                got.extend(c)  # c: the chunks of one read
         return ei.value
 
     exc = run(body, log=log)
@@ -404,7 +404,7 @@ def test_stream_times_its_own_idle_gaps(fake: FakeOpenRouter) -> None:
         got: list[dict] = []
         try:
             async for c in s:
-                got.append(c)
+                got.extend(c)  # c: the chunks of one read
         except BaseException as exc:  # noqa: BLE001 - the error is what is checked
             return took, got, exc
         finally:
