@@ -82,16 +82,13 @@ async def convert_stream(
     conv = _StreamConverter(body, model, ctx, input_tokens_estimate, profiles, prices, calibration, answered, facts)
     try:
         yield [conv.start()]
-        feed = conv.feed
+        feed_all = conv.feed_all
         async for item in chunks:
             if type(item) is not list:  # one chunk (a capture recorded before batches)
                 item = [item]
             out: list[dict] = []
             try:
-                for chunk in item:
-                    events = feed(chunk)
-                    if events:
-                        out += events
+                feed_all(item, out)
             except Exception:
                 if out:  # the events of the chunks before the failing one reach the client first
                     yield out
@@ -198,6 +195,40 @@ class _StreamConverter:
         }
 
     # -- per chunk ------------------------------------------------------------------------
+
+    def feed_all(self, chunks: list[dict], out: list[dict]) -> None:
+        """Feed a batch of chunks, appending their events to `out`.
+
+        On a failure `out` holds the events of the chunks before the failing one, as if they
+        had been fed one by one. The commonest chunk (more text for the open text block) is
+        handled inline: a call and a list less per chunk, which is most of a stream.
+        """
+        feed = self.feed
+        for chunk in chunks:
+            choices = chunk.get("choices")
+            if self.open == _TEXT and choices and "error" not in chunk:
+                choice = choices[0]
+                delta = choice.get("delta") if type(choice) is dict else None
+                content = delta.get("content") if type(delta) is dict else None
+                if (
+                    content
+                    and type(content) is str
+                    and not choice.get("finish_reason")
+                    and not (delta.get("reasoning") or delta.get("reasoning_content") or delta.get("reasoning_details"))
+                    and "tool_calls" not in delta
+                    and "refusal" not in delta
+                ):
+                    usage = chunk.get("usage")
+                    if usage:
+                        self.usage = usage
+                    self.chars += len(content)
+                    if self.tail_len:
+                        self.tail = (self.tail + content)[-self.tail_len :]
+                    out.append({"type": "content_block_delta", "index": self.index, "delta": {"type": "text_delta", "text": content}})
+                    continue
+            events = feed(chunk)
+            if events:
+                out += events
 
     def feed(self, chunk: dict) -> list[dict]:
         if "error" in chunk and chunk["error"]:

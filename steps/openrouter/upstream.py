@@ -451,7 +451,8 @@ class ChunkStream(AsyncIterator[list[dict]]):
         response = self._response
         assert response is not None
         decoder = SSEDecoder()
-        parse = self._parse
+        parse = self._parse  # the slow path: an invalid line or an error chunk
+        loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
         raw_iter = response.aiter_bytes()
         done = False
         held: list[dict] = []  # chunks without meaning, before the first meaningful one
@@ -480,11 +481,20 @@ class ChunkStream(AsyncIterator[list[dict]]):
                             done = True
                             break
                         try:
-                            chunk = parse(data)
-                        except UpstreamError:
-                            if batch:  # what the upstream sent before the failure reaches the client first
-                                yield batch
-                            raise
+                            chunk = loads(data)
+                        except JSONDecodeError:
+                            chunk = None
+                        if type(chunk) is not dict or "error" in chunk:
+                            try:
+                                parse(data)  # raises the error this line is (and logs an invalid one)
+                            except UpstreamError:
+                                if batch:  # what the upstream sent before the failure reaches the client first
+                                    yield batch
+                                raise
+                        if not self.finished:
+                            for choice in chunk.get("choices") or ():
+                                if type(choice) is dict and choice.get("finish_reason"):
+                                    self.finished = True
                         if self.chunks == 0 and not is_meaningful(chunk):
                             held.append(chunk)
                             continue
