@@ -48,8 +48,8 @@ async def each(it: AsyncIterator[Any]) -> AsyncIterator[Any]:
 async def aclose_quietly(it: Any) -> None:
     """Close an async iterator even while the caller is being cancelled."""
     closer = getattr(it, "aclose", None)
-    if closer is None:
-        return
+    if closer is None or getattr(it, "ag_frame", False) is None:
+        return  # nothing to close, or an async generator that has already finished: no scope
     with anyio.CancelScope(shield=True):
         try:
             await closer()

@@ -76,7 +76,7 @@ async def sse_stream(
         yield _encode(error_event(exc, request_id))
     finally:
         aclose = getattr(it, "aclose", None)
-        if aclose is not None:
+        if aclose is not None and getattr(it, "ag_frame", False) is not None:  # not a finished generator
             with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
                 await aclose()
 

@@ -3,15 +3,17 @@
 The step is deliberately thin: it sends the already-converted payload, turns every way the
 upstream can fail into an `UpstreamError` (steps/openrouter/errors.py) and, for a stream,
 returns a `ChunkStream` of parsed chunk dicts, handed on as one batch (a list) per network
-read so the layers above resume once per read, not once per chunk. It never retries (the engine's retry layer is the
-only one, so the HTTP client is built with `retries=0`). The engine bounds the first chunk
-with the step's timeout and hands the gap timeout to the stream (`enforce_idle_timeout`, a
-watchdog timer); the run's deadline, when there is one, bounds the wait for the response
-headers (and, without streaming, for the whole body).
+read so the layers above resume once per read, not once per chunk. It never retries (the
+engine's retry layer is the only one, so the HTTP client is built with `retries=0`). The
+engine bounds the first chunk with the step's timeout and hands the gap timeout to the stream
+(`enforce_idle_timeout`, a watchdog timer); the run's deadline, when there is one, is the
+engine's one cancel scope around the run, which bounds the wait for the response headers (and,
+without streaming, for the whole body): the step sets no scope of its own for it, and only
+refuses to start once the deadline has passed.
 
 Error kinds raised (see UpstreamError): "status" (an HTTP error status), "connect" (refused,
 reset or closed before the response headers: the stale-pooled-connection case), "timeout"
-(httpx connect/read/write/pool timeout, or the run's deadline passing), "protocol" (non-JSON
+(httpx connect/read/write/pool timeout, or the run's deadline passed before the call), "protocol" (non-JSON
 body or an invalid SSE data line), "error_chunk" (a 200 whose JSON or a stream chunk holds a
 top-level `error`; status from `error.code`, 502 when it is not a number), "cut" (the stream or
 body broke or ended before a finish_reason; retryable only while nothing was yielded). What
@@ -281,25 +283,21 @@ async def _call_one(payload: dict, request: Request, ctx: RunContext, provider: 
     remaining = ctx.remaining()
     if remaining is not None and remaining <= 0:
         raise UpstreamError("deadline passed before the upstream call", kind="timeout", retryable=False)
+    # From here on the run's deadline (the engine's scope around the whole run) bounds every wait.
+    response = await _send(client, url, body, headers, key)
     if not streaming:
-        with _deadline(remaining):
-            response = await _send(client, url, body, headers, key)
-            try:
-                return await _read_json(response, key)
-            finally:
-                _close(response)
-    with _deadline(remaining):
-        response = await _send(client, url, body, headers, key)
+        try:
+            return await _read_json(response, key)
+        finally:
+            _close(response)
     try:
         if response.status_code >= 400:
-            with _deadline(ctx.remaining()):
-                raise await _status_error(response, key)
+            raise await _status_error(response, key)
         ctype = response.headers.get("content-type", "").lower()
         if "json" in ctype or "html" in ctype:
             # An error (or a whole completion) sent as plain JSON although we asked for a stream,
             # or an HTML error page from a proxy in between. Anything else is parsed as SSE.
-            with _deadline(ctx.remaining()):
-                parsed = await _read_json(response, key)
+            parsed = await _read_json(response, key)
             _close(response)
             return ChunkStream.of_completion(parsed)
     except BaseException:
@@ -592,31 +590,6 @@ def _client_key(request: Request | None) -> str:
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     return ""
-
-
-class _deadline:
-    """`anyio.fail_after(seconds)` (or nothing when None) for the run's deadline: raises a
-    timeout UpstreamError that is not retried (nothing is left to try)."""
-
-    __slots__ = ("_scope", "_seconds")
-
-    def __init__(self, seconds: float | None) -> None:
-        self._seconds = seconds
-        self._scope: Any = None
-
-    def __enter__(self) -> _deadline:
-        if self._seconds is not None:
-            self._scope = anyio.fail_after(max(self._seconds, 0.0))
-            self._scope.__enter__()
-        return self
-
-    def __exit__(self, et: Any, ev: Any, tb: Any) -> bool:
-        if self._scope is None:
-            return False
-        try:
-            return bool(self._scope.__exit__(et, ev, tb))
-        except TimeoutError:
-            raise UpstreamError("run deadline passed while waiting for the upstream", kind="timeout", retryable=False) from None
 
 
 def _client(transport: Any) -> UpstreamClient:
