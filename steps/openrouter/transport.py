@@ -91,6 +91,10 @@ class UpstreamResponse:
                 return
             yield chunk
 
+    def at_eof(self) -> bool:
+        """Whether the whole body has arrived and been read (nothing left to drain)."""
+        return self._response.content.at_eof()
+
     async def aread(self) -> bytes:
         return b"".join([part async for part in self.aiter_bytes()])
 

@@ -541,8 +541,9 @@ class ChunkStream(AsyncIterator[list[dict]]):
                 self.chunks += len(held)
                 rest, held = held, []
                 yield rest
-            if done:
-                # Read the body's end so the connection goes back to the pool (bounded).
+            if done and not response.at_eof():
+                # Read the body's end so the connection goes back to the pool (bounded). Usually
+                # it came with [DONE], and there is nothing to wait for (and no scope to set up).
                 with anyio.move_on_after(DONE_DRAIN_SECONDS):
                     try:
                         async for _ in raw_iter:

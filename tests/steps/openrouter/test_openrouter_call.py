@@ -519,6 +519,9 @@ class _OneRead:
     def close(self) -> None:
         self.is_closed = True
 
+    def at_eof(self) -> bool:
+        return True
+
 
 def _sse(*chunks: dict) -> bytes:
     return b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks)
