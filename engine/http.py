@@ -443,7 +443,7 @@ class StreamReply(Response):
         """Produce in a task of its own, write in this one.
 
         The producer (the pipeline's stream: upstream read, conversion, encoding) resumes once
-        per upstream chunk, and every resumption passes through each frame between the event
+        per upstream read (a batch of chunks), and every resumption passes through each frame between the event
         loop and the read: in uvicorn's task that is a dozen ASGI middleware frames more. So the
         producer gets a fresh, shallow task, and this (deep) task only wakes per write batch.
         """
