@@ -62,8 +62,10 @@ async def convert_stream(
 
     Batch in, batch out (engine/streams.py): each item of `chunks` is a list of chunks (one
     network read; a lone chunk dict is taken as a batch of one), and each item yielded is the
-    list of events they make, so the layers above resume once per read. A batch that makes no
-    event (a keepalive marker, role-only deltas) yields nothing.
+    list of events they make, so the layers above resume once per read. `message_start` goes
+    up with the first batch's events (one write less), or alone when that batch makes none (a
+    keepalive marker commits the response with it); a later batch that makes no event yields
+    nothing.
 
     Emits `message_start` (input estimate; the real usage goes in `message_delta`), then
     text / thinking / tool_use blocks as the upstream produces them, then the stop reason
@@ -81,12 +83,15 @@ async def convert_stream(
     """
     conv = _StreamConverter(body, model, ctx, input_tokens_estimate, profiles, prices, calibration, answered, facts)
     try:
-        yield [conv.start()]
         feed_all = conv.feed_all
+        first: list[dict] | None = [conv.start()]  # goes up with the first batch's events
         async for item in chunks:
             if type(item) is not list:  # one chunk (a capture recorded before batches)
                 item = [item]
-            out: list[dict] = []
+            if first is not None:
+                out, first = first, None
+            else:
+                out = []
             try:
                 feed_all(item, out)
             except Exception:
@@ -95,6 +100,8 @@ async def convert_stream(
                 raise
             if out:
                 yield out
+        if first is not None:  # the upstream sent nothing at all
+            yield first
         yield conv.finish()
     finally:
         if not conv.metered and conv.chars:

@@ -455,13 +455,25 @@ def _batched(chunks: list[dict], sizes: list[int], body: dict = BODY) -> list[li
     return anyio.run(collect)
 
 
+def test_message_start_goes_alone_when_the_first_batch_makes_no_event() -> None:
+    """A first batch with nothing to show (a keepalive marker) still commits the response:
+    message_start goes up on its own, before the upstream's next batch is waited for."""
+    keepalive = {"object": "gateway.keepalive", "choices": []}
+    batches = _batched([keepalive, chunk({"content": "hi"}), chunk(finish="stop")], [1, 2])
+    assert [[e["type"] for e in b] for b in batches] == [
+        ["message_start"],
+        ["content_block_start", "content_block_delta"],
+        ["content_block_stop", "message_delta", "message_stop"],
+    ]
+
+
 def _without_id(events: list[dict]) -> list[dict]:
     return [{**e, "message": {**e["message"], "id": None}} if e["type"] == "message_start" else e for e in events]
 
 
 def test_batches_make_the_same_events_as_single_chunks() -> None:
     """Chunks fed as batches (one per network read) give exactly the events fed one by one,
-    one list per batch that made any event (message_start alone first)."""
+    one list per batch that made any event (message_start with the first one's)."""
     chunks = [
         chunk({"role": "assistant", "content": ""}),
         chunk({"reasoning": "think"}),
@@ -475,7 +487,7 @@ def test_batches_make_the_same_events_as_single_chunks() -> None:
     single = _without_id(run(chunks))
     for sizes in ([8], [1, 3, 4], [2, 2, 2, 2], [5, 3]):
         batches = _batched(chunks, sizes)
-        assert [e["type"] for e in batches[0]] == ["message_start"]
+        assert batches[0][0]["type"] == "message_start" and len(batches) <= len(sizes) + 1
         assert all(batches)  # no empty batch goes up
         assert _without_id([e for b in batches for e in b]) == single
 
@@ -493,6 +505,6 @@ def test_a_failure_inside_a_batch_hands_on_the_events_before_it() -> None:
 
     with pytest.raises(UpstreamError):
         anyio.run(collect)
-    assert [[e["type"] for e in b] for b in seen] == [["message_start"], ["content_block_start", "content_block_delta", "content_block_delta"]]
-    assert "".join(e["delta"]["text"] for e in seen[1][1:]) == "ab"
+    assert [[e["type"] for e in b] for b in seen] == [["message_start", "content_block_start", "content_block_delta", "content_block_delta"]]
+    assert "".join(e["delta"]["text"] for e in seen[0][2:]) == "ab"
     assert source.closed
