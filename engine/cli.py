@@ -469,7 +469,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from engine import logs
     from engine.executor import Engine
-    from engine.streams import is_stream
+    from engine.streams import each, is_stream
     from engine.types import Reply
 
     logs.configure(os.environ.get("ENGINE_LOG_FORMAT", "console"), os.environ.get("ENGINE_LOG_LEVEL", "error"))
@@ -489,7 +489,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     status = 1
                 out = out.stream if out.stream is not None else out.body
             if is_stream(out):
-                async for item in out:
+                async for item in each(out):  # a batch's items one by one
                     _print_item(item)
             else:
                 _print_item(out)

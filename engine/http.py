@@ -591,8 +591,9 @@ class StreamReply(Response):
         """Produce in a task of its own, write in this one.
 
         The producer (the pipeline's stream: upstream read, conversion, encoding) resumes once
-        per upstream chunk, and every resumption passes through each frame between the event
-        loop and the read: in uvicorn's task that is the ASGI frames and the run's too. So the
+        per upstream read (a batch of chunks), and every resumption passes through each frame
+        between the event loop and the read: in uvicorn's task that is the ASGI frames and the
+        run's too. So the
         producer gets a fresh, shallow task, and this (deep) task only wakes per write batch.
         """
         reply, outcome = self.reply, "ok"

@@ -34,7 +34,7 @@ from engine.capture import from_jsonable, jsonable, rebuild_error, redact_named,
 from engine.capture_reader import Captured, CaptureProblem, read_captures
 from engine.errors import StepError
 from engine.executor import Engine
-from engine.streams import is_stream
+from engine.streams import each, is_stream
 from engine.types import Reply
 
 __all__ = ["CaptureProblem", "Captured", "Result", "Summary", "read_captures", "replay_all", "replay_one"]
@@ -258,7 +258,7 @@ async def _observe(out: Any) -> dict[str, Any]:
             observed["body"] = _as_sent(out.body)
         return observed
     if is_stream(out):
-        return {"status": 200, "headers": {}, "stream": [[0.0, jsonable(item)] async for item in out]}
+        return {"status": 200, "headers": {}, "stream": [[0.0, jsonable(item)] async for item in each(out)]}
     return {"status": 200, "headers": {"content-type": "application/json"}, "body": _as_sent(out)}
 
 

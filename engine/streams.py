@@ -5,6 +5,12 @@ step's attempt, so failures before the first item (connect errors, an error stat
 upstream) are ordinary step failures that retry and time out like any other. After the first
 item the stream belongs to its consumer: nothing is retried, an `idle_timeout` bounds the gap
 between items, and closing the stream (the consumer went away) closes everything under it.
+
+An item may be a *batch*: a list stands for its elements, in order. A stream whose source
+delivers many items at once (one network read holds dozens of upstream chunks) hands them on
+as one list, so every layer between the socket and the client resumes once per read instead
+of once per item; `follow` counts a batch as its length, and `each` gives the elements one by
+one to a consumer that wants them so.
 """
 
 from __future__ import annotations
@@ -21,11 +27,29 @@ def is_stream(value: Any) -> bool:
     return hasattr(value, "__anext__")
 
 
+def size(item: Any) -> int:
+    """How many items `item` stands for: a batch (a list) its length, anything else one."""
+    return len(item) if type(item) is list else 1
+
+
+async def each(it: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The elements of a stream whose items may be batches, one at a time (closes `it`)."""
+    try:
+        async for item in it:
+            if type(item) is list:
+                for element in item:
+                    yield element
+            else:
+                yield item
+    finally:
+        await aclose_quietly(it)
+
+
 async def aclose_quietly(it: Any) -> None:
     """Close an async iterator even while the caller is being cancelled."""
     closer = getattr(it, "aclose", None)
-    if closer is None:
-        return
+    if closer is None or getattr(it, "ag_frame", False) is None:
+        return  # nothing to close, or an async generator that has already finished: no scope
     with anyio.CancelScope(shield=True):
         try:
             await closer()
@@ -64,7 +88,7 @@ async def follow(
     without an item. Returning False leaves the timing to this function.
 
     `on_end(outcome, items)` runs exactly once: "ok", "error", "timeout" or "closed" (the
-    consumer stopped early).
+    consumer stopped early); `items` counts a batch as its elements (`size`).
     """
     outcome, count = "closed", 0
     enforce = getattr(it, "enforce_idle_timeout", None)
@@ -73,11 +97,11 @@ async def follow(
         # StepTimeout itself when `idle_timeout` passes without an item.
         idle_timeout = None
     try:
-        count = 1
+        count = size(first)
         yield first
         if idle_timeout is None:
             async for item in it:
-                count += 1
+                count += len(item) if type(item) is list else 1
                 yield item
         else:
             while True:
@@ -89,7 +113,7 @@ async def follow(
                 if scope.cancelled_caught:
                     outcome = "timeout"
                     raise StepTimeout(f"step '{step}' sent nothing for {idle_timeout:g} s", retryable=False)
-                count += 1
+                count += size(item)
                 yield item
         outcome = "ok"
     except GeneratorExit:

@@ -173,26 +173,29 @@ async def _events(message: dict, report: dict | None) -> AsyncIterator[dict]:
     yield {"type": "message_stop"}
 
 
-async def _wrap(events: Any, block: dict | None, report: dict | None, summary: dict | None) -> AsyncIterator[dict]:
+async def _wrap(events: Any, block: dict | None, report: dict | None, summary: dict | None) -> AsyncIterator[list[dict]]:
     """The answer's stream with the compaction block first (indices shifted) and the report added."""
     shift = 1 if block is not None else 0
     try:
-        async for ev in events:
-            kind = ev.get("type")
-            if kind == "message_start":
-                yield ev
-                if block is not None:
-                    for b in _block_events(block, 0):
-                        yield b
-            elif shift and kind in ("content_block_start", "content_block_delta", "content_block_stop"):
-                yield {**ev, "index": ev["index"] + shift}
-            elif kind == "message_delta" and (report is not None or summary is not None):
-                ev = {**ev, "usage": _with_iterations(ev.get("usage"), summary)}
-                if report is not None:
-                    ev["context_management"] = report
-                yield ev
-            else:
-                yield ev
+        async for batch in events:  # the answer's events come in batches (engine/streams.py): so do ours
+            out: list[dict] = []
+            for ev in batch if type(batch) is list else (batch,):
+                kind = ev.get("type")
+                if kind == "message_start":
+                    out.append(ev)
+                    if block is not None:
+                        out += _block_events(block, 0)
+                elif shift and kind in ("content_block_start", "content_block_delta", "content_block_stop"):
+                    out.append({**ev, "index": ev["index"] + shift})
+                elif kind == "message_delta" and (report is not None or summary is not None):
+                    ev = {**ev, "usage": _with_iterations(ev.get("usage"), summary)}
+                    if report is not None:
+                        ev["context_management"] = report
+                    out.append(ev)
+                else:
+                    out.append(ev)
+            if out:
+                yield out
     finally:
         aclose = getattr(events, "aclose", None)
         if aclose is not None:

@@ -1,7 +1,7 @@
 """Wrap a pipeline's result into the HTTP reply: a JSON message, or an SSE stream of events.
 
-The stream is the hot path (one call per chunk), so the wrapper does the minimum per event:
-encode, yield. Its one other job is the commit-point rule (RELIABILITY §1/§2): once the 200
+The stream is the hot path, so the wrapper does the minimum: events come in batches (one per
+upstream network read, engine/streams.py) and each batch is encoded into one bytes item. Its one other job is the commit-point rule (RELIABILITY §1/§2): once the 200
 headers are out, a failure can only be told as one `event: error`, after which the stream ends.
 """
 
@@ -16,7 +16,7 @@ from engine.registry import step
 from engine.run import RunContext
 from engine.types import Facts, Reply
 from steps.anthropic.errors import error_event
-from steps.anthropic.sse import PING, encode
+from steps.anthropic.sse import PING, encode, encode_all
 
 SSE_MEDIA_TYPE = "text/event-stream; charset=utf-8"
 HEARTBEAT_INTERVAL = 10.0
@@ -44,18 +44,23 @@ def stream_outcome(error: BaseException) -> str:
 async def sse_stream(
     events: AsyncIterator[dict[str, Any]], request_id: str, log: Any = None, facts: dict[str, Any] | None = None
 ) -> AsyncIterator[bytes]:
-    """Encode Anthropic event dicts as SSE; on a failure, one `error` event and the end.
+    """Encode Anthropic event dicts (or batches of them) as SSE; on a failure, one `error`
+    event and the end.
 
     Cancellation and GeneratorExit are not caught: they mean the client went away, and the
     finally block closes the inner iterator (shielded, bounded) so the upstream connection is
     released and billing stops. A failure's outcome (`stream_outcome`) goes into `facts` (the
     reply step's, which the access line declares).
     """
-    _encode = encode
+    _encode, _encode_all = encode, encode_all
     it = aiter(events)
     try:
-        async for event in it:
-            yield _encode(event)
+        async for item in it:
+            if type(item) is list:  # a batch of events (engine/streams.py): one bytes item
+                if item:
+                    yield _encode_all(item)
+            else:
+                yield _encode(item)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the protocol's error event
         outcome = stream_outcome(exc)
         if facts is not None:
@@ -71,7 +76,7 @@ async def sse_stream(
         yield _encode(error_event(exc, request_id))
     finally:
         aclose = getattr(it, "aclose", None)
-        if aclose is not None:
+        if aclose is not None and getattr(it, "ag_frame", False) is not None:  # not a finished generator
             with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
                 await aclose()
 

@@ -33,5 +33,17 @@ def encode(event: dict[str, Any]) -> bytes:
     return prefix + _dumps(event) + b"\n\n"
 
 
+def encode_all(events: list[dict[str, Any]]) -> bytes:
+    """A batch of events (engine/streams.py) as one piece of SSE text: one write, not one per event."""
+    parts: list[bytes] = []
+    add = parts.append
+    for event in events:
+        t = event["type"]
+        add(_prefixes.get(t) or _prefix(t))
+        add(_dumps(event))
+        add(b"\n\n")
+    return b"".join(parts)
+
+
 PING: bytes = encode({"type": "ping"})
 """The keep-alive event, written when the stream has been silent for a while."""

@@ -54,7 +54,8 @@ async def convert_answer(
     """The upstream answer as the client asked for it: Anthropic events, or one Message folded from them.
 
     `answer` is a completion dict or a stream of chunks; the result is a stream of Anthropic
-    events when `body.stream`, else the one Message those events describe.
+    events (in batches, as convert.stream makes them) when `body.stream`, else the one
+    Message those events describe.
 
     See convert.stream for the events: the same converter makes both, so a JSON answer and a
     stream never disagree. Claude Code falls back to non-streaming after a broken stream and
@@ -71,7 +72,7 @@ async def convert_answer(
             return message_of_completion(answer, body, model, ctx, input_tokens_estimate, profiles, prices, *told)
         answer = _one(chunk_of_completion(answer))
     elif not streaming:
-        return fold([e async for e in convert_stream(answer, body, model, ctx, input_tokens_estimate, profiles, prices, *told)])
+        return fold([e async for batch in convert_stream(answer, body, model, ctx, input_tokens_estimate, profiles, prices, *told) for e in batch])
     return convert_stream(answer, body, model, ctx, input_tokens_estimate, profiles, prices, *told)
 
 
@@ -174,6 +175,6 @@ def fold(events: Iterable[dict]) -> dict:
     }
 
 
-async def _one(chunk: dict) -> AsyncIterator[dict]:
-    yield chunk
+async def _one(chunk: dict) -> AsyncIterator[list[dict]]:
+    yield [chunk]
 

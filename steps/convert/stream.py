@@ -6,7 +6,8 @@ before the next opens, never an empty text block, tool input that parses as an o
 its `content_block_stop`, and always `message_delta` + `message_stop` at the end, unless the
 upstream fails, in which case the error propagates and nothing more is emitted.
 
-The per-chunk path is a handful of dict lookups and one event dict per delta; everything
+Events travel in batches (a list per upstream network read), not one by one. The per-chunk
+path is a handful of dict lookups and one event dict per delta; everything
 rarer (block switches, tool bookkeeping, validation) lives in methods off that path.
 """
 
@@ -46,7 +47,7 @@ _NO_EVENTS: list[dict] = []  # returned (never mutated) when a chunk produces no
 
 @step("convert.stream", facts=("usage",))
 async def convert_stream(
-    chunks: AsyncIterator[dict],
+    chunks: AsyncIterator[list[dict]],
     body: dict,
     model: str,
     ctx: RunContext,
@@ -56,8 +57,15 @@ async def convert_stream(
     calibration: dict[str, float] | None = None,
     answered: str | None = None,
     facts: Facts | None = None,
-) -> AsyncIterator[dict]:
+) -> AsyncIterator[list[dict]]:
     """Translate parsed chat completion chunks into Anthropic stream events, incrementally.
+
+    Batch in, batch out (engine/streams.py): each item of `chunks` is a list of chunks (one
+    network read; a lone chunk dict is taken as a batch of one), and each item yielded is the
+    list of events they make, so the layers above resume once per read. `message_start` goes
+    up with the first batch's events (one write less), or alone when that batch makes none (a
+    keepalive marker commits the response with it); a later batch that makes no event yields
+    nothing.
 
     Emits `message_start` (input estimate; the real usage goes in `message_delta`), then
     text / thinking / tool_use blocks as the upstream produces them, then the stop reason
@@ -75,13 +83,26 @@ async def convert_stream(
     """
     conv = _StreamConverter(body, model, ctx, input_tokens_estimate, profiles, prices, calibration, answered, facts)
     try:
-        yield conv.start()
-        feed = conv.feed
-        async for chunk in chunks:
-            for event in feed(chunk):
-                yield event
-        for event in conv.finish():
-            yield event
+        feed_all = conv.feed_all
+        first: list[dict] | None = [conv.start()]  # goes up with the first batch's events
+        async for item in chunks:
+            if type(item) is not list:  # one chunk (a capture recorded before batches)
+                item = [item]
+            if first is not None:
+                out, first = first, None
+            else:
+                out = []
+            try:
+                feed_all(item, out)
+            except Exception:
+                if out:  # the events of the chunks before the failing one reach the client first
+                    yield out
+                raise
+            if out:
+                yield out
+        if first is not None:  # the upstream sent nothing at all
+            yield first
+        yield conv.finish()
     finally:
         if not conv.metered and conv.chars:
             conv.meter(None)
@@ -181,6 +202,40 @@ class _StreamConverter:
         }
 
     # -- per chunk ------------------------------------------------------------------------
+
+    def feed_all(self, chunks: list[dict], out: list[dict]) -> None:
+        """Feed a batch of chunks, appending their events to `out`.
+
+        On a failure `out` holds the events of the chunks before the failing one, as if they
+        had been fed one by one. The commonest chunk (more text for the open text block) is
+        handled inline: a call and a list less per chunk, which is most of a stream.
+        """
+        feed = self.feed
+        for chunk in chunks:
+            choices = chunk.get("choices")
+            if self.open == _TEXT and choices and "error" not in chunk:
+                choice = choices[0]
+                delta = choice.get("delta") if type(choice) is dict else None
+                content = delta.get("content") if type(delta) is dict else None
+                if (
+                    content
+                    and type(content) is str
+                    and not choice.get("finish_reason")
+                    and not (delta.get("reasoning") or delta.get("reasoning_content") or delta.get("reasoning_details"))
+                    and "tool_calls" not in delta
+                    and "refusal" not in delta
+                ):
+                    usage = chunk.get("usage")
+                    if usage:
+                        self.usage = usage
+                    self.chars += len(content)
+                    if self.tail_len:
+                        self.tail = (self.tail + content)[-self.tail_len :]
+                    out.append({"type": "content_block_delta", "index": self.index, "delta": {"type": "text_delta", "text": content}})
+                    continue
+            events = feed(chunk)
+            if events:
+                out += events
 
     def feed(self, chunk: dict) -> list[dict]:
         if "error" in chunk and chunk["error"]:

@@ -91,6 +91,10 @@ class UpstreamResponse:
                 return
             yield chunk
 
+    def at_eof(self) -> bool:
+        """Whether the whole body has arrived and been read (nothing left to drain)."""
+        return self._response.content.at_eof()
+
     async def aread(self) -> bytes:
         return b"".join([part async for part in self.aiter_bytes()])
 
@@ -98,7 +102,8 @@ class UpstreamResponse:
         """Drop the connection now (sync: an idle watchdog's timer calls it); a pending read fails."""
         self._response.close()
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
+        """Synchronous: releasing or closing an aiohttp response never waits."""
         if self.is_closed:
             return
         self.is_closed = True
@@ -106,6 +111,9 @@ class UpstreamResponse:
             self._response.release()  # read to the end: the connection goes back to the pool
         else:
             self._response.close()
+
+    async def aclose(self) -> None:
+        self.close()
 
 
 class UpstreamClient:

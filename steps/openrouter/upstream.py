@@ -2,15 +2,18 @@
 
 The step is deliberately thin: it sends the already-converted payload, turns every way the
 upstream can fail into an `UpstreamError` (steps/openrouter/errors.py) and, for a stream,
-returns a `ChunkStream` of parsed chunk dicts. It never retries (the engine's retry layer is the
-only one, so the HTTP client is built with `retries=0`). The engine bounds the first chunk
-with the step's timeout and hands the gap timeout to the stream (`enforce_idle_timeout`, a
-watchdog timer); the run's deadline, when there is one, bounds the wait for the response
-headers (and, without streaming, for the whole body).
+returns a `ChunkStream` of parsed chunk dicts, handed on as one batch (a list) per network
+read so the layers above resume once per read, not once per chunk. It never retries (the
+engine's retry layer is the only one, so the HTTP client is built with `retries=0`). The
+engine bounds the first chunk with the step's timeout and hands the gap timeout to the stream
+(`enforce_idle_timeout`, a watchdog timer); the run's deadline, when there is one, is the
+engine's one cancel scope around the run, which bounds the wait for the response headers (and,
+without streaming, for the whole body): the step sets no scope of its own for it, and only
+refuses to start once the deadline has passed.
 
 Error kinds raised (see UpstreamError): "status" (an HTTP error status), "connect" (refused,
 reset or closed before the response headers: the stale-pooled-connection case), "timeout"
-(httpx connect/read/write/pool timeout, or the run's deadline passing), "protocol" (non-JSON
+(httpx connect/read/write/pool timeout, or the run's deadline passed before the call), "protocol" (non-JSON
 body or an invalid SSE data line), "error_chunk" (a 200 whose JSON or a stream chunk holds a
 top-level `error`; status from `error.code`, 502 when it is not a number), "cut" (the stream or
 body broke or ended before a finish_reason; retryable only while nothing was yielded). What
@@ -68,7 +71,6 @@ CALL_FACTS = ("model", "attempts", "upstream_status", "fallback", "fallbacks", "
 """What `openrouter.call` tells besides its answer (`${{ facts.call.model }}`, ...)."""
 MAX_ERROR_BODY = 1024 * 1024  # bytes of an error (or non-SSE) body read before giving up
 DONE_DRAIN_SECONDS = 0.5  # after [DONE], wait this long for the body's end to keep the connection
-CLOSE_SECONDS = 5.0  # bound on closing the upstream response
 LOG_LINE_BYTES = 200
 INVALID_CHUNK = "upstream sent an invalid chunk"
 INVALID_RESPONSE = "upstream sent an invalid response"
@@ -169,7 +171,8 @@ async def call(
     committed the response) an SSE `timeout_error` ends the stream.
 
     Returns the parsed response dict when `payload["stream"]` is falsy, else a `ChunkStream`
-    (an AsyncIterator[dict] of parsed `chat.completion.chunk`s, without the `[DONE]` marker) once
+    (an AsyncIterator of lists of parsed `chat.completion.chunk`s, one list per network read,
+    without the `[DONE]` marker) once
     the upstream answered 200. Annotated `Any` because it is either: the registry would mark a
     step annotated AsyncIterator as always streaming. Every failure is an `UpstreamError`.
     """
@@ -280,35 +283,35 @@ async def _call_one(payload: dict, request: Request, ctx: RunContext, provider: 
     remaining = ctx.remaining()
     if remaining is not None and remaining <= 0:
         raise UpstreamError("deadline passed before the upstream call", kind="timeout", retryable=False)
+    # From here on the run's deadline (the engine's scope around the whole run) bounds every wait.
+    response = await _send(client, url, body, headers, key)
     if not streaming:
-        with _deadline(remaining):
-            response = await _send(client, url, body, headers, key)
-            try:
-                return await _read_json(response, key)
-            finally:
-                await _close(response)
-    with _deadline(remaining):
-        response = await _send(client, url, body, headers, key)
+        try:
+            return await _read_json(response, key)
+        finally:
+            _close(response)
     try:
         if response.status_code >= 400:
-            with _deadline(ctx.remaining()):
-                raise await _status_error(response, key)
+            raise await _status_error(response, key)
         ctype = response.headers.get("content-type", "").lower()
         if "json" in ctype or "html" in ctype:
             # An error (or a whole completion) sent as plain JSON although we asked for a stream,
             # or an HTML error page from a proxy in between. Anything else is parsed as SSE.
-            with _deadline(ctx.remaining()):
-                parsed = await _read_json(response, key)
-            await _close(response)
+            parsed = await _read_json(response, key)
+            _close(response)
             return ChunkStream.of_completion(parsed)
     except BaseException:
-        await _close(response)
+        _close(response)
         raise
     return ChunkStream(response, ctx, key, commit_after=transport.commit_after, first_content=transport.first_content_timeout)
 
 
-class ChunkStream(AsyncIterator[dict]):
+class ChunkStream(AsyncIterator[list[dict]]):
     """The parsed chunks of one upstream stream; owns (and always closes) the HTTP response.
+
+    Each item is a batch: the chunks of one network read, in order (engine/streams.py). A
+    failure in the middle of a read (an error chunk, an invalid line) first hands on the
+    chunks before it, then raises, so the client sees what the upstream sent before the error.
 
     `aclose()` closes the upstream connection at once, even if iteration never started (an
     async generator would skip its `finally` then). Errors are `UpstreamError`s with
@@ -380,21 +383,21 @@ class ChunkStream(AsyncIterator[dict]):
     def of_completion(cls, completion: dict) -> ChunkStream:
         """A one-chunk stream equivalent to a whole non-streamed completion."""
         stream = cls(None, None)
-        stream._ready = [completion_as_chunk(completion)]
+        stream._ready = [[completion_as_chunk(completion)]]
         stream.chunks = 1
         return stream
 
     def __aiter__(self) -> ChunkStream:
         return self
 
-    def __anext__(self) -> Awaitable[dict]:
+    def __anext__(self) -> Awaitable[list[dict]]:
         # The generator's own awaitable, not a coroutine wrapping it: one frame less for every
         # chunk (each frame between the event loop and the read costs on every resumption).
         if self._ready or self._gen is None:
             return self._take_ready()
         return self._gen.__anext__()
 
-    async def _take_ready(self) -> dict:
+    async def _take_ready(self) -> list[dict]:
         if self._ready:
             return self._ready.pop(0)
         raise StopAsyncIteration
@@ -410,7 +413,7 @@ class ChunkStream(AsyncIterator[dict]):
                 await self._gen.aclose()
         finally:
             if self._response is not None:
-                await _close(self._response)
+                _close(self._response)
 
     async def __aenter__(self) -> ChunkStream:
         return self
@@ -440,13 +443,14 @@ class ChunkStream(AsyncIterator[dict]):
                     self.finished = True
         return chunk
 
-    async def _run(self) -> AsyncIterator[dict]:
+    async def _run(self) -> AsyncIterator[list[dict]]:
         import httpx  # loaded by the transport already; imported here to keep it out of `engine check`
 
         response = self._response
         assert response is not None
         decoder = SSEDecoder()
-        parse = self._parse
+        parse = self._parse  # the slow path: an invalid line or an error chunk
+        loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
         raw_iter = response.aiter_bytes()
         done = False
         held: list[dict] = []  # chunks without meaning, before the first meaningful one
@@ -469,32 +473,48 @@ class ChunkStream(AsyncIterator[dict]):
                     except SSEError as exc:
                         self._warn(str(exc).encode())
                         raise self._error(INVALID_CHUNK, kind="protocol", retryable=False) from None
+                    batch: list[dict] = []  # this read's chunks: one item for every layer above
                     for data in events:
                         if data == DONE:
                             done = True
                             break
-                        chunk = parse(data)
+                        try:
+                            chunk = loads(data)
+                        except JSONDecodeError:
+                            chunk = None
+                        if type(chunk) is not dict or "error" in chunk:
+                            try:
+                                parse(data)  # raises the error this line is (and logs an invalid one)
+                            except UpstreamError:
+                                if batch:  # what the upstream sent before the failure reaches the client first
+                                    yield batch
+                                raise
+                        if not self.finished:
+                            for choice in chunk.get("choices") or ():
+                                if type(choice) is dict and choice.get("finish_reason"):
+                                    self.finished = True
                         if self.chunks == 0 and not is_meaningful(chunk):
                             held.append(chunk)
                             continue
                         if held:
-                            for h in held:
-                                self.chunks += 1
-                                yield h
+                            batch += held
+                            self.chunks += len(held)
                             held.clear()
+                        self.chunks += 1  # counted now: an error later in this read is mid-stream
+                        batch.append(chunk)
+                    if batch:
                         content_by = None
-                        self.chunks += 1
-                        yield chunk
+                        yield batch
                         if hold is not None:
                             last = clock()
                     if done:
                         break
-                    if hold is not None and clock() - last >= hold:
+                    if not batch and hold is not None and clock() - last >= hold:
                         # Bytes arrived (a keepalive comment, or held chunks) but nothing to
                         # show for `hold` seconds: tell the engine the upstream is alive.
                         self.chunks += 1
                         self.keepalives += 1
-                        yield keepalive()
+                        yield [keepalive()]
                         last = clock()
                 if not done:
                     for data in decoder.flush():
@@ -517,12 +537,13 @@ class ChunkStream(AsyncIterator[dict]):
             else:
                 if not done and not self.finished:
                     raise self._error(CUT, kind="cut", retryable=self.chunks == 0)
-            for h in held:  # the stream ended with nothing meaningful (or a last unterminated event)
-                self.chunks += 1
-                yield h
-            held.clear()
-            if done:
-                # Read the body's end so the connection goes back to the pool (bounded).
+            if held:  # the stream ended with nothing meaningful (or a last unterminated event)
+                self.chunks += len(held)
+                rest, held = held, []
+                yield rest
+            if done and not response.at_eof():
+                # Read the body's end so the connection goes back to the pool (bounded). Usually
+                # it came with [DONE], and there is nothing to wait for (and no scope to set up).
                 with anyio.move_on_after(DONE_DRAIN_SECONDS):
                     try:
                         async for _ in raw_iter:
@@ -535,7 +556,7 @@ class ChunkStream(AsyncIterator[dict]):
             raise
         finally:
             self._disarm()
-            await _close(response)
+            _close(response)
 
     def _chunk_error(self, chunk: dict) -> UpstreamError:
         message, error_type, code = error_fields(chunk)
@@ -570,31 +591,6 @@ def _client_key(request: Request | None) -> str:
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     return ""
-
-
-class _deadline:
-    """`anyio.fail_after(seconds)` (or nothing when None) for the run's deadline: raises a
-    timeout UpstreamError that is not retried (nothing is left to try)."""
-
-    __slots__ = ("_scope", "_seconds")
-
-    def __init__(self, seconds: float | None) -> None:
-        self._seconds = seconds
-        self._scope: Any = None
-
-    def __enter__(self) -> _deadline:
-        if self._seconds is not None:
-            self._scope = anyio.fail_after(max(self._seconds, 0.0))
-            self._scope.__enter__()
-        return self
-
-    def __exit__(self, et: Any, ev: Any, tb: Any) -> bool:
-        if self._scope is None:
-            return False
-        try:
-            return bool(self._scope.__exit__(et, ev, tb))
-        except TimeoutError:
-            raise UpstreamError("run deadline passed while waiting for the upstream", kind="timeout", retryable=False) from None
 
 
 def _client(transport: Any) -> UpstreamClient:
@@ -713,15 +709,15 @@ async def _read_json(response: UpstreamResponse, key: str) -> dict:
     return parsed
 
 
-async def _close(response: UpstreamResponse) -> None:
-    """Close the response (and with it, if unfinished, the connection), even when cancelled."""
+def _close(response: UpstreamResponse) -> None:
+    """Close the response (and with it, if unfinished, the connection). Synchronous, so a
+    cancelled caller closes it all the same, with no shield and no bound to set up."""
     if response.is_closed:
         return
-    with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_SECONDS):
-        try:
-            await response.aclose()
-        except Exception:  # closing a broken connection may fail; it is gone either way
-            pass
+    try:
+        response.close()
+    except Exception:  # closing a broken connection may fail; it is gone either way
+        pass
 
 
 def completion_as_chunk(completion: dict) -> dict:

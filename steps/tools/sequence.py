@@ -274,7 +274,7 @@ class _Sequence:
 
     # -- stream ---------------------------------------------------------------------------
 
-    async def stream(self, events: AsyncIterator[dict]) -> AsyncIterator[dict]:
+    async def stream(self, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
         index = 0
         started = False
         rounds = 1
@@ -285,57 +285,61 @@ class _Sequence:
                 open_blocks: dict[int, dict] = {}  # upstream index → {"block", "out" index or None, "parts"}
                 stop: tuple[Any, Any] = ("end_turn", None)
                 try:
-                    async for ev in events:
-                        kind = ev.get("type")
-                        if kind == "message_start":
-                            if not started:
-                                started = True
-                                yield ev
-                        elif kind == "content_block_start":
-                            cb = dict(ev["content_block"])
-                            if self.is_server(cb):
-                                open_blocks[ev["index"]] = {"block": cb, "out": None, "parts": []}
-                                continue
-                            open_blocks[ev["index"]] = {"block": cb, "out": index, "parts": []}
-                            yield {**ev, "index": index}
-                            if cb.get("type") == "text" and self.citations:
-                                for citation in self.citations:
-                                    yield {"type": "content_block_delta", "index": index,
-                                           "delta": {"type": "citations_delta", "citation": citation}}
-                                cb["citations"], self.citations = self.citations, []
-                            index += 1
-                        elif kind == "content_block_delta":
-                            entry = open_blocks.get(ev["index"])
-                            if entry is None:
-                                continue
-                            _accumulate(entry, ev["delta"])
-                            if entry["out"] is not None:
-                                yield {**ev, "index": entry["out"]}
-                        elif kind == "content_block_stop":
-                            entry = open_blocks.pop(ev["index"], None)
-                            if entry is None:
-                                continue
-                            block = _finish(entry)
-                            blocks.append(block)
-                            if entry["out"] is not None:
-                                yield {**ev, "index": entry["out"]}
-                                continue
-                            calls.append(block)
-                            use, _, srv_id = self.server_blocks(block, None)
-                            block["_srv_id"] = srv_id
-                            yield {"type": "content_block_start", "index": index, "content_block": {**use, "input": {}}}
-                            yield {"type": "content_block_delta", "index": index,
-                                   "delta": {"type": "input_json_delta", "partial_json": orjson.dumps(use["input"]).decode()}}
-                            yield {"type": "content_block_stop", "index": index}
-                            index += 1
-                        elif kind == "message_delta":
-                            self.usage.add(ev.get("usage"))
-                            delta = ev.get("delta") or {}
-                            stop = (delta.get("stop_reason"), delta.get("stop_sequence"))
-                        elif kind == "message_stop":
-                            pass
-                        else:
-                            yield ev
+                    async for batch in events:  # the turn's events come in batches (engine/streams.py): so do ours
+                        out: list[dict] = []
+                        for ev in batch if type(batch) is list else (batch,):
+                            kind = ev.get("type")
+                            if kind == "message_start":
+                                if not started:
+                                    started = True
+                                    out.append(ev)
+                            elif kind == "content_block_start":
+                                cb = dict(ev["content_block"])
+                                if self.is_server(cb):
+                                    open_blocks[ev["index"]] = {"block": cb, "out": None, "parts": []}
+                                    continue
+                                open_blocks[ev["index"]] = {"block": cb, "out": index, "parts": []}
+                                out.append({**ev, "index": index})
+                                if cb.get("type") == "text" and self.citations:
+                                    for citation in self.citations:
+                                        out.append({"type": "content_block_delta", "index": index,
+                                                    "delta": {"type": "citations_delta", "citation": citation}})
+                                    cb["citations"], self.citations = self.citations, []
+                                index += 1
+                            elif kind == "content_block_delta":
+                                entry = open_blocks.get(ev["index"])
+                                if entry is None:
+                                    continue
+                                _accumulate(entry, ev["delta"])
+                                if entry["out"] is not None:
+                                    out.append({**ev, "index": entry["out"]})
+                            elif kind == "content_block_stop":
+                                entry = open_blocks.pop(ev["index"], None)
+                                if entry is None:
+                                    continue
+                                block = _finish(entry)
+                                blocks.append(block)
+                                if entry["out"] is not None:
+                                    out.append({**ev, "index": entry["out"]})
+                                    continue
+                                calls.append(block)
+                                use, _, srv_id = self.server_blocks(block, None)
+                                block["_srv_id"] = srv_id
+                                out.append({"type": "content_block_start", "index": index, "content_block": {**use, "input": {}}})
+                                out.append({"type": "content_block_delta", "index": index,
+                                            "delta": {"type": "input_json_delta", "partial_json": orjson.dumps(use["input"]).decode()}})
+                                out.append({"type": "content_block_stop", "index": index})
+                                index += 1
+                            elif kind == "message_delta":
+                                self.usage.add(ev.get("usage"))
+                                delta = ev.get("delta") or {}
+                                stop = (delta.get("stop_reason"), delta.get("stop_sequence"))
+                            elif kind == "message_stop":
+                                pass
+                            else:
+                                out.append(ev)
+                        if out:
+                            yield out
                 finally:
                     aclose = getattr(events, "aclose", None)
                     if aclose is not None:

@@ -213,6 +213,20 @@ def test_slow_drip_longer_than_every_timeout_completes() -> None:
     assert "".join(texts(events)) == drip_text(60) and events[-1][0] == "message_stop"
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_the_run_deadline_bounds_a_stalled_upstream(streaming: bool) -> None:
+    """An upstream that never sends its headers is bounded by the run's deadline (the engine's
+    one scope around the run; openrouter.call sets none of its own): 504 timeout_error, and the
+    upstream connection is closed."""
+    env = {**FAST, "UPSTREAM_TIMEOUT": "60", "ENGINE_REQUEST_DEADLINE": "1"}
+    with gateway_with(env) as g:
+        g.fake.script("stall_before_headers")
+        r = post(g, body(stream=streaming))
+        assert r.status_code == 504 and r.json()["error"]["type"] == "timeout_error"
+        assert r.json()["error"]["message"].startswith("request deadline exceeded")
+        assert g.fake.wait_for(lambda: g.fake.requests[0].outcome == "peer_closed")
+
+
 # --- §2.11: client disconnect ---------------------------------------------------------------------
 
 

@@ -833,7 +833,7 @@ def check_grammar(events: list[dict]) -> list[dict]:
 
 def _run_stream(chunks: list[dict], body: dict) -> list[dict]:
     async def go() -> list[dict]:
-        return [e async for e in convert_stream(_aiter(chunks), body, "x/y", _ctx(), 42)]
+        return [e async for batch in convert_stream(_aiter(chunks), body, "x/y", _ctx(), 42) for e in batch]
 
     return anyio.run(go)
 

@@ -71,7 +71,7 @@ def run(chunks: list[dict] | Chunks, body: dict = BODY, estimate: int = 0) -> li
     source = chunks if isinstance(chunks, Chunks) else Chunks(chunks)
 
     async def collect() -> list[dict]:
-        return [e async for e in convert_stream(source, body, "x/y", ctx(), estimate)]
+        return [e async for batch in convert_stream(source, body, "x/y", ctx(), estimate) for e in batch]
 
     return anyio.run(collect)
 
@@ -316,8 +316,8 @@ def test_iterator_error_propagates_without_further_events() -> None:
     seen: list[dict] = []
 
     async def collect() -> None:
-        async for event in convert_stream(source, BODY, "x/y", ctx()):
-            seen.append(event)
+        async for batch in convert_stream(source, BODY, "x/y", ctx()):
+            seen.extend(batch)
 
     with pytest.raises(UpstreamError):
         anyio.run(collect)
@@ -436,3 +436,75 @@ def test_invalid_tool_json_raises() -> None:
     """Tool arguments that cannot be closed into an object raise a protocol error before the block stops."""
     with pytest.raises(UpstreamError):
         run([chunk({"tool_calls": [tc(0, "c1", "A", '{"x": 1}}')]}), chunk(finish="tool_calls")])
+
+
+# --- batches -----------------------------------------------------------------------------------
+
+
+def _batched(chunks: list[dict], sizes: list[int], body: dict = BODY) -> list[list[dict]]:
+    """convert_stream's batches when the chunks arrive in batches of the given sizes."""
+    batches, at = [], 0
+    for n in sizes:
+        batches.append(chunks[at : at + n])
+        at += n
+    source = Chunks(batches)  # type: ignore[arg-type]
+
+    async def collect() -> list[list[dict]]:
+        return [b async for b in convert_stream(source, body, "x/y", ctx())]
+
+    return anyio.run(collect)
+
+
+def test_message_start_goes_alone_when_the_first_batch_makes_no_event() -> None:
+    """A first batch with nothing to show (a keepalive marker) still commits the response:
+    message_start goes up on its own, before the upstream's next batch is waited for."""
+    keepalive = {"object": "gateway.keepalive", "choices": []}
+    batches = _batched([keepalive, chunk({"content": "hi"}), chunk(finish="stop")], [1, 2])
+    assert [[e["type"] for e in b] for b in batches] == [
+        ["message_start"],
+        ["content_block_start", "content_block_delta"],
+        ["content_block_stop", "message_delta", "message_stop"],
+    ]
+
+
+def _without_id(events: list[dict]) -> list[dict]:
+    return [{**e, "message": {**e["message"], "id": None}} if e["type"] == "message_start" else e for e in events]
+
+
+def test_batches_make_the_same_events_as_single_chunks() -> None:
+    """Chunks fed as batches (one per network read) give exactly the events fed one by one,
+    one list per batch that made any event (message_start with the first one's)."""
+    chunks = [
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"reasoning": "think"}),
+        chunk({"content": "Hello"}),
+        chunk({"content": " world"}),
+        chunk({"tool_calls": [tc(0, id="call_1", name="Read", args='{"pa')]}),
+        chunk({"tool_calls": [tc(0, args='th": "/x"}')]}),
+        chunk({"content": "after"}),
+        chunk(finish="tool_calls", usage={"prompt_tokens": 3, "completion_tokens": 5}),
+    ]
+    single = _without_id(run(chunks))
+    for sizes in ([8], [1, 3, 4], [2, 2, 2, 2], [5, 3]):
+        batches = _batched(chunks, sizes)
+        assert batches[0][0]["type"] == "message_start" and len(batches) <= len(sizes) + 1
+        assert all(batches)  # no empty batch goes up
+        assert _without_id([e for b in batches for e in b]) == single
+
+
+def test_a_failure_inside_a_batch_hands_on_the_events_before_it() -> None:
+    """A chunk that fails (finish_reason error) in the middle of a batch: the events of the
+    chunks before it go up first, then the error; nothing after it."""
+    bad = chunk({"content": "lost"}, finish="error")
+    source = Chunks([[chunk({"content": "a"}), chunk({"content": "b"}), bad, chunk({"content": "c"})]])  # type: ignore[list-item]
+    seen: list[list[dict]] = []
+
+    async def collect() -> None:
+        async for batch in convert_stream(source, BODY, "x/y", ctx()):
+            seen.append(batch)
+
+    with pytest.raises(UpstreamError):
+        anyio.run(collect)
+    assert [[e["type"] for e in b] for b in seen] == [["message_start", "content_block_start", "content_block_delta", "content_block_delta"]]
+    assert "".join(e["delta"]["text"] for e in seen[0][2:]) == "ab"
+    assert source.closed
