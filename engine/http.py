@@ -593,8 +593,8 @@ class StreamReply(Response):
         The producer (the pipeline's stream: upstream read, conversion, encoding) resumes once
         per upstream read (a batch of chunks), and every resumption passes through each frame
         between the event loop and the read: in uvicorn's task that is the ASGI frames and the
-        run's too. So the
-        producer gets a fresh, shallow task, and this (deep) task only wakes per write batch.
+        run's too. So the producer gets a fresh, shallow task, and this (deep) task only wakes
+        per write batch.
         """
         reply, outcome = self.reply, "ok"
         ctx = self.ctx
