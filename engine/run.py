@@ -53,6 +53,19 @@ class Resources:
                 self._items[name] = made
             return self._items[name]
 
+    def get_now(self, name: str, factory: Callable[[], Any]) -> Any:
+        """`get` for an object a plain function makes: no await, so a sync step can share one.
+
+        Nothing else runs on the event loop while this does, so no lock is needed; a name must
+        be made either way, not both (an async factory may be awaited under `get`'s lock)."""
+        item = self._items.get(name)
+        if item is None:
+            item = factory()
+            if isinstance(item, Awaitable):
+                raise TypeError(f"resource '{name}': get_now takes a plain factory; await get() for an async one")
+            self._items[name] = item
+        return item
+
     async def aclose(self) -> None:
         items, self._items = list(self._items.values()), {}
         for item in reversed(items):
@@ -147,6 +160,10 @@ class RunContext:
     async def resource(self, name: str, factory: Callable[[], Any | Awaitable[Any]]) -> Any:
         """A shared object (created once per engine by `factory`), e.g. a pooled HTTP client."""
         return await self.engine.resources.get(name, factory)
+
+    def resource_now(self, name: str, factory: Callable[[], Any]) -> Any:
+        """`resource` for an object a plain function makes, from a sync step."""
+        return self.engine.resources.get_now(name, factory)
 
     async def run_pipeline(self, name: str, input: Any, facts: Any = None) -> Any:
         """Run another loaded pipeline as part of this run (same request id and deadline).

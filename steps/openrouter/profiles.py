@@ -264,9 +264,10 @@ def _listing_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), trust_env=False, follow_redirects=False, headers={"user-agent": USER_AGENT})
 
 
-async def profile_book(ctx: RunContext, data: str = "", provider: str = "") -> ProfileBook:
-    """The engine-wide ProfileBook for a data file and provider (each provider lists its own models)."""
-    return await ctx.resource(f"openrouter.profiles:{data or DEFAULT_DATA}:{provider}", lambda: ProfileBook(load_rules(data)))
+def profile_book(ctx: RunContext, data: str = "", provider: str = "") -> ProfileBook:
+    """The engine-wide ProfileBook for a data file and provider (each provider lists its own
+    models). Made by a plain function, so sync steps (openrouter.prices) share it too."""
+    return ctx.resource_now(f"openrouter.profiles:{data or DEFAULT_DATA}:{provider}", lambda: ProfileBook(load_rules(data)))
 
 
 def for_dialect(profile: Profile, dialect: Dialect) -> Profile:
@@ -307,7 +308,7 @@ async def profiles(
         providers = single(base_url, api_key) if base_url else None
         candidates = None
     if providers is None:
-        book = await profile_book(ctx, data)
+        book = profile_book(ctx, data)
         return {m: book.get(m) for m in models}
     targets = [Target(c["provider"], c["model"], c.get("ref") or c["model"]) for c in candidates or () if c.get("provider") in providers.providers]
     if not targets:
@@ -318,20 +319,20 @@ async def profiles(
         if target.model in out:
             continue
         provider = providers.get(target.provider)
-        book = await profile_book(ctx, data, provider.name)
+        book = profile_book(ctx, data, provider.name)
         if fetch and provider.fetch_models:
             client = await ctx.resource("openrouter.models_client", _listing_client)
             await book.refresh(client, provider.base_url, provider.key_for(client_key), ttl, fetch_timeout, ctx.log)
         out[target.model] = for_dialect(book.get(target.model), provider.speaks)
     for m in models:  # ids no candidate named (a caller's own list)
         if m not in out:
-            out[m] = (await profile_book(ctx, data, providers.default)).get(m)
+            out[m] = profile_book(ctx, data, providers.default).get(m)
     return out
 
 
 
-@step("openrouter.prices", sends=())
-async def prices(
+@step("openrouter.prices", sends=(), blocking=False)
+def prices(
     models: list[str], ctx: RunContext, profiles: dict[str, Profile] | None = None, data: str = "", candidates: list[dict[str, Any]] | None = None
 ) -> dict[str, Prices]:
     """USD per million input, output, cache-read and cache-write tokens, per model (when known).
@@ -345,7 +346,7 @@ async def prices(
     pairs = [(c["model"], c.get("provider") or "") for c in candidates] if candidates else [(m, "") for m in models]
     found: dict[str, Prices] = {}
     for model, provider in pairs:
-        price = (await profile_book(ctx, data, provider)).prices(model)
+        price = profile_book(ctx, data, provider).prices(model)
         if price is not None and model not in found:
             found[model] = price
     return found

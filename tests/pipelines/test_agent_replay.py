@@ -132,7 +132,7 @@ def test_web_search_is_answered_from_the_capture_too(tmp_path: Path) -> None:
         writer.close()
     records = [json.loads(line) for f in capture_dir.glob("capture-*.jsonl") for line in f.read_text().splitlines()]
     steps = sorted([(c["pipeline"], c["step"]) for c in r["calls"]] for r in records)
-    turn = [("turn", "calibration"), ("turn", "profiles"), ("turn", "prices"), ("turn", "call")]  # each turn's recorded steps
+    turn = [("turn", "profiles"), ("turn", "calibration"), ("turn", "prices"), ("turn", "call")]  # each turn's recorded steps, in the plan's order
     assert steps == [[*turn, ("tool", "run"), *turn], [*turn, *turn]]
 
     searched = len(SEARCHES)
