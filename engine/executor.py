@@ -373,10 +373,16 @@ class _Run:
             return None
         kwargs = dict(node.static)
         for pname, ref in node.refs:
-            if ref.path or ref.facts or ref.negate:
+            if ref.facts or ref.negate:
                 kwargs[pname] = resolve_ref(ref, results, input)
-            else:  # a whole output or the input, the common case, without a call
-                kwargs[pname] = input if ref.step is None else results[ref.step]
+                continue
+            # An output or the input, or a field of it: resolve_ref's walk, without a call per input.
+            value = input if ref.step is None else results[ref.step]
+            for key in ref.path:
+                if value is None:
+                    break
+                value = value.get(key) if isinstance(value, dict) else getattr(value, key, None)
+            kwargs[pname] = value
         for pname, value in node.nested:
             kwargs[pname] = materialize(value, results, input)
         if node.info.wants_context:
@@ -396,7 +402,7 @@ class _Run:
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceeded(f"the run's deadline passed before step '{node.name}'")
             value = node.info.fn(**kwargs)
-            if node.info.is_async or streams.is_stream(value):
+            if node.info.is_async or hasattr(value, "__anext__"):  # streams.is_stream, inline
                 return self.finish_direct(node, value, start)  # a coroutine to await, or a stream to prime
             self.finished(node, "ok", 1, start)
         except Exception as exc:
