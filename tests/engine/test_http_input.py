@@ -66,23 +66,8 @@ steps:
 output: ${{ steps.seen }}
 """
 
-PLAIN = """
-name: plain
-route: POST /plain
-steps:
-  size: {uses: "{module}:length", with: {body: "${{ input.body }}"}}
-  seen:
-    uses: "{module}:echo"
-    with:
-      method: ${{ input.method }}
-      path: ${{ input.path }}
-      query: ${{ input.query }}
-      tenant: ${{ input.headers.x-tenant }}
-      item: none
-      client: ${{ input.client }}
-      size: ${{ steps.size }}
-output: ${{ steps.seen }}
-"""
+PLAIN = ECHO.replace("name: echo\nroute: POST /items/{item}", "name: plain\nroute: POST /plain").replace("${{ input.path_params.item }}", "none")
+"""The same pipeline on a route with no path parameter (the gateway's own dict lookup serves it)."""
 
 SHADOWED = """
 name: shadowed
