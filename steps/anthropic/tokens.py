@@ -228,12 +228,22 @@ def estimate_input_tokens(body: dict) -> int:
 
 
 @step("anthropic.count_tokens", blocking=False)
-def count_tokens(body: dict, model: str = "", calibration: dict[str, float] | None = None) -> dict:
+def count_tokens(
+    body: dict, model: str = "", calibration: dict[str, float] | None = None, original: dict | None = None, applied: list | None = None
+) -> dict:
     """Answer /v1/messages/count_tokens locally: `{"input_tokens": n}` from the calibrated estimate.
 
     OpenRouter has no equivalent, and Claude Code's /context sends ~25 at once, so a fast local
     estimate beats any upstream round trip. With `model` (the upstream id) the estimate is
     scaled by what that model's real usage taught (`calibration`: the `anthropic.calibration`
     output), so /context and auto-compaction see the upstream tokenizer's count, not chars/4.
+    `body` is the request as the upstream would get it (tool changes applied, context edits
+    made, deferred tools left out: the body the calibration was learned on). When the request
+    asked for context editing (`applied`, anthropic.context_edits' list, is not None), the
+    answer also says what `original` (the request before the edits) counted, as Anthropic's
+    does: `context_management.original_input_tokens`.
     """
-    return {"input_tokens": corrected(calibration, model, estimate_tokens(body))}
+    out: dict[str, Any] = {"input_tokens": corrected(calibration, model, estimate_tokens(body))}
+    if applied is not None and original is not None:
+        out["context_management"] = {"original_input_tokens": corrected(calibration, model, estimate_tokens(original))}
+    return out

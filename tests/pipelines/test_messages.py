@@ -102,6 +102,37 @@ def test_count_tokens_answered_locally(gateway: Gateway) -> None:
     assert gateway.fake.requests == []
 
 
+def test_count_tokens_counts_the_request_the_upstream_would_get(gateway: Gateway) -> None:
+    """count_tokens counts what a Messages request would send: deferred tools left out until
+    loaded, context edits made (with the count before them, as Anthropic reports it), tool
+    removals applied. (Claude Code's /context asks it; counting deferred MCP schemas would show
+    a context far fuller than the model's.)"""
+    client = gateway.client()
+    weather = {"name": "get_weather", "description": "Weather for a city.", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    big = [{"name": f"mcp_tool_{i}", "description": "An MCP tool. " * 40, "input_schema": {"type": "object", "properties": {"q": {"type": "string", "description": "x" * 400}}}} for i in range(20)]
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    plain = client.beta.messages.count_tokens(model="claude-sonnet-5-5", messages=messages, tools=[weather]).input_tokens
+    loaded = client.beta.messages.count_tokens(model="claude-sonnet-5-5", messages=messages, tools=[weather, *big]).input_tokens
+    deferred = client.beta.messages.count_tokens(
+        model="claude-sonnet-5-5", messages=messages, tools=[weather, *({**t, "defer_loading": True} for t in big)], betas=["advanced-tool-use-2025-11-20"]
+    ).input_tokens
+    assert loaded > plain * 5  # the 20 schemas count when they are sent
+    assert deferred == plain, (plain, deferred, loaded)  # and not while they are deferred
+
+    history: list[dict] = [{"role": "user", "content": "Read the files."}]
+    for i in range(6):  # six tool uses, each answered with 4,000 characters
+        history.append({"role": "assistant", "content": [{"type": "tool_use", "id": f"toolu_{i}", "name": "get_weather", "input": {"city": f"c{i}"}}]})
+        history.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_{i}", "content": "r" * 4000}]})
+    edits = {"edits": [{"type": "clear_tool_uses_20250919", "trigger": {"type": "input_tokens", "value": 1000}, "keep": {"type": "tool_uses", "value": 1}}]}
+    counted = client.beta.messages.count_tokens(
+        model="claude-sonnet-5-5", messages=history, tools=[weather], context_management=edits, betas=["context-management-2025-06-27"]
+    )
+    whole = client.beta.messages.count_tokens(model="claude-sonnet-5-5", messages=history, tools=[weather]).input_tokens
+    assert counted.context_management is not None and counted.context_management.original_input_tokens == whole
+    assert counted.input_tokens < whole / 2  # five of six 4,000-character results cleared
+    assert gateway.fake.requests == []
+
+
 LISTING = [  # the fake upstream's GET /models (the gateway reads it once an hour: one listing for the module)
     {"id": "test/big", "context_length": 131072, "top_provider": {"max_completion_tokens": 8192}},
     {"id": "test/small", "context_length": 64000},
