@@ -30,7 +30,7 @@ from engine.run import RunContext
 from engine.streams import is_stream
 from engine.types import Facts
 from steps.convert.response import REFUSAL_DETAILS, error_from
-from steps.convert.stream import _StreamConverter, convert_stream
+from steps.convert.stream import _StreamConverter, events_of
 from steps.openrouter.errors import UpstreamError
 from steps.openrouter.profiles import Prices, Profile
 from steps.openrouter.upstream import completion_as_chunk
@@ -66,32 +66,22 @@ async def convert_answer(
     `model` fact, else `model`); `calibration` (`anthropic.calibration`) scales the estimate.
     """
     streaming = bool(body.get("stream"))
-    told = (calibration, answered, facts)
+    whole = not streaming and not is_stream(answer)  # a whole completion folded: tool arguments held and repaired
+    conv = _StreamConverter(body, model, ctx, input_tokens_estimate, profiles, prices, calibration, answered, facts, whole=whole)
+    if whole:
+        return message_of_completion(answer, conv)
     if not is_stream(answer):
-        if not streaming:
-            return message_of_completion(answer, body, model, ctx, input_tokens_estimate, profiles, prices, *told)
         answer = _one(chunk_of_completion(answer))
     elif not streaming:
-        return fold([e async for batch in convert_stream(answer, body, model, ctx, input_tokens_estimate, profiles, prices, *told) for e in batch])
-    return convert_stream(answer, body, model, ctx, input_tokens_estimate, profiles, prices, *told)
+        return fold([e async for batch in events_of(answer, conv) for e in batch])
+    return events_of(answer, conv)
 
 
-def message_of_completion(
-    completion: Any,
-    body: dict,
-    model: str,
-    ctx: RunContext,
-    input_tokens_estimate: int = 0,
-    profiles: dict[str, Profile] | None = None,
-    prices: dict[str, Prices] | None = None,
-    calibration: dict[str, float] | None = None,
-    answered: str | None = None,
-    facts: Facts | None = None,
-) -> dict:
+def message_of_completion(completion: Any, conv: _StreamConverter) -> dict:
     """A non-streamed chat completion as an Anthropic Message: its one chunk through the
-    stream converter, folded. Synchronous: no event loop turn for a whole answer."""
+    stream converter (`conv`, made with `whole=True`), folded. Synchronous: no event loop turn
+    for a whole answer."""
     chunk = chunk_of_completion(completion)
-    conv = _StreamConverter(body, model, ctx, input_tokens_estimate, profiles, prices, calibration, answered, facts, whole=True)
     events = [conv.start()]
     events += conv.feed(chunk)
     events += conv.finish()

@@ -82,6 +82,13 @@ async def convert_stream(
     `calibration` (`anthropic.calibration`) scales the input estimate `message_start` carries.
     """
     conv = _StreamConverter(body, model, ctx, input_tokens_estimate, profiles, prices, calibration, answered, facts)
+    async for out in events_of(chunks, conv):
+        yield out
+
+
+async def events_of(chunks: AsyncIterator[list[dict]], conv: _StreamConverter) -> AsyncIterator[list[dict]]:
+    """`convert_stream` with its converter made: convert.answer makes its own (the same
+    settings serve a stream and a folded answer) and iterates this directly."""
     try:
         feed_all = conv.feed_all
         first: list[dict] | None = [conv.start()]  # goes up with the first batch's events
@@ -111,7 +118,7 @@ async def convert_stream(
             try:
                 await aclose()
             except Exception as exc:  # closing must not mask the real outcome
-                ctx.log.warning("convert.stream: closing the upstream failed", error=repr(exc))
+                conv.ctx.log.warning("convert.stream: closing the upstream failed", error=repr(exc))
 
 
 class _Tool:

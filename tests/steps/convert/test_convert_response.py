@@ -11,6 +11,7 @@ import pytest
 
 from engine.run import RunContext
 from steps.convert.answer import message_of_completion as convert_response
+from steps.convert.stream import _StreamConverter
 from steps.convert.response import repair_json
 from steps.convert.thinking import decode
 from steps.openrouter.errors import UpstreamError
@@ -35,7 +36,7 @@ def completion(message: dict, finish: str | None = "stop", usage: dict | None = 
 
 
 def convert(c: Any, body: dict = BODY, estimate: int = 0) -> dict:
-    return convert_response(c, body, "openai/gpt-x", ctx(), estimate)
+    return convert_response(c, _StreamConverter(body, "openai/gpt-x", ctx(), estimate, whole=True))
 
 
 def test_text_response() -> None:
@@ -225,7 +226,7 @@ def test_response_conversion_speed() -> None:
     n = 2000
     start = time.perf_counter()
     for _ in range(n):
-        convert_response(c, BODY, "m", context)
+        convert_response(c, _StreamConverter(BODY, "m", context, 0, whole=True))
     per_call_us = (time.perf_counter() - start) / n * 1e6
     print(f"convert.response: {per_call_us:.1f} µs/call")
     assert per_call_us < 1000
