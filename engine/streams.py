@@ -45,6 +45,15 @@ async def each(it: AsyncIterator[Any]) -> AsyncIterator[Any]:
         await aclose_quietly(it)
 
 
+async def close(it: Any) -> None:
+    """Close the async iterator a stream layer read from, when the layer ends: nothing to do
+    for one without `aclose` or an async generator that already finished; a failure to close
+    is the caller's to see (`aclose_quietly` is for cleanup that must not raise)."""
+    closer = getattr(it, "aclose", None)
+    if closer is not None and getattr(it, "ag_frame", False) is not None:
+        await closer()
+
+
 async def aclose_quietly(it: Any) -> None:
     """Close an async iterator even while the caller is being cancelled."""
     closer = getattr(it, "aclose", None)

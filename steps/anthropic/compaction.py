@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+from engine import streams
 from engine.registry import step
 from engine.run import RunContext
 from steps.anthropic.blocks import COMPACTION_PREFIX
@@ -197,6 +198,4 @@ async def _wrap(events: Any, block: dict | None, report: dict | None, summary: d
             if out:
                 yield out
     finally:
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await streams.close(events)

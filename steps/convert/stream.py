@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from engine import streams
 from engine.registry import step
 from engine.run import RunContext
 from engine.types import Facts
@@ -113,12 +114,10 @@ async def events_of(chunks: AsyncIterator[list[dict]], conv: _StreamConverter) -
     finally:
         if not conv.metered and conv.chars:
             conv.meter(None)
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            try:
-                await aclose()
-            except Exception as exc:  # closing must not mask the real outcome
-                conv.ctx.log.warning("convert.stream: closing the upstream failed", error=repr(exc))
+        try:
+            await streams.close(chunks)
+        except Exception as exc:  # closing must not mask the real outcome
+            conv.ctx.log.warning("convert.stream: closing the upstream failed", error=repr(exc))
 
 
 class _Tool:

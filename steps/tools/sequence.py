@@ -34,6 +34,7 @@ from typing import Any
 import anyio
 import orjson
 
+from engine import streams
 from engine import usage as metering
 from engine.errors import DeadlineExceeded, RunCancelled
 from engine.registry import step
@@ -341,9 +342,7 @@ class _Sequence:
                         if out:
                             yield out
                 finally:
-                    aclose = getattr(events, "aclose", None)
-                    if aclose is not None:
-                        await aclose()
+                    await streams.close(events)
                 if not calls:
                     for ev in self.end(*stop):
                         yield ev
