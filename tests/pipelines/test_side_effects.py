@@ -55,11 +55,17 @@ def test_json_failure_after_a_search_is_not_retried(gw: Gateway) -> None:
     assert len(gw.fake.requests) == 4
 
 
+def ask(gw: Gateway, *, stream: bool = False, timeout: float = 30) -> httpx.Response:
+    """POST the web-search request (what every test here sends) and return the answer."""
+    body = {**ASK, "tools": SEARCH, **({"stream": True} if stream else {})}
+    with httpx.Client(base_url=gw.url, timeout=timeout, headers={"x-api-key": "k"}) as http:
+        return http.post("/v1/messages", json=body)
+
+
 def test_upstream_unreachable_after_a_search(gw: Gateway) -> None:
     """A connection failure after the tool ran: 502 api_error, the note, no retry by the SDK."""
     gw.fake.script(tool_mode("web_search", {"query": "q"}), "reset_before_headers", "reset_before_headers", "reset_before_headers", "ok")
-    with httpx.Client(base_url=gw.url, timeout=30, headers={"x-api-key": "k"}) as http:
-        r = http.post("/v1/messages", json={**ASK, "tools": SEARCH})
+    r = ask(gw)
     assert r.status_code == 502 and r.headers["x-should-retry"] == "false"
     assert r.json()["error"]["message"] == f"upstream unreachable {NOTE}"
     assert len(agent_gateway.SEARCHES) == 1
@@ -68,8 +74,7 @@ def test_upstream_unreachable_after_a_search(gw: Gateway) -> None:
 def test_a_stream_that_fails_after_a_search_says_what_ran(gw: Gateway) -> None:
     """After the commit point the failure is an SSE error event; its message names what ran."""
     gw.fake.script(tool_mode("web_search", {"query": "q"}), "cut_mid_stream")
-    with httpx.Client(base_url=gw.url, timeout=30, headers={"x-api-key": "k"}) as http:
-        r = http.post("/v1/messages", json={**ASK, "tools": SEARCH, "stream": True})
+    r = ask(gw, stream=True)
     assert r.status_code == 200
     assert "event: error" in r.text and NOTE in r.text
     assert "web_search_tool_result" in r.text  # the client saw the tool's result before the error
@@ -79,8 +84,7 @@ def test_a_stream_that_fails_after_a_search_says_what_ran(gw: Gateway) -> None:
 def test_the_deadline_after_a_search_says_what_ran(gw: Gateway) -> None:
     """A JSON run whose next turn outlives the deadline: 504 with the note, not a retryable timeout."""
     gw.fake.script(tool_mode("web_search", {"query": "q"}), "stall_before_headers;seconds=30")
-    with httpx.Client(base_url=gw.url, timeout=60, headers={"x-api-key": "k"}) as http:
-        r = http.post("/v1/messages", json={**ASK, "tools": SEARCH})
+    r = ask(gw, timeout=60)
     assert r.status_code == 504 and r.headers["x-should-retry"] == "false"
     assert r.json()["error"]["message"] == f"request deadline exceeded {NOTE}"
     assert len(agent_gateway.SEARCHES) == 1
@@ -89,8 +93,7 @@ def test_the_deadline_after_a_search_says_what_ran(gw: Gateway) -> None:
 def test_failures_before_any_tool_ran_stay_retryable(gw: Gateway) -> None:
     """Nothing ran yet: the usual answer, which the client may retry."""
     gw.fake.script("503", "503", "503")
-    with httpx.Client(base_url=gw.url, timeout=30, headers={"x-api-key": "k"}) as http:
-        r = http.post("/v1/messages", json={**ASK, "tools": SEARCH})
+    r = ask(gw)
     assert r.status_code == 529 and r.headers["x-should-retry"] == "true"
     assert r.json()["error"]["message"] == "Overloaded"
     assert agent_gateway.SEARCHES == []
