@@ -338,6 +338,14 @@ def _convert(value: Any, how: str, memo: dict[tuple[int, bool], Any]) -> Any:
         return {"$dict": out} if not TAGS.isdisjoint(out) else out
     if how == "trace":
         return trace_rows(*value)
+    if how == "body":  # a reply's body as sent: its JSON, else its text
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value.decode("utf-8", errors="replace")
+    if how == "sent":  # a streamed reply as written: [offset from the run's start, text] per write
+        sent, t0 = value
+        return [[round(t - t0, 6), data.decode("utf-8", errors="replace")] for t, data in sent]
     if how == "items":  # a recorded stream's [offset, item] pairs
         return [[at, item.value if type(item) is _Converted else jsonable(item)] for at, item in value]
     return _converted(value, how == "named", memo)
@@ -480,12 +488,21 @@ class RunRecorder:
         """What a recorded call returned (not a stream: see `recording_stream`)."""
         self._note(entry, "output", value, "plain")
 
-    def finish(self, *, output: Any, outcome: str, trace: list[Any] | None = None) -> None:
+    def finish(
+        self, *, output: Any, outcome: str, trace: list[Any] | None = None, body: bytes | None = None, sent: list[tuple[float, bytes]] | None = None
+    ) -> None:
+        """The run ended with `output`; a reply's `body` (bytes) or what a streamed reply
+        `sent` (`(perf_counter, bytes)` per write) is added to it as `body` or `stream`,
+        converted when the record is read."""
         if self.finished:
             return
         self.finished = True
         self.record["outcome"] = outcome
         self.record["output"] = output
+        if sent is not None:
+            self.record.defer(output, "stream", (sent, self.t0), "sent")
+        elif body is not None:
+            self.record.defer(output, "body", body, "body")
         self.record["duration"] = self.offset()
         if trace is not None:  # copied: steps still winding down may add to the run's trace
             self.record.defer(self.record, "trace", (list(trace), self.t0), "trace")

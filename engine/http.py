@@ -506,7 +506,7 @@ class RunResponse(Response):
         _finish_capture(ctx, self, outcome, told=told)
 
 
-def _finish_capture(ctx: RunContext, response: Response, outcome: str, chunks: list[Any] | None = None, told: dict[str, Any] | None = None) -> None:
+def _finish_capture(ctx: RunContext, response: Response, outcome: str, sent: list[tuple[float, bytes]] | None = None, told: dict[str, Any] | None = None) -> None:
     """Close the run's capture record with what the client was sent (and what it used)."""
     if ctx.recorder is None:
         return
@@ -517,14 +517,8 @@ def _finish_capture(ctx: RunContext, response: Response, outcome: str, chunks: l
             ctx.recorder.record[usage.SESSION_FACT] = told[usage.SESSION_FACT]
     headers = {k: v for k, v in response.headers.items() if k not in {"content-length", "date"}}
     output: dict[str, Any] = {"status": response.status_code, "headers": headers}
-    if chunks is not None:
-        output["stream"] = chunks
-    else:
-        try:
-            output["body"] = orjson.loads(response.body)
-        except orjson.JSONDecodeError:
-            output["body"] = response.body.decode("utf-8", errors="replace")
-    ctx.recorder.finish(output=output, outcome=told.get("outcome") or outcome, trace=ctx.trace)
+    body = None if sent is not None else response.body  # both converted when the record is read
+    ctx.recorder.finish(output=output, outcome=told.get("outcome") or outcome, trace=ctx.trace, body=body, sent=sent)
 
 
 def _told(ctx: RunContext) -> dict[str, Any]:
@@ -598,7 +592,7 @@ class StreamReply(Response):
         """
         reply, outcome = self.reply, "ok"
         ctx = self.ctx
-        sent: list[tuple[float, bytes]] | None = [] if ctx.recorder is not None else None  # (clock, item), made the record's [offset, text] at the end
+        sent: list[tuple[float, bytes]] | None = [] if ctx.recorder is not None else None  # (clock, item) per write: the record converts them when read
         finished = False
         active = metrics.ACTIVE_STREAMS.labels(ctx.pipeline)
         active.inc()
@@ -651,11 +645,7 @@ class StreamReply(Response):
                 await aclose_quietly(reply.stream)
                 await ctx.aclose()
             told = _log_access(ctx, self.status_code, outcome, self.start, stream=True)
-            chunks = None
-            if sent is not None:
-                t0 = ctx.recorder.t0  # as RunRecorder.offset() reads the clock
-                chunks = [[round(t - t0, 6), data.decode("utf-8", errors="replace")] for t, data in sent]
-            _finish_capture(ctx, self, outcome, chunks=chunks, told=told)
+            _finish_capture(ctx, self, outcome, sent=sent, told=told)
 
 
 GC_THRESHOLDS = (50_000, 20, 100)
