@@ -373,16 +373,10 @@ class _Run:
             return None
         kwargs = dict(node.static)
         for pname, ref in node.refs:
-            if ref.facts or ref.negate:
+            if ref.path or ref.facts or ref.negate:
                 kwargs[pname] = resolve_ref(ref, results, input)
-                continue
-            # An output or the input, or a field of it: resolve_ref's walk, without a call per input.
-            value = input if ref.step is None else results[ref.step]
-            for key in ref.path:
-                if value is None:
-                    break
-                value = value.get(key) if isinstance(value, dict) else getattr(value, key, None)
-            kwargs[pname] = value
+            else:  # a whole output or the input, the common case, without a call
+                kwargs[pname] = input if ref.step is None else results[ref.step]
         for pname, value in node.nested:
             kwargs[pname] = materialize(value, results, input)
         if node.info.wants_context:
