@@ -27,6 +27,12 @@ def is_stream(value: Any) -> bool:
     return hasattr(value, "__anext__")
 
 
+def elements(item: Any) -> list[Any] | tuple[Any]:
+    """What a stream item holds: a batch (a list) its elements, anything else itself alone
+    (a stream recorded before batches, or one that never batches)."""
+    return item if type(item) is list else (item,)
+
+
 def size(item: Any) -> int:
     """How many items `item` stands for: a batch (a list) its length, anything else one."""
     return len(item) if type(item) is list else 1
@@ -36,11 +42,8 @@ async def each(it: AsyncIterator[Any]) -> AsyncIterator[Any]:
     """The elements of a stream whose items may be batches, one at a time (closes `it`)."""
     try:
         async for item in it:
-            if type(item) is list:
-                for element in item:
-                    yield element
-            else:
-                yield item
+            for element in elements(item):
+                yield element
     finally:
         await aclose_quietly(it)
 
@@ -110,7 +113,7 @@ async def follow(
         yield first
         if idle_timeout is None:
             async for item in it:
-                count += len(item) if type(item) is list else 1
+                count += size(item)
                 yield item
         else:
             while True:

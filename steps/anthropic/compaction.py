@@ -180,7 +180,7 @@ async def _wrap(events: Any, block: dict | None, report: dict | None, summary: d
     try:
         async for batch in events:  # the answer's events come in batches (engine/streams.py): so do ours
             out: list[dict] = []
-            for ev in batch if type(batch) is list else (batch,):
+            for ev in streams.elements(batch):
                 kind = ev.get("type")
                 if kind == "message_start":
                     out.append(ev)

@@ -94,14 +94,12 @@ async def events_of(chunks: AsyncIterator[list[dict]], conv: _StreamConverter) -
         feed_all = conv.feed_all
         first: list[dict] | None = [conv.start()]  # goes up with the first batch's events
         async for item in chunks:
-            if type(item) is not list:  # one chunk (a capture recorded before batches)
-                item = [item]
             if first is not None:
                 out, first = first, None
             else:
                 out = []
             try:
-                feed_all(item, out)
+                feed_all(streams.elements(item), out)  # a lone chunk: a capture recorded before batches
             except Exception:
                 if out:  # the events of the chunks before the failing one reach the client first
                     yield out
@@ -209,7 +207,7 @@ class _StreamConverter:
 
     # -- per chunk ------------------------------------------------------------------------
 
-    def feed_all(self, chunks: list[dict], out: list[dict]) -> None:
+    def feed_all(self, chunks: list[dict] | tuple[dict], out: list[dict]) -> None:
         """Feed a batch of chunks, appending their events to `out`.
 
         On a failure `out` holds the events of the chunks before the failing one, as if they

@@ -288,7 +288,7 @@ class _Sequence:
                 try:
                     async for batch in events:  # the turn's events come in batches (engine/streams.py): so do ours
                         out: list[dict] = []
-                        for ev in batch if type(batch) is list else (batch,):
+                        for ev in streams.elements(batch):
                             kind = ev.get("type")
                             if kind == "message_start":
                                 if not started:
